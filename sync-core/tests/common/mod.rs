@@ -1,0 +1,176 @@
+//! Models and helpers shared by sync-core's integration tests.
+#![allow(dead_code, missing_docs, unreachable_pub)]
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, EntityTrait, Schema};
+
+pub mod every_type {
+    use sea_orm::entity::prelude::*;
+    use sync_core::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+    pub enum Kind {
+        #[sea_orm(string_value = "file")]
+        File,
+        #[sea_orm(string_value = "directory")]
+        Directory,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "i32", db_type = "Integer")]
+    pub enum Priority {
+        Low = 1,
+        High = 9,
+    }
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "every_type")]
+    #[sync(shared)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[sea_orm(unique)]
+        #[sync(id)]
+        pub gid: Uuid,
+        pub i8_v: i8,
+        pub i16_v: i16,
+        pub i32_v: i32,
+        pub i64_v: i64,
+        pub u8_v: u8,
+        pub u16_v: u16,
+        pub u32_v: u32,
+        pub char_v: String,
+        pub f32_v: f32,
+        pub f64_v: f64,
+        pub bool_v: bool,
+        pub text: String,
+        pub opt_text: Option<String>,
+        pub opt_i64: Option<i64>,
+        pub opt_f64: Option<f64>,
+        pub bytes: Vec<u8>,
+        pub opt_bytes: Option<Vec<u8>>,
+        pub other_id: Uuid,
+        pub opt_uuid: Option<Uuid>,
+        pub date: Date,
+        pub time: Time,
+        pub naive: DateTime,
+        pub utc: DateTimeUtc,
+        pub offset: DateTimeWithTimeZone,
+        pub opt_utc: Option<DateTimeUtc>,
+        pub json: Json,
+        pub opt_json: Option<Json>,
+        pub kind: Kind,
+        pub opt_kind: Option<Kind>,
+        pub priority: Priority,
+        #[sync(skip)]
+        pub local_note: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod volume {
+    use sea_orm::entity::prelude::*;
+    use sync_core::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "volumes")]
+    #[sync(device_owned)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[sea_orm(unique)]
+        #[sync(id)]
+        pub gid: Uuid,
+        #[sync(owner)]
+        pub device: Uuid,
+        pub name: String,
+        pub capacity: Option<i64>,
+        #[sync(skip)]
+        pub is_online: bool,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod location {
+    use sea_orm::entity::prelude::*;
+    use sync_core::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "locations")]
+    #[sync(device_owned)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[sea_orm(unique)]
+        #[sync(id)]
+        pub gid: Uuid,
+        #[sync(owner)]
+        pub device: Uuid,
+        #[sync(references = super::volume::Entity)]
+        pub volume_id: Option<i32>,
+        /// Closes the location <-> entry cycle; nullable, so it breaks it.
+        #[sync(references = super::entry::Entity)]
+        pub root_entry_id: Option<i64>,
+        pub path: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod entry {
+    use sea_orm::entity::prelude::*;
+    use sync_core::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "entries")]
+    #[sync(device_owned)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        #[sea_orm(unique)]
+        #[sync(id)]
+        pub gid: Uuid,
+        #[sync(owner)]
+        pub device: Uuid,
+        #[sync(references = super::location::Entity)]
+        pub location_id: i32,
+        #[sync(references = super::entry::Entity)]
+        pub parent_id: Option<i64>,
+        pub name: String,
+        pub size: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A fresh in-memory database with the test models' tables.
+pub async fn database() -> DatabaseConnection {
+    let mut options = ConnectOptions::new("sqlite::memory:");
+    options.max_connections(1).sqlx_logging(false);
+    let db = Database::connect(options).await.unwrap();
+    create_table(&db, every_type::Entity).await;
+    create_table(&db, volume::Entity).await;
+    create_table(&db, location::Entity).await;
+    create_table(&db, entry::Entity).await;
+    db
+}
+
+pub async fn create_table<E: EntityTrait>(db: &DatabaseConnection, entity: E) {
+    let schema = Schema::new(db.get_database_backend());
+    let stmt = schema.create_table_from_entity(entity);
+    db.execute(&stmt).await.unwrap();
+}
