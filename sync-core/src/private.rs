@@ -244,14 +244,3 @@ pub async fn resolve_reference<E: SyncEntity, K: ForeignKeyType, C: ConnectionTr
 pub fn field_names(meta: &ModelMeta) -> Vec<&'static str> {
     meta.fields.iter().map(|f| f.name).collect()
 }
-
-/// Compile-time check that a `#[sync(id)]` field is a `Uuid`.
-pub fn assert_global_id<T: GlobalIdType>() {}
-/// Compile-time check that a `#[sync(owner)]` field is a `Uuid`.
-pub fn assert_owner<T: OwnerIdType>() {}
-/// Compile-time check that the primary key is an integer.
-pub fn assert_primary_key<T: PrimaryKeyType>() {}
-/// Compile-time check that a `references` field is an integer key.
-pub fn assert_foreign_key<T: ForeignKeyType>() {}
-/// Compile-time check that `references` names a Syncable entity.
-pub fn assert_sync_entity<T: SyncEntity>() {}

@@ -24,11 +24,11 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
     // the field, with the trait's `on_unimplemented` message.
     let id_ty = model.id.ty;
     let mut assertions = vec![quote_spanned! {id_ty.span()=>
-        __sync::assert_global_id::<#id_ty>();
+        #id_ty: __sync::GlobalIdType,
     }];
     let pk_ty = model.primary_key.ty;
     assertions.push(quote_spanned! {pk_ty.span()=>
-        __sync::assert_primary_key::<#pk_ty>();
+        #pk_ty: __sync::PrimaryKeyType,
     });
 
     let owner_fn = match model.owner {
@@ -36,7 +36,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
             let owner_ident = owner.ident;
             let owner_ty = owner.ty;
             assertions.push(quote_spanned! {owner_ty.span()=>
-                __sync::assert_owner::<#owner_ty>();
+                #owner_ty: __sync::OwnerIdType,
             });
             quote! {
                 fn owner(&self) -> __sync::Option<__sync::Uuid> {
@@ -51,6 +51,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
         },
     };
 
+    let mut target_assertions = Vec::new();
     let mut field_metas = Vec::new();
     let mut changed_checks = Vec::new();
     let mut capture_arms = Vec::new();
@@ -101,10 +102,13 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
 
         if let Role::Reference(target) = role {
             assertions.push(quote_spanned! {ty.span()=>
-                __sync::assert_foreign_key::<#ty>();
+                #ty: __sync::ForeignKeyType,
             });
-            assertions.push(quote_spanned! {target.span()=>
-                __sync::assert_sync_entity::<#target>();
+            // Only on the SyncModel impl: on the SyncEntity impl, a reference
+            // cycle (location <-> entry, a self-reference) would make proving
+            // either entity's impl recurse forever.
+            target_assertions.push(quote_spanned! {target.span()=>
+                #target: __sync::SyncEntity,
             });
             capture_arms.push(quote! {
                 #name => out.push(__sync::FieldValue::new(
@@ -178,13 +182,15 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
 
             const MODEL: &str = #wire_name;
 
-            #[allow(dead_code)]
-            fn __assert_field_types() {
-                #(#assertions)*
-            }
-
+            // The field types' requirements are where-clauses of the impl:
+            // a wrong type is reported once, at the field, and the body is
+            // checked as if it were right, so no cascade follows.
             #[automatically_derived]
-            impl __sync::SyncModel for #ident {
+            impl __sync::SyncModel for #ident
+            where
+                #(#assertions)*
+                #(#target_assertions)*
+            {
                 type Entity = Entity;
 
                 const NAME: &'static str = #wire_name;
@@ -326,7 +332,10 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
             }
 
             #[automatically_derived]
-            impl __sync::SyncEntity for Entity {
+            impl __sync::SyncEntity for Entity
+            where
+                #(#assertions)*
+            {
                 type SyncModel = #ident;
 
                 fn local_key_of<C: __sync::sea_orm::ConnectionTrait>(
@@ -340,7 +349,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
                             .filter(Column::#id_variant.eq(id))
                             .one(db)
                             .await?;
-                        __sync::Result::Ok(row.map(|row| __sync::PrimaryKeyType::to_key(&row.#pk_ident)))
+                        __sync::Result::Ok(row.map(|row| <#ident as __sync::SyncModel>::local_key(&row)))
                     }
                 }
 
@@ -355,7 +364,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
                             .filter(Column::#pk_variant.eq(key))
                             .one(db)
                             .await?;
-                        __sync::Result::Ok(row.map(|row| __sync::GlobalIdType::to_uuid(&row.#id_ident)))
+                        __sync::Result::Ok(row.map(|row| <#ident as __sync::SyncModel>::sync_id(&row)))
                     }
                 }
             }
