@@ -1,5 +1,11 @@
 //! What `#[derive(Syncable)]` generates, exercised against real SQLite.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs, unreachable_pub)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
 
 mod common;
 
@@ -200,7 +206,8 @@ async fn malformed_records_are_refused_without_writing() {
     let original = sample(gid).insert(&db).await.unwrap();
     let mut fields = original.capture(&db).await.unwrap();
 
-    let cases: Vec<(Vec<FieldValue>, fn(&ApplyError) -> bool)> = vec![
+    type Expect = fn(&ApplyError) -> bool;
+    let cases: Vec<(Vec<FieldValue>, Expect)> = vec![
         (
             vec![FieldValue::new(
                 "no_such_field",

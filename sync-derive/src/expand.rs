@@ -7,6 +7,7 @@ use syn::spanned::Spanned;
 use crate::valid::{Model, Ownership, Role};
 
 pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
+    let core = core_path();
     let ident = model.ident;
     let wire_name = &model.wire_name;
     let table = &model.table;
@@ -177,7 +178,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
         #[doc(hidden)]
         #[allow(non_upper_case_globals, unused_qualifications, clippy::all)]
         const _: () = {
-            use ::sync_core::__private as __sync;
+            use #core::__private as __sync;
             use __sync::sea_orm::{ActiveModelTrait as _, EntityTrait as _, QueryFilter as _, ColumnTrait as _};
 
             const MODEL: &str = #wire_name;
@@ -373,5 +374,27 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
                 __sync::ModelDescriptor::of::<#ident>()
             }
         };
+    }
+}
+
+/// The path of the engine crate as the deriving crate sees it: `sync_core`
+/// (possibly renamed) when it depends on it, else the `syncable` facade's
+/// re-export.
+fn core_path() -> TokenStream {
+    use proc_macro_crate::{FoundCrate, crate_name};
+    match crate_name("sync-core") {
+        Ok(FoundCrate::Itself) => quote!(::sync_core),
+        Ok(FoundCrate::Name(name)) => {
+            let ident = format_ident!("{}", name);
+            quote!(::#ident)
+        }
+        Err(_) => match crate_name("syncable") {
+            Ok(FoundCrate::Name(name)) => {
+                let ident = format_ident!("{}", name);
+                quote!(::#ident::core)
+            }
+            Ok(FoundCrate::Itself) => quote!(crate::core),
+            Err(_) => quote!(::sync_core),
+        },
     }
 }
