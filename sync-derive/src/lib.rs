@@ -106,6 +106,7 @@
 //!
 //!     impl ActiveModelBehavior for ActiveModel {}
 //! }
+//! # fn main() {}
 //! ```
 //!
 //! # Field types
