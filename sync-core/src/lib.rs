@@ -1,4 +1,9 @@
-//! The Syncable engine.
+//! The Syncable engine: clock, change log, capture, merge and apply, in the
+//! application's own SQLite database. It never touches a socket.
+//!
+//! An application opens one [`Engine`] per device over its database, writes
+//! synced models through [`Engine::begin`], and hands the changes it
+//! receives from peers to [`Engine::apply`].
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -6,18 +11,33 @@
 
 extern crate self as sync_core;
 
+mod apply;
+mod change;
+pub mod clock;
+mod conflict;
+mod engine;
+mod error;
 mod model;
 mod registry;
+mod store;
+mod transaction;
 mod value;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
+pub use apply::{ApplyReport, RejectReason, Rejection};
+pub use change::{Change, FieldChange, Op};
+pub use conflict::{Conflict, ConflictKind, Write};
+pub use engine::{Engine, EngineConfig, Faults, Stats};
+pub use error::EngineError;
 pub use model::{
     Applied, ApplyError, CaptureError, DeferredReference, FieldMeta, FieldRole, FieldValue,
     MissingParent, ModelMeta, Ownership, Reference, SyncEntity, SyncModel,
 };
 pub use registry::{BoxFuture, ModelDescriptor, Registry, RegistryError, dependency_order};
+pub use store::{SCHEMA_VERSION, StoreError};
 pub use sync_derive::Syncable;
+pub use transaction::SyncTransaction;
 pub use value::{ValueError, WireValue};

@@ -287,6 +287,13 @@ pub trait SyncModel: Clone + Send + Sync + Sized + 'static {
     /// The model's sea-orm entity.
     type Entity: SyncEntity<SyncModel = Self>;
 
+    /// The model's sea-orm active model.
+    type ActiveModel: sea_orm::ActiveModelTrait<Entity = Self::Entity>
+        + sea_orm::ActiveModelBehavior
+        + From<Self>
+        + Send
+        + Sync;
+
     /// The model's wire name (the same as `META.name`; a separate constant so
     /// that models referencing each other do not make their metadata
     /// constants depend on each other).
@@ -351,6 +358,22 @@ pub trait SyncModel: Clone + Send + Sync + Sized + 'static {
         db: &C,
         id: Uuid,
     ) -> impl Future<Output = Result<bool, DbErr>> + Send;
+
+    /// Global ids of the rows whose reference `field` holds local key `key`.
+    fn rows_referencing<C: ConnectionTrait>(
+        db: &C,
+        field: &str,
+        key: i64,
+    ) -> impl Future<Output = Result<Vec<Uuid>, DbErr>> + Send;
+
+    /// Sets the nullable reference `field` to null in every row where it
+    /// holds local key `key`; the number of rows changed. A non-nullable
+    /// or unknown field changes nothing.
+    fn clear_references<C: ConnectionTrait>(
+        db: &C,
+        field: &str,
+        key: i64,
+    ) -> impl Future<Output = Result<u64, DbErr>> + Send;
 
     /// The row with this global id.
     fn find_by_id<C: ConnectionTrait>(

@@ -129,6 +129,16 @@ macro_rules! integer_keys {
 
 integer_keys!(i8, i16, i32, i64, u8, u16, u32, u64);
 
+/// The key type inside a nullable foreign key, to build its typed null.
+pub trait NullableKey {
+    /// The integer inside the `Option`.
+    type Inner;
+}
+
+impl<T> NullableKey for Option<T> {
+    type Inner = T;
+}
+
 /// Whether a field changed. Floats compare by value, as sea-orm does.
 pub fn field_eq<T: PartialEq>(old: &T, new: &T) -> bool {
     old == new

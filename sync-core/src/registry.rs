@@ -27,6 +27,13 @@ type CaptureFn = for<'a> fn(
     Uuid,
 ) -> BoxFuture<'a, Result<Option<Vec<FieldValue>>, CaptureError>>;
 
+type LocalKeyFn =
+    for<'a> fn(&'a DatabaseTransaction, Uuid) -> BoxFuture<'a, Result<Option<i64>, DbErr>>;
+type ReferencingFn =
+    for<'a> fn(&'a DatabaseTransaction, &'a str, i64) -> BoxFuture<'a, Result<Vec<Uuid>, DbErr>>;
+type ClearFn =
+    for<'a> fn(&'a DatabaseTransaction, &'a str, i64) -> BoxFuture<'a, Result<u64, DbErr>>;
+
 /// A registered model: its metadata and its operations with the model type
 /// erased, so the engine can work through a list of them.
 pub struct ModelDescriptor {
@@ -34,6 +41,9 @@ pub struct ModelDescriptor {
     apply: ApplyFn,
     delete: DeleteFn,
     capture: CaptureFn,
+    local_key: LocalKeyFn,
+    referencing: ReferencingFn,
+    clear: ClearFn,
 }
 
 impl std::fmt::Debug for ModelDescriptor {
@@ -54,7 +64,39 @@ impl ModelDescriptor {
             apply: apply_erased::<M>,
             delete: delete_erased::<M>,
             capture: capture_erased::<M>,
+            local_key: local_key_erased::<M>,
+            referencing: referencing_erased::<M>,
+            clear: clear_erased::<M>,
         }
+    }
+
+    /// The local key of the row with this global id.
+    pub fn local_key<'a>(
+        &self,
+        tx: &'a DatabaseTransaction,
+        id: Uuid,
+    ) -> BoxFuture<'a, Result<Option<i64>, DbErr>> {
+        (self.local_key)(tx, id)
+    }
+
+    /// [`SyncModel::rows_referencing`] for this model.
+    pub fn rows_referencing<'a>(
+        &self,
+        tx: &'a DatabaseTransaction,
+        field: &'a str,
+        key: i64,
+    ) -> BoxFuture<'a, Result<Vec<Uuid>, DbErr>> {
+        (self.referencing)(tx, field, key)
+    }
+
+    /// [`SyncModel::clear_references`] for this model.
+    pub fn clear_references<'a>(
+        &self,
+        tx: &'a DatabaseTransaction,
+        field: &'a str,
+        key: i64,
+    ) -> BoxFuture<'a, Result<u64, DbErr>> {
+        (self.clear)(tx, field, key)
     }
 
     /// The model's sync semantics.
@@ -124,6 +166,31 @@ fn capture_erased<M: SyncModel>(
             None => Ok(None),
         }
     })
+}
+
+fn local_key_erased<M: SyncModel>(
+    tx: &DatabaseTransaction,
+    id: Uuid,
+) -> BoxFuture<'_, Result<Option<i64>, DbErr>> {
+    Box::pin(<M::Entity as crate::model::SyncEntity>::local_key_of(
+        tx, id,
+    ))
+}
+
+fn referencing_erased<'a, M: SyncModel>(
+    tx: &'a DatabaseTransaction,
+    field: &'a str,
+    key: i64,
+) -> BoxFuture<'a, Result<Vec<Uuid>, DbErr>> {
+    Box::pin(M::rows_referencing(tx, field, key))
+}
+
+fn clear_erased<'a, M: SyncModel>(
+    tx: &'a DatabaseTransaction,
+    field: &'a str,
+    key: i64,
+) -> BoxFuture<'a, Result<u64, DbErr>> {
+    Box::pin(M::clear_references(tx, field, key))
 }
 
 /// The registered models are not a valid set.
@@ -207,6 +274,20 @@ impl Registry {
     /// A model by wire name.
     pub fn get(&self, name: &str) -> Option<&'static ModelDescriptor> {
         self.by_name.get(name).map(|&i| self.ordered[i])
+    }
+
+    /// Every reference to the model named `target`, with the referencing
+    /// model.
+    pub fn references_to<'r>(
+        &'r self,
+        target: &'r str,
+    ) -> impl Iterator<Item = (&'static ModelDescriptor, crate::model::Reference)> + 'r {
+        self.ordered.iter().flat_map(move |m| {
+            m.meta()
+                .references()
+                .filter(move |r| r.target == target)
+                .map(move |r| (*m, r))
+        })
     }
 
     /// A model's position in the dependency order.

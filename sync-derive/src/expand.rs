@@ -53,6 +53,8 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
     };
 
     let mut target_assertions = Vec::new();
+    let mut referencing_arms = Vec::new();
+    let mut clear_arms = Vec::new();
     let mut field_metas = Vec::new();
     let mut changed_checks = Vec::new();
     let mut capture_arms = Vec::new();
@@ -111,6 +113,24 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
             target_assertions.push(quote_spanned! {target.span()=>
                 #target: __sync::SyncEntity,
             });
+            let variant = field.column_variant();
+            referencing_arms.push(quote! {
+                #name => Entity::find().filter(Column::#variant.eq(key)).all(db).await?,
+            });
+            if field.is_option() {
+                clear_arms.push(quote! {
+                    #name => {
+                        let null: __sync::sea_orm::Value =
+                            __sync::Option::<<#ty as __sync::NullableKey>::Inner>::None.into();
+                        Entity::update_many()
+                            .col_expr(Column::#variant, __sync::sea_orm::sea_query::Expr::value(null))
+                            .filter(Column::#variant.eq(key))
+                            .exec(db)
+                            .await?
+                            .rows_affected
+                    }
+                });
+            }
             capture_arms.push(quote! {
                 #name => out.push(__sync::FieldValue::new(
                     #name,
@@ -193,6 +213,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
                 #(#target_assertions)*
             {
                 type Entity = Entity;
+                type ActiveModel = ActiveModel;
 
                 const NAME: &'static str = #wire_name;
 
@@ -319,6 +340,40 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
                             .exec(db)
                             .await?;
                         __sync::Result::Ok(result.rows_affected > 0)
+                    }
+                }
+
+                fn rows_referencing<C: __sync::sea_orm::ConnectionTrait>(
+                    db: &C,
+                    field: &str,
+                    key: i64,
+                ) -> impl __sync::Future<
+                    Output = __sync::Result<::std::vec::Vec<__sync::Uuid>, __sync::sea_orm::DbErr>,
+                > + Send {
+                    async move {
+                        #[allow(unreachable_code)]
+                        let rows: ::std::vec::Vec<Self> = match field {
+                            #(#referencing_arms)*
+                            _ => ::std::vec::Vec::new(),
+                        };
+                        __sync::Result::Ok(rows.iter().map(<Self as __sync::SyncModel>::sync_id).collect())
+                    }
+                }
+
+                fn clear_references<C: __sync::sea_orm::ConnectionTrait>(
+                    db: &C,
+                    field: &str,
+                    key: i64,
+                ) -> impl __sync::Future<
+                    Output = __sync::Result<u64, __sync::sea_orm::DbErr>,
+                > + Send {
+                    async move {
+                        #[allow(unreachable_code)]
+                        let changed: u64 = match field {
+                            #(#clear_arms)*
+                            _ => 0,
+                        };
+                        __sync::Result::Ok(changed)
                     }
                 }
 

@@ -1,0 +1,80 @@
+//! The conflict log: every write that lost, to what, when, from where.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::clock::Timestamp;
+use crate::value::WireValue;
+
+/// Why a write did not (fully) take effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConflictKind {
+    /// A field's value here was overwritten by a concurrent write with a
+    /// higher clock. The loser is the value that was here.
+    Overwritten,
+    /// An incoming write to a field lost to a concurrent write already here
+    /// with a higher clock. The loser is the incoming value.
+    Outdated,
+    /// A write to a record that has been deleted; deletes win.
+    Deleted,
+    /// A write to a record whose non-nullable reference points at a deleted
+    /// record; the record is deleted with its parent.
+    ParentDeleted,
+    /// A change to a device-owned record from a device that does not own it.
+    NotOwner,
+}
+
+impl ConflictKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictKind::Overwritten => "overwritten",
+            ConflictKind::Outdated => "outdated",
+            ConflictKind::Deleted => "deleted",
+            ConflictKind::ParentDeleted => "parent_deleted",
+            ConflictKind::NotOwner => "not_owner",
+        }
+    }
+
+    /// The kind with this stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "overwritten" => ConflictKind::Overwritten,
+            "outdated" => ConflictKind::Outdated,
+            "deleted" => ConflictKind::Deleted,
+            "parent_deleted" => ConflictKind::ParentDeleted,
+            "not_owner" => ConflictKind::NotOwner,
+            _ => return None,
+        })
+    }
+}
+
+/// One side of a conflict: a write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Write {
+    /// The device that made it.
+    pub origin: Uuid,
+    /// Its clock.
+    pub hlc: Timestamp,
+    /// The value written to the field (`None` for whole-record conflicts).
+    pub value: Option<WireValue>,
+}
+
+/// A write that lost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// Position in the log (increasing).
+    pub id: i64,
+    /// What happened.
+    pub kind: ConflictKind,
+    /// The model's wire name.
+    pub model: String,
+    /// The record.
+    pub record: Uuid,
+    /// The field, for field conflicts.
+    pub field: Option<String>,
+    /// The write that lost.
+    pub loser: Write,
+    /// What it lost to, when that is a write.
+    pub winner: Option<Write>,
+}

@@ -1,0 +1,340 @@
+//! The engine: one per device and database. It owns the clock, serialises
+//! writes, applies received changes, and publishes committed ones.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use sea_orm::{DatabaseConnection, TransactionTrait};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::apply::{Applier, ApplyReport, RejectReason, Rejection};
+use crate::change::Change;
+use crate::clock::{Hlc, NTP64, SystemTime, TimeSource, Timestamp};
+use crate::conflict::Conflict;
+use crate::error::EngineError;
+use crate::registry::Registry;
+use crate::store;
+use crate::transaction::SyncTransaction;
+
+/// How an engine is opened.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This device's id. A database remembers the device it was opened as.
+    pub device: Uuid,
+    /// How far ahead of this device's clock a received timestamp may be.
+    pub max_drift: Duration,
+    /// Where physical time comes from.
+    pub time: Arc<dyn TimeSource>,
+    /// The models to sync; `None`: every model in the program.
+    pub registry: Option<Registry>,
+    /// Faults to inject, for tests of atomicity.
+    pub faults: Faults,
+}
+
+impl EngineConfig {
+    /// Defaults for `device`: the system clock, a 60 s drift bound, every
+    /// registered model.
+    pub fn new(device: Uuid) -> Self {
+        Self {
+            device,
+            max_drift: Duration::from_secs(60),
+            time: Arc::new(SystemTime),
+            registry: None,
+            faults: Faults::default(),
+        }
+    }
+
+    /// Sets the drift bound.
+    pub fn max_drift(mut self, bound: Duration) -> Self {
+        self.max_drift = bound;
+        self
+    }
+
+    /// Sets the time source.
+    pub fn time(mut self, time: Arc<dyn TimeSource>) -> Self {
+        self.time = time;
+        self
+    }
+
+    /// Syncs only these models.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Injects faults.
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+}
+
+/// Places where a test can make the engine fail, to prove that a failure
+/// there leaves nothing half-written.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Fail a commit after the rows are written, before the log is.
+    pub fail_before_log_write: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What the engine has done since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Changes written by this device.
+    pub written: u64,
+    /// Received changes that took effect.
+    pub applied: u64,
+    /// Received changes refused (unknown model, malformed, not the owner).
+    pub rejected: u64,
+    /// Received changes refused because their clock was beyond the drift
+    /// bound.
+    pub clock_refused: u64,
+    /// Received changes parked to wait for a record.
+    pub parked: u64,
+    /// Conflict log entries added.
+    pub conflicts: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    written: AtomicU64,
+    applied: AtomicU64,
+    rejected: AtomicU64,
+    clock_refused: AtomicU64,
+    parked: AtomicU64,
+    conflicts: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) db: DatabaseConnection,
+    pub(crate) device: Uuid,
+    pub(crate) registry: Registry,
+    pub(crate) clock: Mutex<Hlc>,
+    pub(crate) time: Arc<dyn TimeSource>,
+    pub(crate) writer: tokio::sync::Mutex<()>,
+    pub(crate) faults: Faults,
+    publisher: broadcast::Sender<Arc<[Change]>>,
+    counters: Counters,
+}
+
+/// A device's sync engine over its SQLite database.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("device", &self.inner.device)
+            .finish_non_exhaustive()
+    }
+}
+
+const META_DEVICE: &str = "device";
+pub(crate) const META_CLOCK: &str = "clock";
+pub(crate) const META_NEXT_SEQ: &str = "next_seq";
+
+impl Engine {
+    /// Opens the engine on `db`: creates or upgrades the `_sync_*` tables,
+    /// and resumes the clock from its persisted value.
+    pub async fn open(db: DatabaseConnection, config: EngineConfig) -> Result<Self, EngineError> {
+        let registry = match config.registry {
+            Some(registry) => registry,
+            None => Registry::global()?,
+        };
+        let tx = db.begin().await?;
+        store::migrate(&tx).await?;
+        match store::get_meta(&tx, META_DEVICE).await? {
+            Some(bytes) => {
+                let stored = Uuid::from_slice(&bytes).map_err(|e| store::StoreError::Corrupt {
+                    table: "_sync_meta",
+                    reason: e.to_string(),
+                })?;
+                if stored != config.device {
+                    return Err(EngineError::WrongDevice {
+                        stored,
+                        configured: config.device,
+                    });
+                }
+            }
+            None => store::set_meta(&tx, META_DEVICE, config.device.as_bytes().to_vec()).await?,
+        }
+        let last = store::get_meta_u64(&tx, META_CLOCK).await?;
+        tx.commit().await?;
+        let clock = Hlc::new(config.device, NTP64(last), config.max_drift)?;
+        let (publisher, _) = broadcast::channel(1024);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                device: config.device,
+                registry,
+                clock: Mutex::new(clock),
+                time: config.time,
+                writer: tokio::sync::Mutex::new(()),
+                faults: config.faults,
+                publisher,
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// This device's id.
+    pub fn device(&self) -> Uuid {
+        self.inner.device
+    }
+
+    /// The database.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.inner.db
+    }
+
+    /// The synced models.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Starts a write: inserts, updates and deletes of synced models through
+    /// it commit together with their sync state, or not at all.
+    pub async fn begin(&self) -> Result<SyncTransaction<'_>, EngineError> {
+        SyncTransaction::begin(self).await
+    }
+
+    /// Committed changes of this device, batch by batch, as they commit. A
+    /// subscriber that falls more than 1024 batches behind misses some (it
+    /// is told so by the channel); catch-up from the log covers them.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<[Change]>> {
+        self.inner.publisher.subscribe()
+    }
+
+    pub(crate) fn publish(&self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        let n = changes.len() as u64;
+        self.inner.counters.written.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("syncable_changes_written_total").increment(n);
+        // No subscriber is not an error: the log keeps every change.
+        let _ = self.inner.publisher.send(changes.into());
+    }
+
+    pub(crate) fn clock(&self) -> MutexGuard<'_, Hlc> {
+        // A poisoned lock means a panic while ticking, which cannot leave the
+        // clock inconsistent (it is one integer); keep going.
+        self.inner
+            .clock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A new timestamp of this device's clock.
+    pub(crate) fn tick(&self) -> Timestamp {
+        let now = self.inner.time.now();
+        self.clock().tick(now)
+    }
+
+    /// Applies changes received from peers, in one transaction: merged per
+    /// field (shared) or by owner version (device-owned), parents before
+    /// children, waiting (durably) for parents that have not arrived.
+    /// Applying the same changes again changes nothing. A change is refused,
+    /// and reported, when its clock is too far ahead, its model unknown, its
+    /// record malformed, or it changes a device-owned row it does not own.
+    pub async fn apply(&self, changes: Vec<Change>) -> Result<ApplyReport, EngineError> {
+        let _writer = self.inner.writer.lock().await;
+        let mut accepted = Vec::with_capacity(changes.len());
+        let mut refused = Vec::new();
+        {
+            let now = self.inner.time.now();
+            let mut clock = self.clock();
+            for change in changes {
+                match clock.observe(&change.hlc, now) {
+                    Ok(()) => accepted.push(change),
+                    Err(e) => refused.push(Rejection {
+                        origin: change.origin,
+                        seq: change.seq,
+                        model: change.model,
+                        reason: RejectReason::ClockAhead(e.to_string()),
+                    }),
+                }
+            }
+        }
+        if !refused.is_empty() {
+            tracing::warn!(
+                count = refused.len(),
+                "changes refused: clock beyond the drift bound"
+            );
+            metrics::counter!("syncable_clock_refused_total").increment(refused.len() as u64);
+        }
+        let tx = self.inner.db.begin().await?;
+        let mut applier = Applier::new(&self.inner.registry, &tx, self.inner.device);
+        applier.apply_all(accepted).await?;
+        let mut report = applier.report;
+        let last = self.clock().last();
+        store::set_meta_u64(&tx, META_CLOCK, last.0).await?;
+        tx.commit().await?;
+
+        let c = &self.inner.counters;
+        c.clock_refused
+            .fetch_add(refused.len() as u64, Ordering::Relaxed);
+        c.applied.fetch_add(report.applied, Ordering::Relaxed);
+        c.rejected
+            .fetch_add(report.rejected.len() as u64, Ordering::Relaxed);
+        c.parked.fetch_add(report.parked, Ordering::Relaxed);
+        c.conflicts.fetch_add(report.conflicts, Ordering::Relaxed);
+        metrics::counter!("syncable_changes_applied_total").increment(report.applied);
+        report.rejected.extend(refused);
+        Ok(report)
+    }
+
+    pub(crate) fn count_conflicts(&self, n: u64) {
+        self.inner
+            .counters
+            .conflicts
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counters since the engine was opened.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        Stats {
+            written: c.written.load(Ordering::Relaxed),
+            applied: c.applied.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            clock_refused: c.clock_refused.load(Ordering::Relaxed),
+            parked: c.parked.load(Ordering::Relaxed),
+            conflicts: c.conflicts.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The conflict log, oldest first.
+    pub async fn conflicts(&self) -> Result<Vec<Conflict>, EngineError> {
+        Ok(store::conflicts(&self.inner.db).await?)
+    }
+
+    /// The shared changes in the log, by origin and number.
+    pub async fn log(&self) -> Result<Vec<Change>, EngineError> {
+        Ok(store::log_entries(&self.inner.db).await?)
+    }
+
+    /// How many changes wait for a record that has not arrived.
+    pub async fn parked_len(&self) -> Result<u64, EngineError> {
+        Ok(store::parked_len(&self.inner.db).await?)
+    }
+
+    /// How many changes the log holds.
+    pub async fn log_len(&self) -> Result<u64, EngineError> {
+        Ok(store::log_len(&self.inner.db).await?)
+    }
+
+    /// How many conflicts the conflict log holds.
+    pub async fn conflicts_len(&self) -> Result<u64, EngineError> {
+        Ok(store::conflicts_len(&self.inner.db).await?)
+    }
+
+    /// The latest time of this device's clock.
+    pub fn clock_time(&self) -> NTP64 {
+        self.clock().last()
+    }
+}
