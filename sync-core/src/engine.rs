@@ -18,6 +18,17 @@ use crate::registry::Registry;
 use crate::store;
 use crate::transaction::SyncTransaction;
 
+/// One synced row as it would travel: see [`Engine::content`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncedRow {
+    /// The model's wire name.
+    pub model: &'static str,
+    /// The row's global id.
+    pub id: Uuid,
+    /// Its synced fields.
+    pub fields: Vec<crate::model::FieldValue>,
+}
+
 /// How an engine is opened.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -331,6 +342,34 @@ impl Engine {
     /// How many conflicts the conflict log holds.
     pub async fn conflicts_len(&self) -> Result<u64, EngineError> {
         Ok(store::conflicts_len(&self.inner.db).await?)
+    }
+
+    /// Every synced row in wire form, model by model in dependency order and
+    /// by global id within a model: two devices that have converged return
+    /// equal contents, whatever their local keys.
+    pub async fn content(&self) -> Result<Vec<SyncedRow>, EngineError> {
+        let tx = self.inner.db.begin().await?;
+        let mut out = Vec::new();
+        for desc in self.inner.registry.models() {
+            let mut rows = Vec::new();
+            let mut after = i64::MIN;
+            loop {
+                let page = desc.page(&tx, after, 1_000).await?;
+                let Some((last, _, _)) = page.last() else {
+                    break;
+                };
+                after = *last;
+                rows.extend(page.into_iter().map(|(_, id, fields)| SyncedRow {
+                    model: desc.name(),
+                    id,
+                    fields,
+                }));
+            }
+            rows.sort_by_key(|r| r.id);
+            out.extend(rows);
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     /// The latest time of this device's clock.

@@ -30,13 +30,15 @@ pub mod __private;
 pub use apply::{ApplyReport, RejectReason, Rejection};
 pub use change::{Change, FieldChange, Op};
 pub use conflict::{Conflict, ConflictKind, Write};
-pub use engine::{Engine, EngineConfig, Faults, Stats};
+pub use engine::{Engine, EngineConfig, Faults, Stats, SyncedRow};
 pub use error::EngineError;
 pub use model::{
     Applied, ApplyError, CaptureError, DeferredReference, FieldMeta, FieldRole, FieldValue,
     MissingParent, ModelMeta, Ownership, Reference, SyncEntity, SyncModel,
 };
-pub use registry::{BoxFuture, ModelDescriptor, Registry, RegistryError, dependency_order};
+pub use registry::{
+    BoxFuture, ModelDescriptor, Registry, RegistryError, RowPage, dependency_order,
+};
 pub use store::{SCHEMA_VERSION, StoreError};
 pub use sync_derive::Syncable;
 pub use transaction::SyncTransaction;

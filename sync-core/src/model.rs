@@ -375,6 +375,14 @@ pub trait SyncModel: Clone + Send + Sync + Sized + 'static {
         key: i64,
     ) -> impl Future<Output = Result<u64, DbErr>> + Send;
 
+    /// Up to `limit` rows whose local key is above `after`, by local key:
+    /// a page of a scan of the whole table.
+    fn page<C: ConnectionTrait>(
+        db: &C,
+        after: i64,
+        limit: u64,
+    ) -> impl Future<Output = Result<Vec<Self>, DbErr>> + Send;
+
     /// The row with this global id.
     fn find_by_id<C: ConnectionTrait>(
         db: &C,

@@ -27,6 +27,10 @@ type CaptureFn = for<'a> fn(
     Uuid,
 ) -> BoxFuture<'a, Result<Option<Vec<FieldValue>>, CaptureError>>;
 
+/// A page of rows in wire form: (local key, global id, fields).
+pub type RowPage = Vec<(i64, Uuid, Vec<FieldValue>)>;
+type PageFn =
+    for<'a> fn(&'a DatabaseTransaction, i64, u64) -> BoxFuture<'a, Result<RowPage, CaptureError>>;
 type LocalKeyFn =
     for<'a> fn(&'a DatabaseTransaction, Uuid) -> BoxFuture<'a, Result<Option<i64>, DbErr>>;
 type ReferencingFn =
@@ -44,6 +48,7 @@ pub struct ModelDescriptor {
     local_key: LocalKeyFn,
     referencing: ReferencingFn,
     clear: ClearFn,
+    page: PageFn,
 }
 
 impl std::fmt::Debug for ModelDescriptor {
@@ -67,7 +72,19 @@ impl ModelDescriptor {
             local_key: local_key_erased::<M>,
             referencing: referencing_erased::<M>,
             clear: clear_erased::<M>,
+            page: page_erased::<M>,
         }
+    }
+
+    /// Up to `limit` rows with a local key above `after`, by local key, in
+    /// wire form.
+    pub fn page<'a>(
+        &self,
+        tx: &'a DatabaseTransaction,
+        after: i64,
+        limit: u64,
+    ) -> BoxFuture<'a, Result<RowPage, CaptureError>> {
+        (self.page)(tx, after, limit)
     }
 
     /// The local key of the row with this global id.
@@ -165,6 +182,21 @@ fn capture_erased<M: SyncModel>(
             Some(row) => Ok(Some(row.capture(tx).await?)),
             None => Ok(None),
         }
+    })
+}
+
+fn page_erased<M: SyncModel>(
+    tx: &DatabaseTransaction,
+    after: i64,
+    limit: u64,
+) -> BoxFuture<'_, Result<RowPage, CaptureError>> {
+    Box::pin(async move {
+        let rows = M::page(tx, after, limit).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push((row.local_key(), row.sync_id(), row.capture(tx).await?));
+        }
+        Ok(out)
     })
 }
 

@@ -377,6 +377,22 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
                     }
                 }
 
+                fn page<C: __sync::sea_orm::ConnectionTrait>(
+                    db: &C,
+                    after: i64,
+                    limit: u64,
+                ) -> impl __sync::Future<
+                    Output = __sync::Result<::std::vec::Vec<Self>, __sync::sea_orm::DbErr>,
+                > + Send {
+                    use __sync::sea_orm::QuerySelect as _;
+                    use __sync::sea_orm::QueryOrder as _;
+                    Entity::find()
+                        .filter(Column::#pk_variant.gt(after))
+                        .order_by_asc(Column::#pk_variant)
+                        .limit(limit)
+                        .all(db)
+                }
+
                 fn find_by_id<C: __sync::sea_orm::ConnectionTrait>(
                     db: &C,
                     id: __sync::Uuid,

@@ -162,10 +162,7 @@ pub async fn database() -> DatabaseConnection {
     let mut options = ConnectOptions::new("sqlite::memory:");
     options.max_connections(1).sqlx_logging(false);
     let db = Database::connect(options).await.unwrap();
-    create_table(&db, every_type::Entity).await;
-    create_table(&db, volume::Entity).await;
-    create_table(&db, location::Entity).await;
-    create_table(&db, entry::Entity).await;
+    create_all(&db).await;
     db
 }
 
@@ -173,4 +170,172 @@ pub async fn create_table<E: EntityTrait>(db: &DatabaseConnection, entity: E) {
     let schema = Schema::new(db.get_database_backend());
     let stmt = schema.create_table_from_entity(entity);
     db.execute(&stmt).await.unwrap();
+}
+
+pub mod tag {
+    use sea_orm::entity::prelude::*;
+    use sync_core::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "tags")]
+    #[sync(shared)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[sea_orm(unique)]
+        #[sync(id)]
+        pub gid: Uuid,
+        pub name: String,
+        pub color: Option<String>,
+        pub weight: i64,
+        #[sync(references = super::tag::Entity)]
+        pub parent_id: Option<i32>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod collection {
+    use sea_orm::entity::prelude::*;
+    use sync_core::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "collections")]
+    #[sync(shared)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[sea_orm(unique)]
+        #[sync(id)]
+        pub gid: Uuid,
+        pub name: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A shared row that needs a collection and may name a tag.
+pub mod membership {
+    use sea_orm::entity::prelude::*;
+    use sync_core::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "memberships")]
+    #[sync(shared)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[sea_orm(unique)]
+        #[sync(id)]
+        pub gid: Uuid,
+        #[sync(references = super::collection::Entity)]
+        pub collection_id: i32,
+        #[sync(references = super::tag::Entity)]
+        pub tag_id: Option<i32>,
+        pub note: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub async fn create_all(db: &DatabaseConnection) {
+    create_table(db, every_type::Entity).await;
+    create_table(db, volume::Entity).await;
+    create_table(db, location::Entity).await;
+    create_table(db, entry::Entity).await;
+    create_table(db, tag::Entity).await;
+    create_table(db, collection::Entity).await;
+    create_table(db, membership::Entity).await;
+}
+
+use std::sync::Arc;
+use std::time::Duration;
+use sync_core::clock::ManualTime;
+use sync_core::{Change, Engine, EngineConfig};
+use uuid::Uuid;
+
+/// The physical time every test device starts at.
+pub const EPOCH: Duration = Duration::from_secs(1_750_000_000);
+
+/// One simulated device: an engine over its own database, with a clock the
+/// test moves.
+pub struct Device {
+    pub engine: Engine,
+    pub time: ManualTime,
+    pub id: Uuid,
+}
+
+pub fn device_id(n: u128) -> Uuid {
+    Uuid::from_u128(0xD000 + n)
+}
+
+/// A device over a fresh in-memory database.
+pub async fn device(n: u128) -> Device {
+    let db = database().await;
+    open_device(db, n, ManualTime::new(EPOCH)).await
+}
+
+/// A device over the SQLite file at `path` (created if missing).
+pub async fn device_at(path: &std::path::Path, n: u128, time: ManualTime) -> Device {
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut options = ConnectOptions::new(url);
+    options.max_connections(1).sqlx_logging(false);
+    let db = Database::connect(options).await.unwrap();
+    create_all_if_missing(&db).await;
+    open_device(db, n, time).await
+}
+
+async fn create_all_if_missing(db: &DatabaseConnection) {
+    let schema = Schema::new(db.get_database_backend());
+    macro_rules! create {
+        ($($e:expr),*) => {$(
+            let mut stmt = schema.create_table_from_entity($e);
+            stmt.if_not_exists();
+            db.execute(&stmt).await.unwrap();
+        )*};
+    }
+    create!(
+        every_type::Entity,
+        volume::Entity,
+        location::Entity,
+        entry::Entity,
+        tag::Entity,
+        collection::Entity,
+        membership::Entity
+    );
+}
+
+pub async fn open_device(db: DatabaseConnection, n: u128, time: ManualTime) -> Device {
+    let id = device_id(n);
+    let config = EngineConfig::new(id)
+        .time(Arc::new(time.clone()))
+        .max_drift(Duration::from_secs(5));
+    let engine = Engine::open(db, config).await.unwrap();
+    Device { engine, time, id }
+}
+
+impl Device {
+    /// Applies changes as received from a peer; panics on a refused one.
+    pub async fn receive(&self, changes: &[Change]) -> sync_core::ApplyReport {
+        let report = self.engine.apply(changes.to_vec()).await.unwrap();
+        assert!(
+            report.rejected.is_empty(),
+            "rejected: {:?}",
+            report.rejected
+        );
+        report
+    }
+
+    pub async fn content(&self) -> Vec<sync_core::SyncedRow> {
+        self.engine.content().await.unwrap()
+    }
 }

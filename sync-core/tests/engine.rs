@@ -1,0 +1,785 @@
+//! The engine's data side, scenario by scenario, against SQLite.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Device, collection, device, entry, location, membership, tag, volume};
+use sea_orm::{ActiveValue::Set, EntityTrait, PaginatorTrait};
+use sync_core::{Change, ConflictKind, EngineError, Op, RejectReason, SyncModel, WireValue};
+use uuid::Uuid;
+
+fn new_tag(name: &str) -> tag::ActiveModel {
+    tag::ActiveModel {
+        gid: Set(Uuid::new_v4()),
+        name: Set(name.into()),
+        color: Set(None),
+        weight: Set(0),
+        parent_id: Set(None),
+        ..Default::default()
+    }
+}
+
+async fn create_tag(d: &Device, name: &str) -> (tag::Model, Vec<Change>) {
+    let mut tx = d.engine.begin().await.unwrap();
+    let row = tx.insert(new_tag(name)).await.unwrap();
+    (row, tx.commit().await.unwrap())
+}
+
+async fn edit_tag(d: &Device, id: Uuid, f: impl FnOnce(&mut tag::Model)) -> Vec<Change> {
+    let mut tx = d.engine.begin().await.unwrap();
+    let mut row = tag::Model::find_by_id(tx.connection(), id)
+        .await
+        .unwrap()
+        .unwrap();
+    f(&mut row);
+    tx.update(row).await.unwrap();
+    tx.commit().await.unwrap()
+}
+
+async fn delete_tag(d: &Device, id: Uuid) -> Vec<Change> {
+    let mut tx = d.engine.begin().await.unwrap();
+    assert!(tx.delete::<tag::Model>(id).await.unwrap());
+    tx.commit().await.unwrap()
+}
+
+async fn get_tag(d: &Device, id: Uuid) -> Option<tag::Model> {
+    tag::Model::find_by_id(d.engine.db(), id).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_write_commits_its_row_state_and_log_entry_together() {
+    let a = device(1).await;
+    let (row, changes) = create_tag(&a, "music").await;
+    assert_eq!(changes.len(), 1);
+    let change = &changes[0];
+    assert_eq!((change.origin, change.seq, change.id), (a.id, 1, row.gid));
+    let Op::Upsert(fields) = &change.op else {
+        panic!("an insert is an upsert")
+    };
+    assert_eq!(fields.len(), tag::Model::META.fields.len());
+    assert!(fields.iter().all(|f| f.base.is_none()));
+    assert_eq!(a.engine.log().await.unwrap(), changes);
+
+    let changes = edit_tag(&a, row.gid, |t| t.color = Some("red".into())).await;
+    let Op::Upsert(fields) = &changes[0].op else {
+        panic!()
+    };
+    assert_eq!(fields.len(), 1, "an update carries only the changed field");
+    assert_eq!(fields[0].name, "color");
+    assert_eq!(changes[0].seq, 2);
+    assert!(
+        fields[0].base.is_some(),
+        "it names the version it overwrote"
+    );
+    assert_eq!(a.engine.log_len().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn committed_changes_are_published_to_subscribers() {
+    let a = device(1).await;
+    let mut sub = a.engine.subscribe();
+    let (_, changes) = create_tag(&a, "x").await;
+    let published = sub.recv().await.unwrap();
+    assert_eq!(&*published, changes.as_slice());
+    // A rolled-back transaction publishes nothing.
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.insert(new_tag("y")).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert!(sub.try_recv().is_err());
+    assert_eq!(a.engine.stats().written, 1);
+}
+
+#[tokio::test]
+async fn concurrent_edits_of_different_fields_both_survive() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let (row, create) = create_tag(&a, "photos").await;
+    b.receive(&create).await;
+
+    let from_a = edit_tag(&a, row.gid, |t| t.name = "pictures".into()).await;
+    let from_b = edit_tag(&b, row.gid, |t| t.color = Some("blue".into())).await;
+    a.receive(&from_b).await;
+    b.receive(&from_a).await;
+
+    for d in [&a, &b] {
+        let t = get_tag(d, row.gid).await.unwrap();
+        assert_eq!(
+            (t.name.as_str(), t.color.as_deref()),
+            ("pictures", Some("blue"))
+        );
+        assert!(
+            d.engine.conflicts().await.unwrap().is_empty(),
+            "different fields do not conflict"
+        );
+    }
+    assert_eq!(a.content().await, b.content().await);
+}
+
+#[tokio::test]
+async fn the_same_field_edited_concurrently_takes_the_higher_clock_everywhere() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let (row, create) = create_tag(&a, "draft").await;
+    b.receive(&create).await;
+
+    let from_a = edit_tag(&a, row.gid, |t| t.name = "from a".into()).await;
+    b.time.advance(Duration::from_millis(10));
+    let from_b = edit_tag(&b, row.gid, |t| t.name = "from b".into()).await;
+    assert!(from_b[0].hlc > from_a[0].hlc);
+    a.receive(&from_b).await;
+    b.receive(&from_a).await;
+
+    for d in [&a, &b] {
+        assert_eq!(get_tag(d, row.gid).await.unwrap().name, "from b");
+        let conflicts = d.engine.conflicts().await.unwrap();
+        assert_eq!(
+            conflicts.len(),
+            1,
+            "the losing write is recorded on {}",
+            d.id
+        );
+        let c = &conflicts[0];
+        assert_eq!(c.field.as_deref(), Some("name"));
+        assert_eq!(c.loser.origin, a.id);
+        assert_eq!(
+            c.loser.value,
+            Some(WireValue::String(Some("from a".into())))
+        );
+        let winner = c.winner.as_ref().unwrap();
+        assert_eq!(winner.origin, b.id);
+        assert_eq!(winner.value, Some(WireValue::String(Some("from b".into()))));
+    }
+    assert_eq!(
+        a.engine.conflicts().await.unwrap()[0].kind,
+        ConflictKind::Overwritten
+    );
+    assert_eq!(
+        b.engine.conflicts().await.unwrap()[0].kind,
+        ConflictKind::Outdated
+    );
+}
+
+#[tokio::test]
+async fn a_sequential_edit_is_not_a_conflict() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let (row, create) = create_tag(&a, "v1").await;
+    b.receive(&create).await;
+    let e1 = edit_tag(&a, row.gid, |t| t.name = "v2".into()).await;
+    b.receive(&e1).await;
+    let e2 = edit_tag(&b, row.gid, |t| t.name = "v3".into()).await;
+    a.receive(&e2).await;
+    for d in [&a, &b] {
+        assert_eq!(get_tag(d, row.gid).await.unwrap().name, "v3");
+        assert!(d.engine.conflicts().await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn applying_the_same_changes_twice_changes_nothing() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let (row, mut all) = create_tag(&a, "once").await;
+    all.extend(edit_tag(&a, row.gid, |t| t.weight = 7).await);
+    let first = b.receive(&all).await;
+    assert_eq!(first.applied, 2);
+    let before = b.content().await;
+    let again = b.receive(&all).await;
+    assert_eq!((again.applied, again.duplicates), (0, 2));
+    assert_eq!(b.content().await, before);
+    assert_eq!(b.engine.log_len().await.unwrap(), 2);
+    // A device's own changes coming back are duplicates too.
+    assert_eq!(a.receive(&all).await.duplicates, 2);
+}
+
+#[tokio::test]
+async fn delete_wins_over_a_concurrent_update_in_either_order() {
+    for delete_first in [true, false] {
+        let a = device(1).await;
+        let b = device(2).await;
+        let c = device(3).await;
+        let (row, create) = create_tag(&a, "doomed").await;
+        b.receive(&create).await;
+        c.receive(&create).await;
+
+        // b's update has the higher clock; the delete still wins.
+        let delete = delete_tag(&a, row.gid).await;
+        b.time.advance(Duration::from_secs(1));
+        let update = edit_tag(&b, row.gid, |t| t.name = "saved?".into()).await;
+        assert!(update[0].hlc > delete[0].hlc);
+
+        if delete_first {
+            c.receive(&delete).await;
+            c.receive(&update).await;
+        } else {
+            c.receive(&update).await;
+            c.receive(&delete).await;
+        }
+        a.receive(&update).await;
+        b.receive(&delete).await;
+
+        for d in [&a, &b, &c] {
+            assert!(
+                get_tag(d, row.gid).await.is_none(),
+                "deleted on {} (delete first: {delete_first})",
+                d.id
+            );
+        }
+        assert_eq!(a.content().await, c.content().await);
+        assert_eq!(b.content().await, c.content().await);
+        // Where the update arrived after the delete, its loss is recorded.
+        let lost = a.engine.conflicts().await.unwrap();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].kind, ConflictKind::Deleted);
+        assert_eq!(lost[0].loser.origin, b.id);
+        // And the record cannot be written again, even by its creator.
+        let mut tx = a.engine.begin().await.unwrap();
+        let err = tx
+            .insert(tag::ActiveModel {
+                gid: Set(row.gid),
+                ..new_tag("again")
+            })
+            .await;
+        assert!(matches!(err, Err(EngineError::Deleted { .. })), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_late_create_of_a_deleted_record_never_brings_it_back() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let (row, create) = create_tag(&a, "ghost").await;
+    let delete = delete_tag(&a, row.gid).await;
+    b.receive(&delete).await;
+    b.receive(&create).await;
+    assert!(get_tag(&b, row.gid).await.is_none());
+    assert_eq!(a.content().await, b.content().await);
+}
+
+#[tokio::test]
+async fn shared_children_arriving_before_their_parents_wait_for_them() {
+    let a = device(1).await;
+    let b = device(2).await;
+    // Three levels: tag <- tag (parent_id) <- membership (tag_id); and the
+    // membership also needs its collection.
+    let mut tx = a.engine.begin().await.unwrap();
+    let root = tx.insert(new_tag("root")).await.unwrap();
+    let child = tx
+        .insert(tag::ActiveModel {
+            parent_id: Set(Some(root.id)),
+            ..new_tag("child")
+        })
+        .await
+        .unwrap();
+    let coll = tx
+        .insert(collection::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            name: Set("trip".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let member = tx
+        .insert(membership::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            collection_id: Set(coll.id),
+            tag_id: Set(Some(child.id)),
+            note: Set("n".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let changes = tx.commit().await.unwrap();
+    assert_eq!(changes.len(), 4);
+
+    // Each arrives alone, children first.
+    for change in changes.iter().rev() {
+        b.receive(std::slice::from_ref(change)).await;
+    }
+    assert_eq!(b.engine.parked_len().await.unwrap(), 0);
+    assert_eq!(a.content().await, b.content().await);
+    let m = membership::Model::find_by_id(b.engine.db(), member.gid)
+        .await
+        .unwrap()
+        .unwrap();
+    let c = tag::Model::find_by_id(b.engine.db(), child.gid)
+        .await
+        .unwrap()
+        .unwrap();
+    let r = tag::Model::find_by_id(b.engine.db(), root.gid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.tag_id, Some(c.id));
+    assert_eq!(c.parent_id, Some(r.id));
+}
+
+async fn index_tree(d: &Device) -> (Vec<Change>, [Uuid; 4]) {
+    let mut tx = d.engine.begin().await.unwrap();
+    let vol = tx
+        .insert(volume::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            device: Set(d.id),
+            name: Set("disk".into()),
+            capacity: Set(Some(1 << 40)),
+            is_online: Set(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let loc = tx
+        .insert(location::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            device: Set(d.id),
+            volume_id: Set(Some(vol.id)),
+            root_entry_id: Set(None),
+            path: Set("/home".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dir = tx
+        .insert(entry::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            device: Set(d.id),
+            location_id: Set(loc.id),
+            parent_id: Set(None),
+            name: Set("docs".into()),
+            size: Set(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let file = tx
+        .insert(entry::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            device: Set(d.id),
+            location_id: Set(loc.id),
+            parent_id: Set(Some(dir.id)),
+            name: Set("cv.pdf".into()),
+            size: Set(1234),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Close the cycle: the location's root entry.
+    let mut loc = loc;
+    loc.root_entry_id = Some(dir.id);
+    tx.update(loc.clone()).await.unwrap();
+    (
+        tx.commit().await.unwrap(),
+        [vol.gid, loc.gid, dir.gid, file.gid],
+    )
+}
+
+#[tokio::test]
+async fn device_owned_rows_arriving_in_reverse_order_are_parked_then_applied() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let (changes, [_, loc, dir, file]) = index_tree(&a).await;
+    let mut reversed = changes.clone();
+    reversed.reverse();
+    for change in &reversed {
+        b.receive(std::slice::from_ref(change)).await;
+    }
+    assert_eq!(b.engine.parked_len().await.unwrap(), 0);
+    assert_eq!(a.content().await, b.content().await);
+    let db = b.engine.db();
+    let l = location::Model::find_by_id(db, loc).await.unwrap().unwrap();
+    let d = entry::Model::find_by_id(db, dir).await.unwrap().unwrap();
+    let f = entry::Model::find_by_id(db, file).await.unwrap().unwrap();
+    assert_eq!(l.root_entry_id, Some(d.id));
+    assert_eq!(f.parent_id, Some(d.id));
+    assert_eq!(f.location_id, l.id);
+}
+
+#[tokio::test]
+async fn parked_changes_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.sqlite");
+    let a = device(1).await;
+    let (changes, [vol, loc, d, f]) = index_tree(&a).await;
+    let (parents, children): (Vec<Change>, Vec<Change>) =
+        changes.into_iter().partition(|c| c.model == "locations");
+    {
+        let b = common::device_at(&path, 2, sync_core::clock::ManualTime::new(common::EPOCH)).await;
+        b.receive(&children).await;
+        assert!(b.engine.parked_len().await.unwrap() > 0);
+        assert!(
+            entry::Model::find_by_id(b.engine.db(), f)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    let b = common::device_at(&path, 2, sync_core::clock::ManualTime::new(common::EPOCH)).await;
+    assert!(
+        b.engine.parked_len().await.unwrap() > 0,
+        "still parked after the restart"
+    );
+    b.receive(&parents).await;
+    assert_eq!(b.engine.parked_len().await.unwrap(), 0);
+    for id in [vol, loc, d, f] {
+        assert!(b.content().await.iter().any(|r| r.id == id));
+    }
+    assert_eq!(a.content().await, b.content().await);
+}
+
+#[tokio::test]
+async fn a_change_from_a_device_that_does_not_own_the_row_is_rejected() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let mallory = device(3).await;
+    let (changes, [vol, ..]) = index_tree(&a).await;
+    b.receive(&changes).await;
+    let before = b.content().await;
+
+    // Mallory replays a's volume state as its own, then under a's name but
+    // with itself as owner.
+    let original = changes.iter().find(|c| c.id == vol).unwrap().clone();
+    let mut forged = original.clone();
+    forged.origin = mallory.id;
+    forged.seq = 100;
+    let mut stolen = original.clone();
+    stolen.origin = mallory.id;
+    stolen.seq = 101;
+    if let Op::Upsert(fields) = &mut stolen.op {
+        for f in fields.iter_mut() {
+            if f.name == "device" {
+                f.value = WireValue::Uuid(Some(mallory.id));
+            }
+        }
+    }
+    let mut delete = original.clone();
+    delete.origin = mallory.id;
+    delete.seq = 102;
+    delete.op = Op::Delete;
+
+    let report = b.engine.apply(vec![forged, stolen, delete]).await.unwrap();
+    assert_eq!(report.rejected.len(), 3);
+    assert!(
+        report
+            .rejected
+            .iter()
+            .all(|r| r.reason == RejectReason::NotOwner { owner: a.id })
+    );
+    assert_eq!(b.content().await, before, "nothing was written");
+    assert_eq!(b.engine.stats().rejected, 3);
+    let conflicts = b.engine.conflicts().await.unwrap();
+    assert_eq!(conflicts.len(), 3);
+    assert!(
+        conflicts
+            .iter()
+            .all(|c| c.kind == ConflictKind::NotOwner && c.loser.origin == mallory.id)
+    );
+}
+
+#[tokio::test]
+async fn a_device_cannot_write_a_row_another_device_owns() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let (changes, [vol, ..]) = index_tree(&a).await;
+    b.receive(&changes).await;
+    let mut row = volume::Model::find_by_id(b.engine.db(), vol)
+        .await
+        .unwrap()
+        .unwrap();
+    row.name = "mine now".into();
+    let mut tx = b.engine.begin().await.unwrap();
+    let err = tx.update(row).await.unwrap_err();
+    assert!(
+        matches!(err, EngineError::NotOwner { owner, .. } if owner == a.id),
+        "{err}"
+    );
+    assert!(matches!(tx.commit().await, Err(EngineError::Poisoned)));
+
+    let mut tx = b.engine.begin().await.unwrap();
+    let err = tx.delete::<volume::Model>(vol).await.unwrap_err();
+    assert!(matches!(err, EngineError::NotOwner { .. }), "{err}");
+    drop(tx);
+
+    let mut tx = b.engine.begin().await.unwrap();
+    let err = tx
+        .insert(volume::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            device: Set(a.id),
+            name: Set("not yours".into()),
+            capacity: Set(None),
+            is_online: Set(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::NotOwner { .. }), "{err}");
+    drop(tx);
+    assert_eq!(a.content().await, b.content().await);
+}
+
+#[tokio::test]
+async fn an_older_device_owned_state_never_replaces_a_newer_one() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let (changes, [vol, ..]) = index_tree(&a).await;
+    b.receive(&changes).await;
+    let mut row = volume::Model::find_by_id(a.engine.db(), vol)
+        .await
+        .unwrap()
+        .unwrap();
+    row.name = "renamed".into();
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.update(row).await.unwrap();
+    let newer = tx.commit().await.unwrap();
+    b.receive(&newer).await;
+    let report = b.receive(&changes).await;
+    assert_eq!(report.applied, 0);
+    assert_eq!(
+        volume::Model::find_by_id(b.engine.db(), vol)
+            .await
+            .unwrap()
+            .unwrap()
+            .name,
+        "renamed"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_parent_deletes_rows_that_need_it_and_clears_rows_that_may_lose_it() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let (changes, [vol, loc, dir, file]) = index_tree(&a).await;
+    b.receive(&changes).await;
+
+    let mut tx = a.engine.begin().await.unwrap();
+    assert!(tx.delete::<location::Model>(loc).await.unwrap());
+    let delete = tx.commit().await.unwrap();
+    assert_eq!(
+        delete.len(),
+        1,
+        "the cascade is derived on every device, not shipped"
+    );
+    b.receive(&delete).await;
+
+    for d in [&a, &b] {
+        let db = d.engine.db();
+        assert!(volume::Model::find_by_id(db, vol).await.unwrap().is_some());
+        for gone in [loc, dir, file] {
+            assert!(entry::Model::find_by_id(db, gone).await.unwrap().is_none());
+            assert!(
+                location::Model::find_by_id(db, gone)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
+    }
+    assert_eq!(a.content().await, b.content().await);
+
+    // A child whose required parent is deleted by the time it arrives is
+    // deleted with it.
+    let c = device(3).await;
+    let (mut tree, _) = (changes.clone(), ());
+    tree.extend(delete.clone());
+    let (deletes, writes): (Vec<Change>, Vec<Change>) =
+        tree.into_iter().partition(Change::is_delete);
+    c.receive(&deletes).await;
+    c.receive(&writes).await;
+    assert_eq!(c.content().await, a.content().await);
+    assert_eq!(
+        c.engine.parked_len().await.unwrap(),
+        0,
+        "nothing waits forever for a deleted parent"
+    );
+}
+
+#[tokio::test]
+async fn a_nullable_reference_to_a_deleted_record_becomes_null() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let (parent, create_parent) = create_tag(&a, "parent").await;
+    b.receive(&create_parent).await;
+    // b points a new child at the parent while a deletes the parent.
+    let mut tx = b.engine.begin().await.unwrap();
+    let local_parent = tag::Model::find_by_id(tx.connection(), parent.gid)
+        .await
+        .unwrap()
+        .unwrap();
+    let child = tx
+        .insert(tag::ActiveModel {
+            parent_id: Set(Some(local_parent.id)),
+            ..new_tag("child")
+        })
+        .await
+        .unwrap();
+    let create_child = tx.commit().await.unwrap();
+    let delete = delete_tag(&a, parent.gid).await;
+
+    a.receive(&create_child).await;
+    b.receive(&delete).await;
+    for d in [&a, &b] {
+        let c = tag::Model::find_by_id(d.engine.db(), child.gid)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.parent_id, None);
+    }
+    assert_eq!(a.content().await, b.content().await);
+}
+
+#[tokio::test]
+async fn a_clock_too_far_ahead_is_refused_counted_and_changes_nothing() {
+    let a = device(1).await;
+    let b = device(2).await;
+    a.time.advance(Duration::from_secs(60)); // beyond b's 5 s bound
+    let (row, changes) = create_tag(&a, "future").await;
+    let report = b.engine.apply(changes.clone()).await.unwrap();
+    assert_eq!(report.applied, 0);
+    assert!(matches!(
+        report.rejected[0].reason,
+        RejectReason::ClockAhead(_)
+    ));
+    assert_eq!(b.engine.stats().clock_refused, 1);
+    assert!(get_tag(&b, row.gid).await.is_none());
+    assert_eq!(
+        b.engine.log_len().await.unwrap(),
+        0,
+        "refused, not recorded as received"
+    );
+    let clock_before = b.engine.clock_time();
+    assert!(clock_before < *changes[0].hlc.get_time());
+
+    // Once b's clock has caught up, the same change is accepted.
+    b.time.advance(Duration::from_secs(58));
+    assert_eq!(b.receive(&changes).await.applied, 1);
+}
+
+#[tokio::test]
+async fn the_clock_stays_monotonic_when_the_wall_clock_steps_back_and_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.sqlite");
+    let time = sync_core::clock::ManualTime::new(common::EPOCH);
+    let first = {
+        let a = common::device_at(&path, 1, time.clone()).await;
+        let (_, c1) = create_tag(&a, "one").await;
+        time.set(common::EPOCH - Duration::from_secs(3_600));
+        let (_, c2) = create_tag(&a, "two").await;
+        assert!(
+            c2[0].hlc > c1[0].hlc,
+            "a step back does not move the clock back"
+        );
+        c2[0].hlc
+    };
+    // Restarted with the wall clock even further back.
+    time.set(common::EPOCH - Duration::from_secs(7_200));
+    let a = common::device_at(&path, 1, time.clone()).await;
+    let (_, c3) = create_tag(&a, "three").await;
+    assert!(c3[0].hlc > first, "the persisted clock is resumed");
+    assert_eq!(c3[0].seq, 3, "numbering resumes too");
+}
+
+#[tokio::test]
+async fn an_injected_failure_between_the_row_and_the_log_leaves_neither() {
+    let a = device(1).await;
+    let faults = sync_core::Faults::default();
+    let db = a.engine.db().clone();
+    let engine = sync_core::Engine::open(
+        db,
+        sync_core::EngineConfig::new(a.id).faults(faults.clone()),
+    )
+    .await
+    .unwrap();
+    faults
+        .fail_before_log_write
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut tx = engine.begin().await.unwrap();
+    let row = tx.insert(new_tag("lost")).await.unwrap();
+    assert!(matches!(tx.commit().await, Err(EngineError::Injected(_))));
+    assert!(
+        tag::Model::find_by_id(engine.db(), row.gid)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(tag::Entity::find().count(engine.db()).await.unwrap(), 0);
+    assert_eq!(engine.log_len().await.unwrap(), 0);
+
+    faults
+        .fail_before_log_write
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut tx = engine.begin().await.unwrap();
+    tx.insert(new_tag("kept")).await.unwrap();
+    let changes = tx.commit().await.unwrap();
+    assert_eq!(changes[0].seq, 1, "the failed write used no number");
+    assert_eq!(engine.log_len().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_database_knows_its_device_and_refuses_a_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.sqlite");
+    let time = sync_core::clock::ManualTime::new(common::EPOCH);
+    let d = common::device_at(&path, 1, time.clone()).await;
+    let db = d.engine.db().clone();
+    let err = sync_core::Engine::open(
+        db.clone(),
+        sync_core::EngineConfig::new(Uuid::from_u128(99)),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, EngineError::WrongDevice { .. }), "{err}");
+
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared("UPDATE _sync_meta SET value = X'000003E7' WHERE key = 'schema_version'")
+        .await
+        .unwrap();
+    let err = sync_core::Engine::open(db, sync_core::EngineConfig::new(d.id))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("newer"), "{err}");
+}
+
+#[tokio::test]
+async fn malformed_and_unknown_changes_are_rejected_without_writing() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let (_, changes) = create_tag(&a, "ok").await;
+    let mut unknown = changes[0].clone();
+    unknown.model = "no_such_model".into();
+    unknown.seq = 50;
+    let mut wrong_type = changes[0].clone();
+    wrong_type.seq = 51;
+    wrong_type.id = Uuid::new_v4();
+    if let Op::Upsert(fields) = &mut wrong_type.op {
+        fields.retain(|f| f.name != "gid");
+        for f in fields.iter_mut() {
+            if f.name == "weight" {
+                f.value = WireValue::String(Some("heavy".into()));
+            }
+        }
+    }
+    let report = b.engine.apply(vec![unknown, wrong_type]).await.unwrap();
+    assert_eq!(report.rejected.len(), 2);
+    let reason = |seq: u64| {
+        &report
+            .rejected
+            .iter()
+            .find(|r| r.seq == seq)
+            .unwrap()
+            .reason
+    };
+    assert!(matches!(reason(50), RejectReason::UnknownModel));
+    assert!(
+        matches!(reason(51), RejectReason::Malformed(_)),
+        "{:?}",
+        reason(51)
+    );
+    assert!(b.content().await.is_empty());
+    assert_eq!(b.engine.log_len().await.unwrap(), 0);
+}
