@@ -251,3 +251,44 @@ impl WireValue {
         Self::from_sea(value.into())
     }
 }
+
+impl std::fmt::Display for WireValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn show<T: std::fmt::Display>(
+            f: &mut std::fmt::Formatter<'_>,
+            v: &Option<T>,
+        ) -> std::fmt::Result {
+            match v {
+                Some(v) => write!(f, "{v}"),
+                None => f.write_str("null"),
+            }
+        }
+        match self {
+            WireValue::Bool(v) => show(f, v),
+            WireValue::I8(v) => show(f, v),
+            WireValue::I16(v) => show(f, v),
+            WireValue::I32(v) => show(f, v),
+            WireValue::I64(v) => show(f, v),
+            WireValue::U8(v) => show(f, v),
+            WireValue::U16(v) => show(f, v),
+            WireValue::U32(v) => show(f, v),
+            WireValue::U64(v) => show(f, v),
+            WireValue::F32(v) => show(f, v),
+            WireValue::F64(v) => show(f, v),
+            WireValue::Char(v) => show(f, v),
+            WireValue::String(Some(s)) => write!(f, "{s:?}"),
+            WireValue::String(None) => f.write_str("null"),
+            WireValue::Enum { value, .. } => show(f, value),
+            WireValue::Bytes(Some(b)) => write!(f, "<{} bytes>", b.len()),
+            WireValue::Bytes(None) => f.write_str("null"),
+            WireValue::Json(v) => show(f, v),
+            WireValue::Date(v) => show(f, v),
+            WireValue::Time(v) => show(f, v),
+            WireValue::DateTime(v) => show(f, v),
+            WireValue::DateTimeUtc(v) => show(f, v),
+            WireValue::DateTimeWithOffset(v) => show(f, v),
+            WireValue::DateTimeLocal(v) => show(f, v),
+            WireValue::Uuid(v) => show(f, v),
+        }
+    }
+}
