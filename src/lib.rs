@@ -4,7 +4,7 @@
 //! An application annotates its models with `#[derive(Syncable)]` and depends
 //! on this crate only. It re-exports the three parts of the framework:
 //!
-//! - [`derive`]: the `#[derive(Syncable)]` macro (see its docs for every
+//! - [`derive`](mod@derive): the `#[derive(Syncable)]` macro (see its docs for every
 //!   `#[sync(...)]` attribute);
 //! - [`core`]: the engine (clock, change log, capture, merge, apply, the
 //!   sans-IO protocol);

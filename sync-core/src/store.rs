@@ -12,7 +12,7 @@ use crate::clock::{ID, NTP64, Timestamp};
 use crate::conflict::{Conflict, ConflictKind, Write};
 
 /// The schema this engine writes. Bumped by every change to the `_sync_*`
-/// tables; each bump adds a step to [`migrate`].
+/// tables; each bump adds a step to the migration.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The engine's storage failed.
