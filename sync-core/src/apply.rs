@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 use uuid::Uuid;
 
-use crate::change::{Change, FieldChange, Op};
+use crate::change::{Change, FieldChange, FieldImage, Op};
 use crate::clock::{Timestamp, timestamp_device};
 use crate::conflict::{ConflictKind, Write};
 use crate::error::EngineError;
@@ -273,16 +273,28 @@ impl Step<'_> {
         }
         match self.desc.meta().ownership {
             Ownership::Shared => {
-                if store::log_contains(self.tx, change.origin, change.seq).await?
-                    || store::is_parked(self.tx, change.origin, change.seq).await?
+                if (change.seq > 0
+                    && store::log_contains(self.tx, change.origin, change.seq).await?)
+                    || store::is_parked(self.tx, change).await?
                 {
                     return Ok(Outcome::Duplicate);
                 }
                 let outcome = match &change.op {
-                    Op::Upsert(fields) => self.shared_upsert(change, fields).await?,
+                    Op::Upsert(fields) => {
+                        let fields = fields
+                            .iter()
+                            .map(|f| Incoming::of_write(change, f))
+                            .collect();
+                        self.shared_upsert(change, fields).await?
+                    }
+                    Op::Image(fields) => {
+                        let fields = fields.iter().map(Incoming::of_image).collect();
+                        self.shared_upsert(change, fields).await?
+                    }
                     Op::Delete => self.shared_delete(change).await?,
                 };
-                if !matches!(outcome, Outcome::Parked) {
+                // Snapshot rows (numbered 0) are states, not log entries.
+                if !matches!(outcome, Outcome::Parked) && change.seq > 0 {
                     store::append_log(self.tx, &[change]).await?;
                 }
                 Ok(outcome)
@@ -290,6 +302,9 @@ impl Step<'_> {
             Ownership::DeviceOwned => match &change.op {
                 Op::Upsert(fields) => self.owned_upsert(change, fields).await,
                 Op::Delete => self.owned_delete(change).await,
+                Op::Image(_) => Err(StepError::Reject(RejectReason::Malformed(
+                    "a device-owned record travels as its owner's state, not an image".into(),
+                ))),
             },
         }
     }
@@ -308,13 +323,13 @@ impl Step<'_> {
     async fn shared_upsert(
         &mut self,
         change: &Change,
-        fields: &[FieldChange],
+        fields: Vec<Incoming<'_>>,
     ) -> Result<Outcome, StepError> {
         let model = self.model();
         let state = store::load_row(self.tx, model, change.id).await?;
-        let incoming = |f: &FieldChange| Write {
-            origin: change.origin,
-            hlc: change.hlc,
+        let incoming = |f: &Incoming<'_>| Write {
+            origin: f.origin,
+            hlc: f.hlc,
             value: Some(f.value.clone()),
         };
         if let Some(state) = &state
@@ -325,12 +340,12 @@ impl Step<'_> {
                 hlc,
                 value: None,
             });
-            for f in fields {
+            for f in &fields {
                 self.record(NewConflict {
                     kind: ConflictKind::Deleted,
                     model,
                     record: change.id,
-                    field: Some(&f.name),
+                    field: Some(f.name),
                     loser: incoming(f),
                     winner: winner.clone(),
                 })
@@ -340,28 +355,28 @@ impl Step<'_> {
         }
 
         let mut state = state.unwrap_or_default();
-        let mut winners: Vec<&FieldChange> = Vec::new();
-        let mut overwritten: Vec<(&FieldChange, FieldClock)> = Vec::new();
-        let mut outdated: Vec<(&FieldChange, FieldClock)> = Vec::new();
+        let mut winners: Vec<&Incoming<'_>> = Vec::new();
+        let mut overwritten: Vec<(&Incoming<'_>, FieldClock)> = Vec::new();
+        let mut outdated: Vec<(&Incoming<'_>, FieldClock)> = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
-        for f in fields {
-            if !seen.insert(f.name.as_str()) {
+        for f in &fields {
+            if !seen.insert(f.name) {
                 return Err(StepError::Reject(RejectReason::Malformed(format!(
                     "field `{}` appears twice",
                     f.name
                 ))));
             }
-            match state.clocks.get(&f.name) {
+            match state.clocks.get(f.name) {
                 None => winners.push(f),
-                Some(local) if change.hlc > local.hlc => {
+                Some(local) if f.hlc > local.hlc => {
                     if f.base != Some(local.hlc) {
                         overwritten.push((f, *local));
                     }
                     winners.push(f);
                 }
-                Some(local) if change.hlc == local.hlc => {}
+                Some(local) if f.hlc == local.hlc => {}
                 Some(local) => {
-                    if local.base != Some(change.hlc) {
+                    if local.base != Some(f.hlc) {
                         outdated.push((f, *local));
                     }
                 }
@@ -386,11 +401,11 @@ impl Step<'_> {
                 kind: ConflictKind::Overwritten,
                 model,
                 record: change.id,
-                field: Some(&f.name),
+                field: Some(f.name),
                 loser: Write {
                     origin: timestamp_device(&local.hlc),
                     hlc: local.hlc,
-                    value: value_of(&f.name),
+                    value: value_of(f.name),
                 },
                 winner: Some(incoming(f)),
             })
@@ -401,12 +416,12 @@ impl Step<'_> {
                 kind: ConflictKind::Outdated,
                 model,
                 record: change.id,
-                field: Some(&f.name),
+                field: Some(f.name),
                 loser: incoming(f),
                 winner: Some(Write {
                     origin: timestamp_device(&local.hlc),
                     hlc: local.hlc,
-                    value: value_of(&f.name),
+                    value: value_of(f.name),
                 }),
             })
             .await?;
@@ -415,18 +430,21 @@ impl Step<'_> {
             return Ok(Outcome::Applied);
         }
 
-        let values: Vec<FieldValue> = winners.iter().map(|f| f.to_field_value()).collect();
+        let values: Vec<FieldValue> = winners
+            .iter()
+            .map(|f| FieldValue::new(f.name, f.value.clone()))
+            .collect();
         let Some(deferred) = self.write(change, &values).await? else {
             return Ok(Outcome::Parked);
         };
         for f in winners {
-            if deferred.iter().any(|d| d == &f.name) {
+            if deferred.iter().any(|d| d == f.name) {
                 continue;
             }
             state.clocks.insert(
-                f.name.clone(),
+                f.name.to_owned(),
                 FieldClock {
-                    hlc: change.hlc,
+                    hlc: f.hlc,
                     base: f.base,
                 },
             );
@@ -598,6 +616,7 @@ impl Step<'_> {
         }
         state.owner = Some(owner);
         state.version = Some(change.seq);
+        state.hlc = Some(change.hlc);
         store::save_row(self.tx, model, change.id, &state).await?;
         self.release(model, change.id).await?;
         Ok(Outcome::Applied)
@@ -635,10 +654,18 @@ impl Step<'_> {
     /// the write it came from still holds that field.
     async fn deferred_part(&mut self, change: &Change, field: &str) -> Result<Outcome, StepError> {
         let model = self.model();
-        let Op::Upsert(fields) = &change.op else {
-            return Ok(Outcome::Stale);
+        let f = match &change.op {
+            Op::Upsert(fields) => fields
+                .iter()
+                .find(|f| f.name == field)
+                .map(|f| Incoming::of_write(change, f)),
+            Op::Image(fields) => fields
+                .iter()
+                .find(|f| f.name == field)
+                .map(Incoming::of_image),
+            Op::Delete => None,
         };
-        let Some(f) = fields.iter().find(|f| f.name == field) else {
+        let Some(f) = f else {
             return Ok(Outcome::Stale);
         };
         let Some(mut state) = store::load_row(self.tx, model, change.id).await? else {
@@ -651,20 +678,21 @@ impl Step<'_> {
             Ownership::Shared => state
                 .clocks
                 .get(field)
-                .is_none_or(|local| change.hlc > local.hlc),
+                .is_none_or(|local| f.hlc > local.hlc),
             Ownership::DeviceOwned => state.version == Some(change.seq),
         };
         if !current {
             return Ok(Outcome::Stale);
         }
-        if self.write(change, &[f.to_field_value()]).await?.is_none() {
+        let value = FieldValue::new(f.name, f.value.clone());
+        if self.write(change, &[value]).await?.is_none() {
             return Ok(Outcome::Parked);
         }
         if self.desc.meta().ownership == Ownership::Shared {
             state.clocks.insert(
-                f.name.clone(),
+                f.name.to_owned(),
                 FieldClock {
-                    hlc: change.hlc,
+                    hlc: f.hlc,
                     base: f.base,
                 },
             );
@@ -731,6 +759,38 @@ impl Step<'_> {
             self.release(d.name(), record).await?;
         }
         Ok(())
+    }
+}
+
+/// A field arriving for a shared record: from a write (every field at the
+/// write's clock) or from an image (each field at its own).
+struct Incoming<'c> {
+    name: &'c str,
+    value: &'c crate::value::WireValue,
+    hlc: Timestamp,
+    base: Option<Timestamp>,
+    origin: Uuid,
+}
+
+impl<'c> Incoming<'c> {
+    fn of_write(change: &Change, f: &'c FieldChange) -> Self {
+        Self {
+            name: &f.name,
+            value: &f.value,
+            hlc: change.hlc,
+            base: f.base,
+            origin: change.origin,
+        }
+    }
+
+    fn of_image(f: &'c FieldImage) -> Self {
+        Self {
+            name: &f.name,
+            value: &f.value,
+            hlc: f.hlc,
+            base: f.base,
+            origin: timestamp_device(&f.hlc),
+        }
     }
 }
 

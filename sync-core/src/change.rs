@@ -33,6 +33,22 @@ pub enum Op {
     Upsert(Vec<FieldChange>),
     /// Deletes the record, for good.
     Delete,
+    /// A shared record's whole state, each field with its own clock: how a
+    /// snapshot sends a shared row. Merged field by field like any write.
+    Image(Vec<FieldImage>),
+}
+
+/// One field of a shared record's state, with its clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldImage {
+    /// The field's wire name.
+    pub name: String,
+    /// Its value.
+    pub value: WireValue,
+    /// The write that set it.
+    pub hlc: Timestamp,
+    /// The version that write replaced.
+    pub base: Option<Timestamp>,
 }
 
 /// One field of an upsert.

@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::apply::{Applier, ApplyReport, RejectReason, Rejection};
+use crate::catchup::{Claim, claim_reach};
 use crate::change::Change;
 use crate::clock::{Hlc, NTP64, SystemTime, TimeSource, Timestamp};
 use crate::conflict::Conflict;
@@ -128,6 +129,7 @@ pub(crate) struct Inner {
     pub(crate) faults: Faults,
     publisher: broadcast::Sender<Arc<[Change]>>,
     counters: Counters,
+    pub(crate) live: Mutex<std::collections::BTreeMap<Uuid, crate::peers::LivePeer>>,
 }
 
 /// A device's sync engine over its SQLite database.
@@ -188,6 +190,7 @@ impl Engine {
                 faults: config.faults,
                 publisher,
                 counters: Counters::default(),
+                live: Mutex::new(std::collections::BTreeMap::new()),
             }),
         })
     }
@@ -253,6 +256,17 @@ impl Engine {
     /// and reported, when its clock is too far ahead, its model unknown, its
     /// record malformed, or it changes a device-owned row it does not own.
     pub async fn apply(&self, changes: Vec<Change>) -> Result<ApplyReport, EngineError> {
+        self.apply_claimed(changes, &[]).await
+    }
+
+    /// Applies changes as [`apply`](Self::apply) does, and in the same
+    /// transaction advances this device's version vector by the senders'
+    /// claims, never past a change that was refused.
+    pub async fn apply_claimed(
+        &self,
+        changes: Vec<Change>,
+        claims: &[Claim],
+    ) -> Result<ApplyReport, EngineError> {
         let _writer = self.inner.writer.lock().await;
         let mut accepted = Vec::with_capacity(changes.len());
         let mut refused = Vec::new();
@@ -282,20 +296,38 @@ impl Engine {
         let mut applier = Applier::new(&self.inner.registry, &tx, self.inner.device);
         applier.apply_all(accepted).await?;
         let mut report = applier.report;
+        report.rejected.extend(refused);
+        if !claims.is_empty() {
+            let vector = store::load_vector(&tx).await?;
+            for claim in claims {
+                if claim.origin == self.inner.device || vector.get(claim.origin) < claim.after {
+                    continue;
+                }
+                let reach = claim_reach(claim, &report.rejected);
+                if reach > vector.get(claim.origin) {
+                    store::advance_vector(&tx, claim.origin, reach).await?;
+                }
+            }
+        }
         let last = self.clock().last();
         store::set_meta_u64(&tx, META_CLOCK, last.0).await?;
         tx.commit().await?;
 
         let c = &self.inner.counters;
-        c.clock_refused
-            .fetch_add(refused.len() as u64, Ordering::Relaxed);
+        let clock_refused = report
+            .rejected
+            .iter()
+            .filter(|r| matches!(r.reason, RejectReason::ClockAhead(_)))
+            .count() as u64;
+        c.clock_refused.fetch_add(clock_refused, Ordering::Relaxed);
         c.applied.fetch_add(report.applied, Ordering::Relaxed);
-        c.rejected
-            .fetch_add(report.rejected.len() as u64, Ordering::Relaxed);
+        c.rejected.fetch_add(
+            report.rejected.len() as u64 - clock_refused,
+            Ordering::Relaxed,
+        );
         c.parked.fetch_add(report.parked, Ordering::Relaxed);
         c.conflicts.fetch_add(report.conflicts, Ordering::Relaxed);
         metrics::counter!("syncable_changes_applied_total").increment(report.applied);
-        report.rejected.extend(refused);
         Ok(report)
     }
 

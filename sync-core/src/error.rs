@@ -77,6 +77,9 @@ pub enum EngineError {
     /// rolled back.
     #[error("an earlier write in this transaction failed; it cannot be committed")]
     Poisoned,
+    /// A message from a peer (or a cursor it echoed) does not decode.
+    #[error("malformed: {0}")]
+    Malformed(String),
     /// A fault injected by a test (see `Faults`).
     #[error("injected fault: {0}")]
     Injected(&'static str),

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::change::Change;
 use crate::clock::{ID, NTP64, Timestamp};
 use crate::conflict::{Conflict, ConflictKind, Write};
+use crate::vector::VersionVector;
 
 /// The schema this engine writes. Bumped by every change to the `_sync_*`
 /// tables; each bump adds a step to the migration.
@@ -105,21 +106,44 @@ const TABLES: &[&str] = &[
         deleted INTEGER NOT NULL DEFAULT 0,
         deleted_at BLOB,
         clocks BLOB,
+        hlc BLOB,
         PRIMARY KEY (model, record)
     ) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS _sync_rows_owner ON _sync_rows (owner, version)",
     // Changes waiting for a record that has not arrived. `part` is '' for a
     // whole change, or the name of one deferred nullable reference.
+    // Snapshot rows travel as changes numbered 0, so a parked change is
+    // named by its record as well as its number.
     "CREATE TABLE IF NOT EXISTS _sync_parked (
         origin BLOB NOT NULL,
         seq INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        record BLOB NOT NULL,
         part TEXT NOT NULL,
         parent_model TEXT NOT NULL,
         parent BLOB NOT NULL,
         change BLOB NOT NULL,
-        PRIMARY KEY (origin, seq, part)
+        PRIMARY KEY (origin, seq, model, record, part)
     ) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS _sync_parked_parent ON _sync_parked (parent_model, parent)",
+    // Per origin, the highest number up to which this device holds
+    // everything (its version vector).
+    "CREATE TABLE IF NOT EXISTS _sync_vector (
+        origin BLOB PRIMARY KEY NOT NULL,
+        seq INTEGER NOT NULL
+    ) WITHOUT ROWID",
+    // Paired peers: what each has acknowledged, when it was last heard.
+    "CREATE TABLE IF NOT EXISTS _sync_peers (
+        peer BLOB PRIMARY KEY NOT NULL,
+        acked BLOB,
+        last_seen INTEGER,
+        expired INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID",
+    // Per origin, the number up to which log entries have been pruned.
+    "CREATE TABLE IF NOT EXISTS _sync_pruned (
+        origin BLOB PRIMARY KEY NOT NULL,
+        seq INTEGER NOT NULL
+    ) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS _sync_conflicts (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         kind TEXT NOT NULL,
@@ -232,6 +256,8 @@ pub(crate) struct RowState {
     pub(crate) deleted_at: Option<Timestamp>,
     /// Per-field clocks (shared records).
     pub(crate) clocks: BTreeMap<String, FieldClock>,
+    /// The timestamp of the state held (device-owned records).
+    pub(crate) hlc: Option<Timestamp>,
 }
 
 /// The merge state of a record, if any.
@@ -242,34 +268,46 @@ pub(crate) async fn load_row<C: ConnectionTrait>(
 ) -> Result<Option<RowState>, StoreError> {
     let row = db
         .query_one_raw(stmt(
-            "SELECT owner, version, deleted, deleted_at, clocks FROM _sync_rows WHERE model = ? AND record = ?",
+            "SELECT owner, version, deleted, deleted_at, clocks, hlc FROM _sync_rows WHERE model = ? AND record = ?",
             vec![model.into(), uuid_value(record)],
         ))
         .await?;
     let Some(row) = row else { return Ok(None) };
+    row_state(&row).map(Some)
+}
+
+fn optional_timestamp(bytes: Option<Vec<u8>>, what: &str) -> Result<Option<Timestamp>, StoreError> {
+    match bytes {
+        Some(b) => {
+            Ok(Some(timestamp_from_bytes(&b).ok_or_else(|| {
+                corrupt("_sync_rows", format!("bad {what}"))
+            })?))
+        }
+        None => Ok(None),
+    }
+}
+
+fn row_state(row: &QueryResult) -> Result<RowState, StoreError> {
     let owner: Option<Vec<u8>> = row.try_get("", "owner")?;
     let version: Option<i64> = row.try_get("", "version")?;
     let deleted: i64 = row.try_get("", "deleted")?;
     let deleted_at: Option<Vec<u8>> = row.try_get("", "deleted_at")?;
     let clocks: Option<Vec<u8>> = row.try_get("", "clocks")?;
-    Ok(Some(RowState {
+    let hlc: Option<Vec<u8>> = row.try_get("", "hlc")?;
+    Ok(RowState {
         owner: owner
             .map(|b| Uuid::from_slice(&b))
             .transpose()
             .map_err(|e| corrupt("_sync_rows", e))?,
         version: version.map(|v| v as u64),
         deleted: deleted != 0,
-        deleted_at: match deleted_at {
-            Some(b) => Some(
-                timestamp_from_bytes(&b).ok_or_else(|| corrupt("_sync_rows", "bad deleted_at"))?,
-            ),
-            None => None,
-        },
+        deleted_at: optional_timestamp(deleted_at, "deleted_at")?,
         clocks: match clocks {
             Some(b) => rmp_serde::from_slice(&b).map_err(|e| corrupt("_sync_rows", e))?,
             None => BTreeMap::new(),
         },
-    }))
+        hlc: optional_timestamp(hlc, "hlc")?,
+    })
 }
 
 /// Stores the merge state of a record.
@@ -285,10 +323,11 @@ pub(crate) async fn save_row<C: ConnectionTrait>(
         blob(rmp_serde::to_vec(&state.clocks).map_err(|e| corrupt("_sync_rows", e))?)
     };
     db.execute_raw(stmt(
-        "INSERT INTO _sync_rows (model, record, owner, version, deleted, deleted_at, clocks)
-         VALUES (?, ?, ?, ?, ?, ?, ?)
+        "INSERT INTO _sync_rows (model, record, owner, version, deleted, deleted_at, clocks, hlc)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (model, record) DO UPDATE SET owner = excluded.owner, version = excluded.version,
-           deleted = excluded.deleted, deleted_at = excluded.deleted_at, clocks = excluded.clocks",
+           deleted = excluded.deleted, deleted_at = excluded.deleted_at, clocks = excluded.clocks,
+           hlc = excluded.hlc",
         vec![
             model.into(),
             uuid_value(record),
@@ -300,6 +339,7 @@ pub(crate) async fn save_row<C: ConnectionTrait>(
                 .as_ref()
                 .map_or(Value::Bytes(None), |t| blob(timestamp_bytes(t))),
             clocks,
+            state.hlc.as_ref().map_or(Value::Bytes(None), |t| blob(timestamp_bytes(t))),
         ],
     ))
     .await?;
@@ -388,11 +428,13 @@ pub(crate) async fn park<C: ConnectionTrait>(
     parent: Uuid,
 ) -> Result<(), StoreError> {
     db.execute_raw(stmt(
-        "INSERT OR REPLACE INTO _sync_parked (origin, seq, part, parent_model, parent, change)
-         VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO _sync_parked (origin, seq, model, record, part, parent_model, parent, change)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         vec![
             uuid_value(change.origin),
             Value::BigInt(Some(change.seq as i64)),
+            change.model.as_str().into(),
+            uuid_value(change.id),
             part.into(),
             parent_model.into(),
             uuid_value(parent),
@@ -406,13 +448,18 @@ pub(crate) async fn park<C: ConnectionTrait>(
 /// Whether a whole change is parked.
 pub(crate) async fn is_parked<C: ConnectionTrait>(
     db: &C,
-    origin: Uuid,
-    seq: u64,
+    change: &Change,
 ) -> Result<bool, StoreError> {
     let row = db
         .query_one_raw(stmt(
-            "SELECT 1 AS present FROM _sync_parked WHERE origin = ? AND seq = ? AND part = ''",
-            vec![uuid_value(origin), Value::BigInt(Some(seq as i64))],
+            "SELECT 1 AS present FROM _sync_parked
+             WHERE origin = ? AND seq = ? AND model = ? AND record = ? AND part = ''",
+            vec![
+                uuid_value(change.origin),
+                Value::BigInt(Some(change.seq as i64)),
+                change.model.as_str().into(),
+                uuid_value(change.id),
+            ],
         ))
         .await?;
     Ok(row.is_some())
@@ -531,4 +578,325 @@ pub(crate) async fn conflicts<C: ConnectionTrait>(db: &C) -> Result<Vec<Conflict
 /// The number of recorded conflicts.
 pub(crate) async fn conflicts_len<C: ConnectionTrait>(db: &C) -> Result<u64, StoreError> {
     count(db, "SELECT COUNT(*) AS n FROM _sync_conflicts").await
+}
+
+/// This device's version vector.
+pub(crate) async fn load_vector<C: ConnectionTrait>(db: &C) -> Result<VersionVector, StoreError> {
+    let rows = db
+        .query_all_raw(stmt("SELECT origin, seq FROM _sync_vector", vec![]))
+        .await?;
+    let mut vector = VersionVector::new();
+    for row in &rows {
+        let seq: i64 = row.try_get("", "seq")?;
+        vector.advance(get_uuid(row, "origin", "_sync_vector")?, seq as u64);
+    }
+    Ok(vector)
+}
+
+/// Raises the vector's entry for `origin` to `seq` (never lowers it).
+pub(crate) async fn advance_vector<C: ConnectionTrait>(
+    db: &C,
+    origin: Uuid,
+    seq: u64,
+) -> Result<(), StoreError> {
+    db.execute_raw(stmt(
+        "INSERT INTO _sync_vector (origin, seq) VALUES (?, ?)
+         ON CONFLICT (origin) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+        vec![uuid_value(origin), Value::BigInt(Some(seq as i64))],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Per origin, the number up to which the log was pruned.
+pub(crate) async fn load_pruned<C: ConnectionTrait>(db: &C) -> Result<VersionVector, StoreError> {
+    let rows = db
+        .query_all_raw(stmt("SELECT origin, seq FROM _sync_pruned", vec![]))
+        .await?;
+    let mut vector = VersionVector::new();
+    for row in &rows {
+        let seq: i64 = row.try_get("", "seq")?;
+        vector.advance(get_uuid(row, "origin", "_sync_pruned")?, seq as u64);
+    }
+    Ok(vector)
+}
+
+/// Drops the log entries of `origin` up to `seq`.
+pub(crate) async fn prune_log<C: ConnectionTrait>(
+    db: &C,
+    origin: Uuid,
+    seq: u64,
+) -> Result<u64, StoreError> {
+    let result = db
+        .execute_raw(stmt(
+            "DELETE FROM _sync_log WHERE origin = ? AND seq <= ?",
+            vec![uuid_value(origin), Value::BigInt(Some(seq as i64))],
+        ))
+        .await?;
+    db.execute_raw(stmt(
+        "INSERT INTO _sync_pruned (origin, seq) VALUES (?, ?)
+         ON CONFLICT (origin) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+        vec![uuid_value(origin), Value::BigInt(Some(seq as i64))],
+    ))
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// A paired peer as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PeerRecord {
+    pub(crate) peer: Uuid,
+    /// What it acknowledged, `None` if it never did.
+    pub(crate) acked: Option<VersionVector>,
+    /// When it was last heard from (ms since the Unix epoch).
+    pub(crate) last_seen: Option<u64>,
+    /// Away beyond the retention horizon: it must resync from a snapshot.
+    pub(crate) expired: bool,
+}
+
+/// Adds a paired peer, as if heard from at `now_ms` (nothing if it is
+/// already paired).
+pub(crate) async fn add_peer<C: ConnectionTrait>(
+    db: &C,
+    peer: Uuid,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    db.execute_raw(stmt(
+        "INSERT OR IGNORE INTO _sync_peers (peer, last_seen) VALUES (?, ?)",
+        vec![uuid_value(peer), Value::BigInt(Some(now_ms as i64))],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Removes a peer.
+pub(crate) async fn remove_peer<C: ConnectionTrait>(db: &C, peer: Uuid) -> Result<(), StoreError> {
+    db.execute_raw(stmt(
+        "DELETE FROM _sync_peers WHERE peer = ?",
+        vec![uuid_value(peer)],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Every paired peer.
+pub(crate) async fn peers<C: ConnectionTrait>(db: &C) -> Result<Vec<PeerRecord>, StoreError> {
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT peer, acked, last_seen, expired FROM _sync_peers ORDER BY peer",
+            vec![],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let acked: Option<Vec<u8>> = row.try_get("", "acked")?;
+            let last_seen: Option<i64> = row.try_get("", "last_seen")?;
+            let expired: i64 = row.try_get("", "expired")?;
+            Ok(PeerRecord {
+                peer: get_uuid(row, "peer", "_sync_peers")?,
+                acked: acked
+                    .map(|b| rmp_serde::from_slice(&b))
+                    .transpose()
+                    .map_err(|e| corrupt("_sync_peers", e))?,
+                last_seen: last_seen.map(|t| t as u64),
+                expired: expired != 0,
+            })
+        })
+        .collect()
+}
+
+/// Stores a peer's acknowledgement (raising, never lowering, each entry).
+pub(crate) async fn record_ack<C: ConnectionTrait>(
+    db: &C,
+    peer: Uuid,
+    vector: &VersionVector,
+) -> Result<(), StoreError> {
+    let current = peers(db).await?.into_iter().find(|p| p.peer == peer);
+    let mut merged = current.and_then(|p| p.acked).unwrap_or_default();
+    for (origin, seq) in vector.iter() {
+        merged.advance(origin, seq);
+    }
+    let bytes = rmp_serde::to_vec(&merged).map_err(|e| corrupt("_sync_peers", e))?;
+    db.execute_raw(stmt(
+        "UPDATE _sync_peers SET acked = ? WHERE peer = ?",
+        vec![blob(bytes), uuid_value(peer)],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Marks a peer as heard from at `now_ms`, and no longer expired if
+/// `resynced`.
+pub(crate) async fn touch_peer<C: ConnectionTrait>(
+    db: &C,
+    peer: Uuid,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    db.execute_raw(stmt(
+        "UPDATE _sync_peers SET last_seen = ? WHERE peer = ?",
+        vec![Value::BigInt(Some(now_ms as i64)), uuid_value(peer)],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Sets whether a peer is expired.
+pub(crate) async fn set_expired<C: ConnectionTrait>(
+    db: &C,
+    peer: Uuid,
+    expired: bool,
+) -> Result<(), StoreError> {
+    db.execute_raw(stmt(
+        "UPDATE _sync_peers SET expired = ? WHERE peer = ?",
+        vec![Value::BigInt(Some(i64::from(expired))), uuid_value(peer)],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// A stored change or row state of one origin, by number.
+pub(crate) enum Held {
+    /// A change kept whole (log or parked).
+    Change(Change),
+    /// A device-owned record's state: capture it to send it.
+    Owned {
+        model: String,
+        record: Uuid,
+        version: u64,
+        state: RowState,
+    },
+}
+
+impl Held {
+    fn seq(&self) -> u64 {
+        match self {
+            Held::Change(c) => c.seq,
+            Held::Owned { version, .. } => *version,
+        }
+    }
+}
+
+/// What this device holds of `origin` with numbers in `(after, upto]`, by
+/// number, at most `limit` of them: log entries, parked changes and
+/// device-owned record states.
+pub(crate) async fn held_since<C: ConnectionTrait>(
+    db: &C,
+    origin: Uuid,
+    after: u64,
+    upto: u64,
+    limit: u64,
+) -> Result<Vec<Held>, StoreError> {
+    let range = || {
+        vec![
+            uuid_value(origin),
+            Value::BigInt(Some(after as i64)),
+            Value::BigInt(Some(upto as i64)),
+            Value::BigInt(Some(limit as i64)),
+        ]
+    };
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT change FROM _sync_log WHERE origin = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+        "SELECT change FROM _sync_parked WHERE origin = ? AND seq > ? AND seq <= ? AND part = '' ORDER BY seq LIMIT ?",
+    ] {
+        for row in db.query_all_raw(stmt(sql, range())).await? {
+            let bytes: Vec<u8> = row.try_get("", "change")?;
+            out.push(Held::Change(
+                Change::decode(&bytes).map_err(|e| corrupt("_sync_log", e))?,
+            ));
+        }
+    }
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT model, record, owner, version, deleted, deleted_at, clocks, hlc FROM _sync_rows
+             WHERE owner = ? AND version > ? AND version <= ? ORDER BY version LIMIT ?",
+            range(),
+        ))
+        .await?;
+    for row in &rows {
+        let version: i64 = row.try_get("", "version")?;
+        out.push(Held::Owned {
+            model: row.try_get("", "model")?,
+            record: get_uuid(row, "record", "_sync_rows")?,
+            version: version as u64,
+            state: row_state(row)?,
+        });
+    }
+    out.sort_by_key(Held::seq);
+    out.truncate(limit as usize);
+    Ok(out)
+}
+
+/// Tombstones of `model` with record ids above `after`, by id.
+pub(crate) async fn tombstones<C: ConnectionTrait>(
+    db: &C,
+    model: &str,
+    after: &[u8],
+    limit: u64,
+) -> Result<Vec<(Uuid, RowState)>, StoreError> {
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT record, owner, version, deleted, deleted_at, clocks, hlc FROM _sync_rows
+             WHERE model = ? AND deleted = 1 AND record > ? ORDER BY record LIMIT ?",
+            vec![
+                model.into(),
+                blob(after.to_vec()),
+                Value::BigInt(Some(limit as i64)),
+            ],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| Ok((get_uuid(row, "record", "_sync_rows")?, row_state(row)?)))
+        .collect()
+}
+
+/// The position of a parked change in a scan of all of them.
+pub(crate) type ParkedKey = (Uuid, u64, String, Uuid);
+
+/// Whole parked changes after `after`, in key order.
+pub(crate) async fn parked_after<C: ConnectionTrait>(
+    db: &C,
+    after: Option<&ParkedKey>,
+    limit: u64,
+) -> Result<Vec<(ParkedKey, Change)>, StoreError> {
+    let (origin, seq, model, record) = match after {
+        Some((o, s, m, r)) => (uuid_value(*o), *s as i64, m.clone(), uuid_value(*r)),
+        None => (blob(Vec::new()), -1, String::new(), blob(Vec::new())),
+    };
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT origin, seq, model, record, change FROM _sync_parked
+             WHERE part = '' AND (origin, seq, model, record) > (?, ?, ?, ?)
+             ORDER BY origin, seq, model, record LIMIT ?",
+            vec![
+                origin,
+                Value::BigInt(Some(seq)),
+                model.into(),
+                record,
+                Value::BigInt(Some(limit as i64)),
+            ],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let seq: i64 = row.try_get("", "seq")?;
+            let key = (
+                get_uuid(row, "origin", "_sync_parked")?,
+                seq as u64,
+                row.try_get("", "model")?,
+                get_uuid(row, "record", "_sync_parked")?,
+            );
+            let bytes: Vec<u8> = row.try_get("", "change")?;
+            Ok((
+                key,
+                Change::decode(&bytes).map_err(|e| corrupt("_sync_parked", e))?,
+            ))
+        })
+        .collect()
+}
+
+/// Rows in the snapshot: every record state plus every parked change.
+pub(crate) async fn snapshot_size<C: ConnectionTrait>(db: &C) -> Result<u64, StoreError> {
+    Ok(count(db, "SELECT COUNT(*) AS n FROM _sync_rows").await?
+        + count(db, "SELECT COUNT(*) AS n FROM _sync_parked WHERE part = ''").await?)
 }

@@ -160,11 +160,12 @@ impl<'e> SyncTransaction<'e> {
                 Op::Upsert(fields) => {
                     shared_state_after(state.unwrap_or_default(), change.hlc, fields)
                 }
-                Op::Delete => RowState::default(),
+                Op::Delete | Op::Image(_) => RowState::default(),
             },
             Ownership::DeviceOwned => RowState {
                 owner: Some(device),
                 version: Some(change.seq),
+                hlc: Some(change.hlc),
                 ..RowState::default()
             },
         };
@@ -263,6 +264,7 @@ impl<'e> SyncTransaction<'e> {
                 let change = self.next_change(meta.name, id, Op::Upsert(fields));
                 state.owner = Some(device);
                 state.version = Some(change.seq);
+                state.hlc = Some(change.hlc);
             }
         }
         store::save_row(&self.tx, meta.name, id, &state).await?;
@@ -339,6 +341,9 @@ impl<'e> SyncTransaction<'e> {
         }
         store::append_log(&self.tx, &shared).await?;
         store::set_meta_u64(&self.tx, META_NEXT_SEQ, self.next_seq).await?;
+        if self.next_seq > 1 {
+            store::advance_vector(&self.tx, self.engine.device(), self.next_seq - 1).await?;
+        }
         store::set_meta_u64(&self.tx, META_CLOCK, self.engine.clock_time().0).await?;
         self.tx.commit().await?;
         self.engine.publish(self.pending.clone());

@@ -1,6 +1,8 @@
 //! Models and helpers shared by sync-core's integration tests.
 #![allow(dead_code, missing_docs, unreachable_pub)]
 
+pub mod sim;
+
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, EntityTrait, Schema};
 
 pub mod every_type {

@@ -1,0 +1,385 @@
+//! The messages devices exchange, and their encoding.
+//!
+//! Every message travels in an envelope that starts with the protocol
+//! version, so a peer speaking another version is told so in words (and the
+//! range this device supports) instead of failing to decode.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::change::Change;
+use crate::vector::VersionVector;
+
+/// The protocol version this engine speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The oldest protocol version this engine still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// The largest encoded message accepted. Larger payloads are paged.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// A message between two devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// The first message each side sends.
+    Hello(Hello),
+    /// Changes pushed as they are written (or relayed).
+    Push(Push),
+    /// "Send me what I lack": the requester's version vector.
+    PullRequest(PullRequest),
+    /// A page of changes the requester lacked.
+    PullResponse(PullResponse),
+    /// A new device asks for a page of the whole library.
+    SnapshotRequest(SnapshotRequest),
+    /// A page of the whole library.
+    SnapshotResponse(SnapshotResponse),
+    /// What the sender holds, so the receiver may prune what both have.
+    Ack(Ack),
+    /// Liveness, with the sender's vector so each side sees its lag.
+    Heartbeat(Heartbeat),
+    /// The sender refuses something, and says why.
+    Error(ErrorMessage),
+}
+
+impl Message {
+    /// The message kind's number, as written in a frame header.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::Hello(_) => 1,
+            Message::Push(_) => 2,
+            Message::PullRequest(_) => 3,
+            Message::PullResponse(_) => 4,
+            Message::SnapshotRequest(_) => 5,
+            Message::SnapshotResponse(_) => 6,
+            Message::Ack(_) => 7,
+            Message::Heartbeat(_) => 8,
+            Message::Error(_) => 9,
+        }
+    }
+
+    /// The message kind's name, for logs and metrics.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Push(_) => "push",
+            Message::PullRequest(_) => "pull_request",
+            Message::PullResponse(_) => "pull_response",
+            Message::SnapshotRequest(_) => "snapshot_request",
+            Message::SnapshotResponse(_) => "snapshot_response",
+            Message::Ack(_) => "ack",
+            Message::Heartbeat(_) => "heartbeat",
+            Message::Error(_) => "error",
+        }
+    }
+}
+
+/// The handshake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's device id.
+    pub device: Uuid,
+    /// The library the sender syncs.
+    pub library: Uuid,
+    /// The protocol versions the sender speaks.
+    pub min_version: u16,
+    /// The newest protocol version the sender speaks.
+    pub max_version: u16,
+    /// What the sender holds.
+    pub vector: VersionVector,
+    /// Whether the sender is a new device that still needs a snapshot.
+    pub needs_backfill: bool,
+}
+
+/// Changes from one origin with a claim: a receiver that holds everything of
+/// `origin` up to `after` holds everything up to `upto` once it has applied
+/// `changes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Whose changes these are.
+    pub origin: Uuid,
+    /// The number the claim starts after.
+    pub after: u64,
+    /// The number the claim reaches.
+    pub upto: u64,
+    /// The changes, in number order.
+    pub changes: Vec<Change>,
+}
+
+/// Pushed changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Push {
+    /// Batches, one per origin.
+    pub batches: Vec<Batch>,
+}
+
+/// A request for what the requester lacks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullRequest {
+    /// What the requester holds.
+    pub vector: VersionVector,
+    /// The most changes to send in one response.
+    pub limit: u32,
+}
+
+/// A page of changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullResponse {
+    /// The changes, by origin and number.
+    pub changes: Vec<Change>,
+    /// Per origin, the number up to which this response (with what the
+    /// requester held) is complete. The requester advances its vector to
+    /// this and no further.
+    pub complete: VersionVector,
+    /// Whether there is more: ask again with the advanced vector.
+    pub has_more: bool,
+}
+
+/// Where a snapshot resumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotCursor {
+    /// The model being sent (its position in dependency order), or the
+    /// number of models for the final section of waiting changes.
+    pub model: u32,
+    /// The section of the model: 0 for rows, 1 for tombstones.
+    pub section: u8,
+    /// The last local key (rows) or record id (tombstones) sent.
+    pub after: Vec<u8>,
+    /// The vector the snapshot reflects, fixed by its first page.
+    pub vector: VersionVector,
+    /// Rows in the whole snapshot, as counted at its first page.
+    pub total: u64,
+    /// Rows sent so far.
+    pub done: u64,
+}
+
+/// A request for a page of the whole library.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// Where to resume; `None` starts a snapshot.
+    pub cursor: Option<SnapshotCursor>,
+    /// The most rows to send in one response.
+    pub limit: u32,
+}
+
+/// A page of the whole library: rows as changes that carry their merge
+/// state (field clocks, owner versions, tombstones).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotResponse {
+    /// The rows.
+    pub changes: Vec<Change>,
+    /// Where the next page starts, `None` at the end. It carries the vector
+    /// the snapshot reflects and its progress.
+    pub next: Option<SnapshotCursor>,
+    /// The vector the snapshot reflects.
+    pub vector: VersionVector,
+    /// Rows in the whole snapshot.
+    pub total: u64,
+    /// Rows sent up to and including this page.
+    pub done: u64,
+}
+
+/// What the sender holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The sender's vector.
+    pub vector: VersionVector,
+}
+
+/// Liveness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The sender's vector.
+    pub vector: VersionVector,
+}
+
+/// Why a peer refuses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The peer's protocol versions and ours do not overlap.
+    UnsupportedVersion {
+        /// The oldest version we speak.
+        min: u16,
+        /// The newest version we speak.
+        max: u16,
+    },
+    /// The peer syncs another library.
+    WrongLibrary,
+    /// The peer is not paired with us.
+    NotPaired,
+    /// The peer was away beyond the retention horizon (or asked for changes
+    /// we no longer keep): it must resync from a snapshot.
+    ResyncRequired,
+    /// A message we could not accept.
+    Malformed,
+    /// A message that makes no sense in the session's state.
+    Unexpected,
+    /// Our side failed.
+    Internal,
+}
+
+/// An error sent to a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    /// What kind of refusal.
+    pub code: ErrorCode,
+    /// In words.
+    pub message: String,
+}
+
+/// A message that could not be decoded. Decoding never panics and never
+/// allocates more than the input's size allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Larger than [`MAX_MESSAGE_BYTES`].
+    #[error("message of {size} bytes exceeds the {max} byte limit")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Another protocol version.
+    #[error("protocol version {got} is not supported (this device speaks {min} to {max})")]
+    UnsupportedVersion {
+        /// The version received.
+        got: u16,
+        /// The oldest supported.
+        min: u16,
+        /// The newest supported.
+        max: u16,
+    },
+    /// Not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a> {
+    version: u16,
+    message: &'a Message,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeHeader {
+    version: u16,
+    #[allow(dead_code)]
+    message: serde::de::IgnoredAny,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn {
+    #[allow(dead_code)]
+    version: u16,
+    message: Message,
+}
+
+/// Encodes a message in its envelope.
+pub fn encode(message: &Message) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec(&EnvelopeOut {
+        version: PROTOCOL_VERSION,
+        message,
+    })
+}
+
+/// Decodes an envelope from untrusted bytes.
+pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            max: MAX_MESSAGE_BYTES,
+        });
+    }
+    let header: EnvelopeHeader =
+        rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&header.version) {
+        return Err(DecodeError::UnsupportedVersion {
+            got: header.version,
+            min: MIN_PROTOCOL_VERSION,
+            max: PROTOCOL_VERSION,
+        });
+    }
+    let envelope: EnvelopeIn =
+        rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    Ok(envelope.message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hello() -> Message {
+        Message::Hello(Hello {
+            device: Uuid::from_u128(1),
+            library: Uuid::from_u128(2),
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            vector: [(Uuid::from_u128(1), 5)].into_iter().collect(),
+            needs_backfill: false,
+        })
+    }
+
+    #[test]
+    fn a_message_round_trips() {
+        let m = hello();
+        assert_eq!(decode(&encode(&m).unwrap()).unwrap(), m);
+    }
+
+    #[test]
+    fn another_protocol_version_is_named_with_the_supported_range() {
+        #[derive(Serialize)]
+        struct Future<'a> {
+            version: u16,
+            message: &'a str,
+        }
+        let bytes = rmp_serde::to_vec(&Future {
+            version: 9,
+            message: "from the future",
+        })
+        .unwrap();
+        assert_eq!(
+            decode(&bytes).unwrap_err(),
+            DecodeError::UnsupportedVersion {
+                got: 9,
+                min: MIN_PROTOCOL_VERSION,
+                max: PROTOCOL_VERSION
+            }
+        );
+    }
+
+    #[test]
+    fn an_oversized_message_is_refused_before_decoding() {
+        let bytes = vec![0u8; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(decode(&bytes), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_huge_claimed_length_does_not_allocate_it() {
+        // An envelope whose change list claims 4 billion entries.
+        let mut bytes = rmp_serde::to_vec(&(PROTOCOL_VERSION,)).unwrap();
+        bytes.truncate(0);
+        rmp::encode::write_array_len(&mut bytes, 2).unwrap();
+        rmp::encode::write_u16(&mut bytes, PROTOCOL_VERSION).unwrap();
+        rmp::encode::write_map_len(&mut bytes, 1).unwrap();
+        rmp::encode::write_str(&mut bytes, "Push").unwrap();
+        rmp::encode::write_array_len(&mut bytes, 1).unwrap();
+        rmp::encode::write_array_len(&mut bytes, u32::MAX).unwrap();
+        assert!(matches!(decode(&bytes), Err(DecodeError::Malformed(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn mutated_messages_never_panic(flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let mut bytes = encode(&hello()).unwrap();
+            for (at, byte) in flips {
+                let n = bytes.len();
+                bytes[at % n] = byte;
+            }
+            let _ = decode(&bytes);
+        }
+    }
+}

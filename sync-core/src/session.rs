@@ -1,0 +1,388 @@
+//! The protocol state machine for one peer, sans-IO: it turns each incoming
+//! message into the messages to send back (and the engine's storage
+//! effects). It reads time only through the engine's time source and opens
+//! no socket, so a simulated network drives it exactly as QUIC does.
+
+use uuid::Uuid;
+
+use crate::catchup::Claim;
+use crate::change::Change;
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::protocol::{
+    Ack, Batch, ErrorCode, ErrorMessage, Heartbeat, Hello, MIN_PROTOCOL_VERSION, Message,
+    PROTOCOL_VERSION, PullRequest, PullResponse, Push, SnapshotResponse,
+};
+use crate::vector::VersionVector;
+
+/// How a session behaves.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The library both sides must sync.
+    pub library: Uuid,
+    /// The most changes asked for in one pull.
+    pub pull_limit: u32,
+    /// The most rows asked for in one snapshot page.
+    pub snapshot_limit: u32,
+}
+
+impl SessionConfig {
+    /// Defaults for `library`.
+    pub fn new(library: Uuid) -> Self {
+        Self {
+            library,
+            pull_limit: 1_000,
+            snapshot_limit: 2_000,
+        }
+    }
+}
+
+/// Where a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// Waiting for the peer's hello.
+    Handshake,
+    /// Loading a snapshot from the peer.
+    Backfilling,
+    /// Pulling what the peer has and this device lacks.
+    CatchingUp,
+    /// Caught up; changes flow as they are written.
+    Ready,
+    /// Ended, by an error on either side.
+    Closed,
+}
+
+/// What handling a message produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Messages to send to this session's peer, in order.
+    pub send: Vec<Message>,
+    /// Batches received from the peer that advanced this device's vector:
+    /// the node forwards them to its other peers (relay).
+    pub relay: Vec<Batch>,
+    /// Set when the session must end; the error message, if any, is the
+    /// last entry of `send`.
+    pub close: Option<String>,
+}
+
+impl Output {
+    fn send(message: Message) -> Self {
+        Self {
+            send: vec![message],
+            ..Self::default()
+        }
+    }
+
+    fn refuse(code: ErrorCode, message: String) -> Self {
+        Self {
+            send: vec![Message::Error(ErrorMessage {
+                code,
+                message: message.clone(),
+            })],
+            relay: Vec::new(),
+            close: Some(message),
+        }
+    }
+}
+
+/// The protocol with one peer.
+#[derive(Debug)]
+pub struct Session {
+    engine: Engine,
+    config: SessionConfig,
+    peer: Option<Uuid>,
+    state: SessionState,
+    /// The vector sent with the pull in flight: the response's claims start
+    /// there.
+    pulled_from: Option<VersionVector>,
+}
+
+impl Session {
+    /// A session of `engine` with a peer not yet known.
+    pub fn new(engine: Engine, config: SessionConfig) -> Self {
+        Self {
+            engine,
+            config,
+            peer: None,
+            state: SessionState::Handshake,
+            pulled_from: None,
+        }
+    }
+
+    /// The peer, once it said hello.
+    pub fn peer(&self) -> Option<Uuid> {
+        self.peer
+    }
+
+    /// Where the session stands.
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    /// The first message: this device's hello.
+    pub async fn start(&mut self) -> Result<Vec<Message>, EngineError> {
+        Ok(vec![Message::Hello(Hello {
+            device: self.engine.device(),
+            library: self.config.library,
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            vector: self.engine.vector().await?,
+            needs_backfill: self.engine.needs_backfill().await?,
+        })])
+    }
+
+    /// Handles one message from the peer.
+    pub async fn handle(&mut self, message: Message) -> Result<Output, EngineError> {
+        if self.state == SessionState::Closed {
+            return Ok(Output::default());
+        }
+        let kind = message.kind_name();
+        metrics::counter!("syncable_messages_received_total", "kind" => kind).increment(1);
+        if let Some(peer) = self.peer {
+            // Any message is a sign of life, for the retention horizon.
+            self.engine.heard_from(peer, None).await?;
+        }
+        let output = match (self.state, message) {
+            (SessionState::Handshake, Message::Hello(hello)) => self.hello(hello).await?,
+            (SessionState::Handshake, Message::Error(e)) => self.remote_error(e).await?,
+            (SessionState::Handshake, _) => Output::refuse(
+                ErrorCode::Unexpected,
+                format!("a {kind} message before hello"),
+            ),
+            (_, Message::Hello(_)) => {
+                Output::refuse(ErrorCode::Unexpected, "a second hello".into())
+            }
+            (_, Message::PullRequest(request)) => match self.engine.serve_pull(&request).await? {
+                Ok(response) => Output::send(Message::PullResponse(response)),
+                Err(e) => Output::send(Message::Error(e)),
+            },
+            (_, Message::PullResponse(response)) => self.pulled(response).await?,
+            (_, Message::SnapshotRequest(request)) => {
+                match self.engine.serve_snapshot(&request).await? {
+                    Ok(response) => Output::send(Message::SnapshotResponse(response)),
+                    Err(e) => Output::send(Message::Error(e)),
+                }
+            }
+            (_, Message::SnapshotResponse(page)) => self.snapshot_page(page).await?,
+            (_, Message::Push(push)) => self.pushed(push).await?,
+            (_, Message::Ack(ack)) => {
+                if let Some(peer) = self.peer {
+                    self.engine.acknowledge(peer, &ack.vector).await?;
+                    self.engine.heard_from(peer, Some(&ack.vector)).await?;
+                }
+                Output::default()
+            }
+            (_, Message::Heartbeat(beat)) => {
+                if let Some(peer) = self.peer {
+                    self.engine.heard_from(peer, Some(&beat.vector)).await?;
+                }
+                Output::default()
+            }
+            (_, Message::Error(e)) => self.remote_error(e).await?,
+        };
+        if output.close.is_some() {
+            self.close();
+        }
+        Ok(output)
+    }
+
+    fn close(&mut self) {
+        self.state = SessionState::Closed;
+        if let Some(peer) = self.peer {
+            self.engine.set_connected(peer, false);
+        }
+    }
+
+    /// Ends the session from this side (the connection dropped).
+    pub fn disconnect(&mut self) {
+        self.close();
+    }
+
+    async fn hello(&mut self, hello: Hello) -> Result<Output, EngineError> {
+        if hello.max_version < MIN_PROTOCOL_VERSION || hello.min_version > PROTOCOL_VERSION {
+            return Ok(Output::refuse(
+                ErrorCode::UnsupportedVersion {
+                    min: MIN_PROTOCOL_VERSION,
+                    max: PROTOCOL_VERSION,
+                },
+                format!(
+                    "peer speaks protocol {}..={}, this device {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}",
+                    hello.min_version, hello.max_version
+                ),
+            ));
+        }
+        if hello.library != self.config.library {
+            return Ok(Output::refuse(
+                ErrorCode::WrongLibrary,
+                format!(
+                    "peer syncs library {}, not {}",
+                    hello.library, self.config.library
+                ),
+            ));
+        }
+        if hello.device == self.engine.device() || !self.engine.is_paired(hello.device).await? {
+            return Ok(Output::refuse(
+                ErrorCode::NotPaired,
+                format!("device {} is not paired with this device", hello.device),
+            ));
+        }
+        let peer = hello.device;
+        self.peer = Some(peer);
+        self.engine.set_connected(peer, true);
+        self.engine.heard_from(peer, Some(&hello.vector)).await?;
+        if self.engine.is_expired(peer).await? && !hello.needs_backfill {
+            tracing::warn!(%peer, "peer returned after the retention horizon; asking it to resync");
+            // It stays connected: once it has resynced from a snapshot and
+            // acknowledged, it is a peer like any other.
+            self.state = SessionState::Ready;
+            return Ok(Output::send(Message::Error(ErrorMessage {
+                code: ErrorCode::ResyncRequired,
+                message: "away beyond the retention horizon: resync from a snapshot".into(),
+            })));
+        }
+        if self.engine.needs_backfill().await? {
+            let others_hold_data = hello
+                .vector
+                .iter()
+                .any(|(o, s)| o != self.engine.device() && s > 0);
+            if others_hold_data {
+                self.state = SessionState::Backfilling;
+                let request = self
+                    .engine
+                    .backfill_request(self.config.snapshot_limit)
+                    .await?;
+                return Ok(Output::send(Message::SnapshotRequest(request)));
+            }
+            self.engine.skip_backfill().await?;
+        }
+        Ok(Output::send(self.pull().await?))
+    }
+
+    async fn pull(&mut self) -> Result<Message, EngineError> {
+        let vector = self.engine.vector().await?;
+        self.pulled_from = Some(vector.clone());
+        self.state = SessionState::CatchingUp;
+        Ok(Message::PullRequest(PullRequest {
+            vector,
+            limit: self.config.pull_limit,
+        }))
+    }
+
+    /// A pull to run now and then even when ready: anything a lost push or
+    /// a relay missed is fetched by it.
+    pub async fn anti_entropy(&mut self) -> Result<Vec<Message>, EngineError> {
+        if self.state != SessionState::Ready {
+            return Ok(Vec::new());
+        }
+        Ok(vec![self.pull().await?])
+    }
+
+    async fn pulled(&mut self, response: PullResponse) -> Result<Output, EngineError> {
+        let from = self.pulled_from.take().unwrap_or_default();
+        let claims: Vec<Claim> = response
+            .complete
+            .iter()
+            .map(|(origin, upto)| Claim {
+                origin,
+                after: from.get(origin),
+                upto,
+            })
+            .collect();
+        let report = self.engine.apply_claimed(response.changes, &claims).await?;
+        if !report.rejected.is_empty() {
+            tracing::warn!(peer = ?self.peer, refused = report.rejected.len(), "pulled changes refused");
+        }
+        let vector = self.engine.vector().await?;
+        let progressed = vector != from;
+        if response.has_more && progressed {
+            return Ok(Output::send(self.pull().await?));
+        }
+        self.state = SessionState::Ready;
+        Ok(Output::send(Message::Ack(Ack { vector })))
+    }
+
+    async fn snapshot_page(&mut self, page: SnapshotResponse) -> Result<Output, EngineError> {
+        let (_, complete) = self.engine.apply_snapshot(page).await?;
+        if complete {
+            return Ok(Output::send(self.pull().await?));
+        }
+        let request = self
+            .engine
+            .backfill_request(self.config.snapshot_limit)
+            .await?;
+        Ok(Output::send(Message::SnapshotRequest(request)))
+    }
+
+    async fn pushed(&mut self, push: Push) -> Result<Output, EngineError> {
+        let mut relay = Vec::new();
+        let mut gap = false;
+        for batch in push.batches {
+            let before = self.engine.vector().await?.get(batch.origin);
+            gap |= before < batch.after;
+            let claim = Claim {
+                origin: batch.origin,
+                after: batch.after,
+                upto: batch.upto,
+            };
+            self.engine
+                .apply_claimed(batch.changes.clone(), &[claim])
+                .await?;
+            let after = self.engine.vector().await?.get(batch.origin);
+            if after > before {
+                relay.push(batch);
+            }
+        }
+        let vector = self.engine.vector().await?;
+        let mut send = vec![Message::Ack(Ack { vector })];
+        // Changes before this batch never reached us: fetch them now rather
+        // than at the next anti-entropy round.
+        if gap && self.state == SessionState::Ready {
+            send.push(self.pull().await?);
+        }
+        Ok(Output {
+            send,
+            relay,
+            close: None,
+        })
+    }
+
+    async fn remote_error(&mut self, error: ErrorMessage) -> Result<Output, EngineError> {
+        if error.code == ErrorCode::ResyncRequired {
+            tracing::warn!(peer = ?self.peer, "told to resync from a snapshot");
+            self.engine.restart_backfill().await?;
+            self.state = SessionState::Backfilling;
+            let request = self
+                .engine
+                .backfill_request(self.config.snapshot_limit)
+                .await?;
+            return Ok(Output::send(Message::SnapshotRequest(request)));
+        }
+        tracing::warn!(peer = ?self.peer, ?error, "peer refused");
+        Ok(Output {
+            close: Some(format!("peer refused: {:?}: {}", error.code, error.message)),
+            ..Output::default()
+        })
+    }
+
+    /// A heartbeat carrying this device's vector.
+    pub async fn heartbeat(&self) -> Result<Message, EngineError> {
+        Ok(Message::Heartbeat(Heartbeat {
+            vector: self.engine.vector().await?,
+        }))
+    }
+}
+
+/// The push of a local commit: one batch of this device's contiguous
+/// changes.
+pub fn push_of(changes: &[Change]) -> Option<Message> {
+    let first = changes.first()?;
+    let last = changes.last()?;
+    Some(Message::Push(Push {
+        batches: vec![Batch {
+            origin: first.origin,
+            after: first.seq.saturating_sub(1),
+            upto: last.seq,
+            changes: changes.to_vec(),
+        }],
+    }))
+}

@@ -1,0 +1,413 @@
+//! The protocol, device by device, over a simulated network: catch-up,
+//! backfill, relay, pruning, the retention horizon, and refusals.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::sim::{LIBRARY, Net};
+use common::{Device, device, tag};
+use sea_orm::ActiveValue::Set;
+use sync_core::{
+    Change, ErrorCode, Hello, Message, Phase, Session, SessionConfig, SessionState, SyncModel,
+};
+use uuid::Uuid;
+
+async fn write_tags(d: &Device, n: usize, prefix: &str) -> Vec<Change> {
+    let mut tx = d.engine.begin().await.unwrap();
+    for i in 0..n {
+        tx.insert(tag::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            name: Set(format!("{prefix}{i}")),
+            color: Set(None),
+            weight: Set(i as i64),
+            parent_id: Set(None),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap()
+}
+
+async fn rename_some(d: &Device, every: usize, name: &str) -> Vec<Change> {
+    let mut tx = d.engine.begin().await.unwrap();
+    let rows = tag::Entity::find().all(tx.connection()).await.unwrap();
+    for row in rows.into_iter().step_by(every.max(1)) {
+        let mut row = row;
+        row.name = name.into();
+        tx.update(row).await.unwrap();
+    }
+    tx.commit().await.unwrap()
+}
+
+use sea_orm::EntityTrait;
+
+async fn net_of(n: u128, seed: u64) -> Net {
+    let mut devices = Vec::new();
+    for i in 0..n {
+        devices.push(device(i + 1).await);
+    }
+    let net = Net::new(devices, seed);
+    net.pair_all().await;
+    net
+}
+
+async fn write(net: &mut Net, i: usize, n: usize, prefix: &str) {
+    let changes = write_tags(&net.nodes[i].dev, n, prefix).await;
+    net.committed(i, changes);
+}
+
+#[tokio::test]
+async fn devices_that_connect_catch_up_both_ways() {
+    let mut net = net_of(2, 1).await;
+    write(&mut net, 0, 30, "a").await;
+    write(&mut net, 1, 20, "b").await;
+    net.connect_all().await;
+    assert!(net.settle(1).await);
+    let v0 = net.nodes[0].dev.engine.vector().await.unwrap();
+    let v1 = net.nodes[1].dev.engine.vector().await.unwrap();
+    assert_eq!(v0, v1);
+    assert_eq!(v0.get(net.nodes[0].dev.id), 30);
+    assert_eq!(net.nodes[0].dev.content().await.len(), 50);
+}
+
+#[tokio::test]
+async fn an_offline_device_catches_up_in_pages() {
+    let mut net = net_of(3, 2).await;
+    net.config.pull_limit = 7;
+    net.connect_all().await;
+    net.run(10_000).await;
+    net.disconnect(2);
+    write(&mut net, 0, 40, "a").await;
+    write(&mut net, 1, 25, "b").await;
+    let renames = rename_some(&net.nodes[0].dev, 3, "renamed").await;
+    net.committed(0, renames);
+    net.run(10_000).await;
+    assert!(!net.nodes[2].online);
+
+    net.nodes[2].online = true;
+    net.connect(2, 0).await;
+    net.connect(2, 1).await;
+    assert!(net.settle(2).await);
+    let c = net.nodes[2].dev.engine.status().await.unwrap();
+    assert_eq!(c.phase, Phase::Ready);
+    assert_eq!(net.nodes[2].dev.content().await.len(), 65);
+}
+
+#[tokio::test]
+async fn changes_relay_between_devices_that_never_meet() {
+    let mut net = net_of(3, 3).await;
+    // a - b - c: a and c are never connected.
+    net.connect(0, 1).await;
+    net.connect(1, 2).await;
+    net.run(10_000).await;
+    write(&mut net, 0, 5, "a").await;
+    write(&mut net, 2, 4, "c").await;
+    net.run(10_000).await;
+    assert!(net.converged().await, "relayed by pushes alone");
+    assert_eq!(net.nodes[0].dev.content().await.len(), 9);
+
+    // And by catch-up alone: c writes while b is away from it.
+    net.partition(1, 2, true);
+    write(&mut net, 2, 3, "late").await;
+    net.run(10_000).await;
+    net.partition(1, 2, false);
+    assert!(net.settle(3).await);
+    let c = net.nodes[2].dev.id;
+    assert_eq!(net.nodes[0].dev.engine.vector().await.unwrap().get(c), 7);
+    assert_eq!(net.nodes[0].dev.content().await.len(), 12);
+}
+
+#[tokio::test]
+async fn a_gap_from_a_third_device_is_never_skipped() {
+    let mut net = net_of(3, 4).await;
+    net.connect(0, 1).await;
+    net.run(1_000).await;
+    // c writes 1, 2, 3; b only ever hears 3 (pushed), never 1 and 2.
+    let c_id = net.nodes[2].dev.id;
+    let first = write_tags(&net.nodes[2].dev, 1, "one").await;
+    let second = write_tags(&net.nodes[2].dev, 1, "two").await;
+    let third = write_tags(&net.nodes[2].dev, 1, "three").await;
+    let b = &net.nodes[1].dev;
+    let claim = sync_core::Claim {
+        origin: c_id,
+        after: 2,
+        upto: 3,
+    };
+    b.engine
+        .apply_claimed(third.clone(), &[claim])
+        .await
+        .unwrap();
+    assert_eq!(
+        b.engine.vector().await.unwrap().get(c_id),
+        0,
+        "3 without 1 and 2 proves nothing"
+    );
+    // a pulls from b: it gets 3, and its vector for c stays at 0.
+    net.anti_entropy().await;
+    net.run(1_000).await;
+    let a = &net.nodes[0].dev;
+    assert_eq!(a.engine.vector().await.unwrap().get(c_id), 0);
+    // Once c is reachable, 1 and 2 arrive, and the vectors move.
+    net.connect(0, 2).await;
+    assert!(net.settle(3).await);
+    let a = &net.nodes[0].dev;
+    assert_eq!(a.engine.vector().await.unwrap().get(c_id), 3);
+    assert_eq!(a.content().await.len(), 3);
+    drop((first, second));
+}
+
+#[tokio::test]
+async fn a_new_device_backfills_while_others_keep_writing() {
+    let mut net = net_of(3, 5).await;
+    net.config.snapshot_limit = 10;
+    net.connect(0, 1).await;
+    write(&mut net, 0, 60, "a").await;
+    write(&mut net, 1, 30, "b").await;
+    let renames = rename_some(&net.nodes[1].dev, 4, "edited").await;
+    net.committed(1, renames);
+    net.run(10_000).await;
+    // A deleted record must stay deleted on the new device.
+    let victim = tag::Entity::find()
+        .all(net.nodes[0].dev.engine.db())
+        .await
+        .unwrap()[0]
+        .gid;
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    tx.delete::<tag::Model>(victim).await.unwrap();
+    let del = tx.commit().await.unwrap();
+    net.committed(0, del);
+    net.run(10_000).await;
+
+    assert!(net.nodes[2].dev.engine.needs_backfill().await.unwrap());
+    net.connect(2, 0).await;
+    // Interleave: a few messages of the backfill, then new writes.
+    for round in 0..5 {
+        for _ in 0..3 {
+            net.step().await;
+        }
+        write(&mut net, round % 2, 3, "during").await;
+    }
+    net.connect(2, 1).await;
+    assert!(net.settle(4).await);
+    let d = &net.nodes[2].dev;
+    assert!(!d.engine.needs_backfill().await.unwrap());
+    assert!(
+        tag::Model::find_by_id(d.engine.db(), victim)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(d.content().await.len(), 89 + 15);
+}
+
+#[tokio::test]
+async fn a_backfill_resumes_after_a_restart() {
+    let mut net = net_of(2, 6).await;
+    net.config.snapshot_limit = 8;
+    write(&mut net, 0, 50, "a").await;
+    // The new device starts its backfill...
+    net.connect(1, 0).await;
+    for _ in 0..8 {
+        net.step().await;
+    }
+    let status = net.nodes[1].dev.engine.status().await.unwrap();
+    let Phase::Backfilling { done, total } = status.phase else {
+        panic!("expected a backfill in progress, got {:?}", status.phase);
+    };
+    assert!(done > 0 && done < total, "{done}/{total}");
+
+    // ...and crashes: its sessions die; the process restarts over the same
+    // database.
+    net.disconnect(1);
+    let db = net.nodes[1].dev.engine.db().clone();
+    let time = net.nodes[1].dev.time.clone();
+    net.nodes[1].dev = common::open_device(db, 2, time).await;
+    net.nodes[1].online = true;
+    let request = net.nodes[1].dev.engine.backfill_request(8).await.unwrap();
+    let resumed_at = request.cursor.as_ref().map(|c| c.done);
+    assert_eq!(resumed_at, Some(done), "it resumes where it stopped");
+    net.connect(1, 0).await;
+    assert!(net.settle(2).await);
+    assert_eq!(net.nodes[1].dev.content().await.len(), 50);
+}
+
+#[tokio::test]
+async fn pruning_waits_for_every_paired_peer_including_a_silent_one() {
+    let mut net = net_of(3, 7).await;
+    // c is paired but never connects.
+    net.nodes[2].online = false;
+    net.connect(0, 1).await;
+    write(&mut net, 0, 10, "a").await;
+    net.run(10_000).await;
+    let a = &net.nodes[0].dev.engine;
+    assert_eq!(a.prune().await.unwrap(), 0);
+    assert_eq!(
+        a.log_len().await.unwrap(),
+        10,
+        "c never acknowledged: nothing is pruned"
+    );
+
+    // c shows up and acknowledges: now the log can go.
+    net.nodes[2].online = true;
+    net.connect(2, 0).await;
+    net.connect(2, 1).await;
+    assert!(net.settle(2).await);
+    net.anti_entropy().await; // every session acknowledges after a pull
+    net.run(10_000).await;
+    let a = &net.nodes[0].dev.engine;
+    assert_eq!(
+        a.log_len().await.unwrap(),
+        0,
+        "{:?}",
+        a.status().await.unwrap().peers
+    );
+    // Merging still works after pruning: field versions live beside the data.
+    let renames = rename_some(&net.nodes[1].dev, 2, "after pruning").await;
+    net.committed(1, renames);
+    assert!(net.settle(2).await);
+}
+
+#[tokio::test]
+async fn a_peer_away_beyond_the_horizon_resyncs_from_a_snapshot() {
+    let mut net = net_of(3, 8).await;
+    net.connect_all().await;
+    write(&mut net, 0, 5, "a").await;
+    assert!(net.settle(2).await);
+    net.disconnect(2);
+
+    // A month passes; c is expired and the others prune without it.
+    for n in &net.nodes {
+        n.dev.time.advance(Duration::from_secs(31 * 24 * 3600));
+    }
+    write(&mut net, 0, 5, "b").await;
+    let victim = tag::Entity::find()
+        .all(net.nodes[0].dev.engine.db())
+        .await
+        .unwrap()[0]
+        .gid;
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    tx.delete::<tag::Model>(victim).await.unwrap();
+    let del = tx.commit().await.unwrap();
+    net.committed(0, del);
+    net.run(10_000).await;
+    let horizon = Duration::from_secs(30 * 24 * 3600);
+    let c_id = net.nodes[2].dev.id;
+    for i in 0..2 {
+        let expired = net.nodes[i].dev.engine.expire_peers(horizon).await.unwrap();
+        assert_eq!(expired, vec![c_id]);
+    }
+    net.anti_entropy().await;
+    net.run(10_000).await;
+    assert_eq!(
+        net.nodes[0].dev.engine.log_len().await.unwrap(),
+        0,
+        "pruned without the expired peer"
+    );
+
+    // c returns: told to resync, it loads a snapshot and converges.
+    net.nodes[2].online = true;
+    net.connect(2, 0).await;
+    assert!(net.settle(3).await);
+    let c = &net.nodes[2].dev;
+    assert!(
+        tag::Model::find_by_id(c.engine.db(), victim)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(c.content().await.len(), 9);
+    let a_status = net.nodes[0].dev.engine.status().await.unwrap();
+    assert!(
+        a_status.peers.iter().all(|p| !p.expired),
+        "{:?}",
+        a_status.peers
+    );
+}
+
+#[tokio::test]
+async fn unpaired_devices_other_libraries_and_other_versions_are_refused() {
+    let a = device(1).await;
+    let stranger = device(9).await;
+    let mut session = Session::new(a.engine.clone(), SessionConfig::new(LIBRARY));
+    let hello = |device: Uuid, library: Uuid, min: u16, max: u16| {
+        Message::Hello(Hello {
+            device,
+            library,
+            min_version: min,
+            max_version: max,
+            vector: Default::default(),
+            needs_backfill: false,
+        })
+    };
+    let out = session
+        .handle(hello(stranger.id, LIBRARY, 1, 1))
+        .await
+        .unwrap();
+    assert!(out.close.is_some());
+    assert!(matches!(&out.send[0], Message::Error(e) if e.code == ErrorCode::NotPaired));
+    assert_eq!(session.state(), SessionState::Closed);
+
+    a.engine.pair(stranger.id).await.unwrap();
+    let mut session = Session::new(a.engine.clone(), SessionConfig::new(LIBRARY));
+    let out = session
+        .handle(hello(stranger.id, Uuid::from_u128(5), 1, 1))
+        .await
+        .unwrap();
+    assert!(matches!(&out.send[0], Message::Error(e) if e.code == ErrorCode::WrongLibrary));
+
+    let mut session = Session::new(a.engine.clone(), SessionConfig::new(LIBRARY));
+    let out = session
+        .handle(hello(stranger.id, LIBRARY, 7, 9))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&out.send[0], Message::Error(e) if e.code == ErrorCode::UnsupportedVersion { min: 1, max: 1 })
+    );
+
+    // Anything before hello is refused too.
+    let mut session = Session::new(a.engine.clone(), SessionConfig::new(LIBRARY));
+    let out = session
+        .handle(Message::PullRequest(sync_core::PullRequest {
+            vector: Default::default(),
+            limit: 10,
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(&out.send[0], Message::Error(e) if e.code == ErrorCode::Unexpected));
+    assert!(a.content().await.is_empty());
+}
+
+#[tokio::test]
+async fn status_reports_peers_lag_and_phase() {
+    let mut net = net_of(2, 9).await;
+    net.connect_all().await;
+    net.run(1_000).await;
+    net.partition(0, 1, true);
+    write(&mut net, 0, 12, "a").await;
+    net.run(1_000).await;
+    let s = net.nodes[0].dev.engine.status().await.unwrap();
+    assert_eq!(s.peers.len(), 1);
+    let p = &s.peers[0];
+    assert!(p.connected);
+    assert_eq!(p.behind, 12, "the peer has not acknowledged a's 12 changes");
+    assert_eq!(s.log_len, 12);
+    net.partition(0, 1, false);
+    assert!(net.settle(2).await);
+    let s = net.nodes[0].dev.engine.status().await.unwrap();
+    assert_eq!(s.peers[0].behind, 0);
+    assert_eq!(s.phase, Phase::Ready);
+}
+
+#[tokio::test]
+async fn tag_model_is_registered() {
+    assert_eq!(tag::Model::META.name, "tags");
+}
