@@ -136,6 +136,9 @@ pub struct PullResponse {
 /// Where a snapshot resumes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotCursor {
+    /// The device serving the snapshot: positions are its own local keys,
+    /// so a cursor is only meaningful to it.
+    pub source: Uuid,
     /// The model being sent (its position in dependency order), or the
     /// number of models for the final section of waiting changes.
     pub model: u32,

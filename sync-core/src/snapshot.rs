@@ -48,9 +48,12 @@ impl Engine {
         request: &SnapshotRequest,
     ) -> Result<Result<SnapshotResponse, ErrorMessage>, EngineError> {
         let tx = self.db().begin().await?;
+        // A cursor from another device's snapshot (a backfill that moved to
+        // this peer) means nothing here: start over.
         let mut cursor = match &request.cursor {
-            Some(cursor) => cursor.clone(),
-            None => SnapshotCursor {
+            Some(cursor) if cursor.source == self.device() => cursor.clone(),
+            _ => SnapshotCursor {
+                source: self.device(),
                 model: 0,
                 section: 0,
                 after: Vec::new(),
@@ -243,6 +246,12 @@ impl Engine {
                     for (origin, seq) in page.vector.iter() {
                         if origin != self.device() {
                             store::advance_vector(self.db(), origin, seq).await?;
+                            // The snapshot brought states, not the changes
+                            // that made them: this device cannot serve those
+                            // changes to a peer that lacks them, so it must
+                            // not vouch for them. Such a peer is told to
+                            // resync, as from a pruned log.
+                            store::prune_log(self.db(), origin, seq).await?;
                         }
                     }
                 } else {

@@ -117,6 +117,18 @@ impl Net {
         self.queue.retain(|(f, t, _)| *f != a && *t != a);
     }
 
+    /// Drops every session and opens fresh ones between online devices, as
+    /// a transport does when its connections break and come back.
+    pub async fn reconnect_all(&mut self) {
+        for node in &mut self.nodes {
+            for (_, mut s) in std::mem::take(&mut node.sessions) {
+                s.disconnect();
+            }
+        }
+        self.queue.clear();
+        self.connect_all().await;
+    }
+
     /// Cuts or heals the link between two devices.
     pub fn partition(&mut self, a: usize, b: usize, cut: bool) {
         if cut {
