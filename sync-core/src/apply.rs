@@ -511,14 +511,12 @@ impl Step<'_> {
                         .await?;
                 } else {
                     store::park(self.tx, change, "", target, parent).await?;
-                    metrics::counter!("syncable_changes_parked_total").increment(1);
                 }
                 Ok(None)
             }
             Err(ApplyError::Incomplete { .. }) => {
                 // An update that arrived before the record's creation.
                 store::park(self.tx, change, "", self.model(), change.id).await?;
-                metrics::counter!("syncable_changes_parked_total").increment(1);
                 Ok(None)
             }
             Err(ApplyError::Db(e)) => Err(StepError::Reject(RejectReason::Database(e.to_string()))),

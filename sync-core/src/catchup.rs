@@ -38,6 +38,7 @@ impl Engine {
     /// What a peer with vector `request.vector` lacks, one page of it. A
     /// peer that lacks changes this device has pruned is told to resync from
     /// a snapshot.
+    #[tracing::instrument(skip_all, fields(device = %self.device()))]
     pub async fn serve_pull(
         &self,
         request: &PullRequest,

@@ -262,11 +262,17 @@ impl Engine {
     /// Applies changes as [`apply`](Self::apply) does, and in the same
     /// transaction advances this device's version vector by the senders'
     /// claims, never past a change that was refused.
+    #[tracing::instrument(skip_all, fields(device = %self.inner.device, changes = changes.len()))]
     pub async fn apply_claimed(
         &self,
         changes: Vec<Change>,
         claims: &[Claim],
     ) -> Result<ApplyReport, EngineError> {
+        // Wall time only for the histogram; nothing the engine decides
+        // depends on it.
+        let started = std::time::Instant::now();
+        let received = changes.len() as u64;
+        metrics::counter!("syncable_changes_received_total").increment(received);
         let _writer = self.inner.writer.lock().await;
         let mut accepted = Vec::with_capacity(changes.len());
         let mut refused = Vec::new();
@@ -328,6 +334,11 @@ impl Engine {
         c.parked.fetch_add(report.parked, Ordering::Relaxed);
         c.conflicts.fetch_add(report.conflicts, Ordering::Relaxed);
         metrics::counter!("syncable_changes_applied_total").increment(report.applied);
+        metrics::counter!("syncable_changes_parked_total").increment(report.parked);
+        metrics::histogram!("syncable_apply_seconds").record(started.elapsed().as_secs_f64());
+        if let Ok(len) = store::log_len(&self.inner.db).await {
+            metrics::gauge!("syncable_log_entries").set(len as f64);
+        }
         Ok(report)
     }
 

@@ -132,6 +132,7 @@ impl Session {
     }
 
     /// Handles one message from the peer.
+    #[tracing::instrument(skip_all, fields(device = %self.engine.device(), peer = ?self.peer, kind = message.kind_name()))]
     pub async fn handle(&mut self, message: Message) -> Result<Output, EngineError> {
         if self.state == SessionState::Closed {
             return Ok(Output::default());

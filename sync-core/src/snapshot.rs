@@ -43,6 +43,7 @@ fn malformed(message: impl Into<String>) -> ErrorMessage {
 
 impl Engine {
     /// One page of a snapshot of everything this device holds.
+    #[tracing::instrument(skip_all, fields(device = %self.device()))]
     pub async fn serve_snapshot(
         &self,
         request: &SnapshotRequest,

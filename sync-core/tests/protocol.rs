@@ -411,3 +411,39 @@ async fn status_reports_peers_lag_and_phase() {
 async fn tag_model_is_registered() {
     assert_eq!(tag::Model::META.name, "tags");
 }
+
+#[tokio::test]
+async fn catch_up_resumes_after_a_restart_from_the_vector_it_reached() {
+    let mut net = net_of(2, 10).await;
+    net.config.pull_limit = 5;
+    net.connect_all().await;
+    net.run(1_000).await;
+    net.partition(0, 1, true);
+    write(&mut net, 0, 40, "a").await;
+    net.run(1_000).await;
+    net.partition(0, 1, false);
+    net.anti_entropy().await;
+    // A few pages of the pull.
+    for _ in 0..6 {
+        net.step().await;
+    }
+    let a_id = net.nodes[0].dev.id;
+    let reached = net.nodes[1].dev.engine.vector().await.unwrap().get(a_id);
+    assert!(reached > 0 && reached < 40, "mid catch-up: {reached}");
+
+    net.disconnect(1);
+    let db = net.nodes[1].dev.engine.db().clone();
+    let time = net.nodes[1].dev.time.clone();
+    net.nodes[1].dev = common::open_device(db, 2, time).await;
+    net.nodes[1].online = true;
+    assert_eq!(
+        net.nodes[1].dev.engine.vector().await.unwrap().get(a_id),
+        reached
+    );
+    net.connect(1, 0).await;
+    assert!(net.settle(2).await);
+    assert_eq!(
+        net.nodes[1].dev.engine.vector().await.unwrap().get(a_id),
+        40
+    );
+}
