@@ -1,0 +1,146 @@
+//! A device's identity: its id and a persisted key pair with a self-signed
+//! certificate. Peers pin the certificate's fingerprint when they pair.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::NetError;
+
+/// The SHA-256 of a device's certificate: what a peer pins.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of a certificate.
+    pub fn of(cert: &[u8]) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, cert);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        Self(out)
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+/// This device's id, key and certificate.
+pub struct Identity {
+    device: Uuid,
+    key: Vec<u8>,
+    cert: Vec<u8>,
+    fingerprint: Fingerprint,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("device", &self.device)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Option<Vec<u8>>, NetError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(NetError::File {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes a file atomically: a crash leaves the old file or the new one.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NetError> {
+    let tmp: PathBuf = path.with_extension("tmp");
+    let file_error = |source| NetError::File {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::write(&tmp, bytes).map_err(file_error)?;
+    std::fs::rename(&tmp, path).map_err(file_error)
+}
+
+impl Identity {
+    /// Loads the identity in `dir`, creating it (a new device id, key and
+    /// certificate) on first use.
+    pub fn load_or_create(dir: &Path) -> Result<Self, NetError> {
+        std::fs::create_dir_all(dir).map_err(|source| NetError::File {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let id_path = dir.join("device.id");
+        let key_path = dir.join("identity.key");
+        let cert_path = dir.join("identity.crt");
+        if let (Some(id), Some(key), Some(cert)) =
+            (read(&id_path)?, read(&key_path)?, read(&cert_path)?)
+        {
+            let text = String::from_utf8_lossy(&id);
+            let device = Uuid::parse_str(text.trim()).map_err(|e| NetError::Corrupt {
+                path: id_path.clone(),
+                reason: e.to_string(),
+            })?;
+            let fingerprint = Fingerprint::of(&cert);
+            return Ok(Self {
+                device,
+                key,
+                cert,
+                fingerprint,
+            });
+        }
+        let device = Uuid::new_v4();
+        let key_pair =
+            rcgen::KeyPair::generate().map_err(|e| NetError::Certificate(e.to_string()))?;
+        let params = rcgen::CertificateParams::new(vec![format!("{device}.syncable")])
+            .map_err(|e| NetError::Certificate(e.to_string()))?;
+        let cert = params
+            .self_signed(&key_pair)
+            .map_err(|e| NetError::Certificate(e.to_string()))?;
+        let key = key_pair.serialize_der();
+        let cert = cert.der().to_vec();
+        write_atomic(&key_path, &key)?;
+        write_atomic(&cert_path, &cert)?;
+        write_atomic(&id_path, device.to_string().as_bytes())?;
+        Ok(Self {
+            device,
+            fingerprint: Fingerprint::of(&cert),
+            key,
+            cert,
+        })
+    }
+
+    /// The device id.
+    pub fn device(&self) -> Uuid {
+        self.device
+    }
+
+    /// The certificate's fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    pub(crate) fn cert_chain(&self) -> Vec<CertificateDer<'static>> {
+        vec![CertificateDer::from(self.cert.clone())]
+    }
+
+    pub(crate) fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone()))
+    }
+}

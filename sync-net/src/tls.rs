@@ -1,0 +1,245 @@
+//! TLS for QUIC with the ring provider only, and pinned certificates.
+//!
+//! The dialling side accepts exactly the certificate it expects (the peer's
+//! pinned fingerprint, or the one in a pairing code). The accepting side
+//! requires a client certificate and proves the client holds its key; which
+//! certificates are welcome is decided right after the handshake, because
+//! pairing admits a certificate not yet pinned: a sync connection from a
+//! certificate that is not pinned is closed at once with
+//! [`close_code::NOT_PAIRED`], before any message is read.
+
+use std::sync::Arc;
+
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DistinguishedName, SignatureScheme};
+
+use crate::error::NetError;
+use crate::identity::{Fingerprint, Identity};
+
+/// ALPN of a sync connection.
+pub const ALPN_SYNC: &[u8] = b"syncable/1";
+/// ALPN of a pairing connection.
+pub const ALPN_PAIR: &[u8] = b"syncable-pair/1";
+
+/// QUIC application close codes.
+pub mod close_code {
+    /// The device is not paired (or its library differs).
+    pub const NOT_PAIRED: u32 = 0x51;
+    /// The node is shutting down.
+    pub const SHUTDOWN: u32 = 0x52;
+    /// A protocol error ended the session.
+    pub const PROTOCOL: u32 = 0x53;
+    /// Another connection to the same peer replaced this one.
+    pub const REPLACED: u32 = 0x54;
+}
+
+/// The ring crypto provider.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs ring as the process's default rustls provider, so that no
+/// rustls configuration built anywhere in the application panics for want
+/// of one. Installing twice is harmless.
+pub fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn algorithms() -> WebPkiSupportedAlgorithms {
+    rustls::crypto::ring::default_provider().signature_verification_algorithms
+}
+
+#[derive(Debug)]
+struct AnyClientCert {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Trust is decided by fingerprint once the handshake (which proves
+        // possession of the key) completes.
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct PinnedServer {
+    expected: Fingerprint,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if Fingerprint::of(end_entity.as_ref()) == self.expected {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the peer's certificate is not the pinned one ({})",
+                self.expected
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(10)) {
+        transport.max_idle_timeout(Some(idle));
+    }
+    Arc::new(transport)
+}
+
+/// The accepting side's configuration.
+pub(crate) fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, NetError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(AnyClientCert {
+            algorithms: algorithms(),
+        }))
+        .with_single_cert(identity.cert_chain(), identity.private_key())
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN_SYNC.to_vec(), ALPN_PAIR.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// The dialling side's configuration for a peer whose certificate is
+/// `expected`.
+pub(crate) fn client_config(
+    identity: &Identity,
+    expected: Fingerprint,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, NetError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedServer {
+            expected,
+            algorithms: algorithms(),
+        }))
+        .with_client_auth_cert(identity.cert_chain(), identity.private_key())
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// The fingerprint of the certificate the other side presented.
+pub(crate) fn peer_fingerprint(connection: &quinn::Connection) -> Option<Fingerprint> {
+    let identity = connection.peer_identity()?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().map(|c| Fingerprint::of(c.as_ref()))
+}
+
+/// The ALPN the connection agreed on.
+pub(crate) fn alpn(connection: &quinn::Connection) -> Option<Vec<u8>> {
+    let data = connection.handshake_data()?;
+    let data = data
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?;
+    data.protocol
+}
+
+/// Connects to a device whose certificate is `expected`, as `identity`, for
+/// a sync connection: the raw QUIC connection, for tools and tests that speak
+/// frames themselves. Applications use [`crate::Node`].
+pub async fn dial(
+    identity: &Identity,
+    expected: Fingerprint,
+    addr: std::net::SocketAddr,
+) -> Result<quinn::Connection, NetError> {
+    install_provider();
+    let bind: std::net::SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .map_err(|e: std::net::AddrParseError| NetError::Endpoint(e.to_string()))?;
+    let endpoint = quinn::Endpoint::client(bind).map_err(|e| NetError::Endpoint(e.to_string()))?;
+    let config = client_config(identity, expected, ALPN_SYNC)?;
+    endpoint
+        .connect_with(config, addr, "syncable")
+        .map_err(|e| NetError::Connect {
+            addr,
+            reason: e.to_string(),
+        })?
+        .await
+        .map_err(|e| NetError::Connect {
+            addr,
+            reason: e.to_string(),
+        })
+}

@@ -1,0 +1,425 @@
+//! Nodes syncing over real QUIC on 127.0.0.1.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::{
+    ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, EntityTrait, PaginatorTrait,
+    Schema,
+};
+use sync_core::{ErrorCode, Message, SyncModel};
+use sync_net::{Node, NodeConfig, PeerRecord};
+use uuid::Uuid;
+
+mod tag {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, sync_core::Syncable)]
+    #[sea_orm(table_name = "tags")]
+    #[sync(shared)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[sea_orm(unique)]
+        #[sync(id)]
+        pub gid: Uuid,
+        pub name: String,
+        pub color: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+mod volume {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, sync_core::Syncable)]
+    #[sea_orm(table_name = "volumes")]
+    #[sync(device_owned)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[sea_orm(unique)]
+        #[sync(id)]
+        pub gid: Uuid,
+        #[sync(owner)]
+        pub device: Uuid,
+        pub name: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+const LIBRARY: Uuid = Uuid::from_u128(0x5EED);
+
+async fn start(dir: &Path) -> Node {
+    start_with(dir, |c| c).await
+}
+
+async fn start_with(dir: &Path, tune: impl FnOnce(NodeConfig) -> NodeConfig) -> Node {
+    std::fs::create_dir_all(dir).unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.join("library.sqlite").display());
+    let mut options = ConnectOptions::new(url);
+    options.max_connections(1).sqlx_logging(false);
+    let db = Database::connect(options).await.unwrap();
+    let schema = Schema::new(db.get_database_backend());
+    for mut stmt in [
+        schema.create_table_from_entity(tag::Entity),
+        schema.create_table_from_entity(volume::Entity),
+    ] {
+        stmt.if_not_exists();
+        db.execute(&stmt).await.unwrap();
+    }
+    let mut config = NodeConfig::new(LIBRARY, "127.0.0.1:0".parse().unwrap());
+    config.heartbeat = Duration::from_millis(200);
+    config.anti_entropy = Duration::from_millis(500);
+    Node::start(db, dir, tune(config)).await.unwrap()
+}
+
+async fn pair(a: &Node, b: &Node) {
+    let code = a.invite().unwrap();
+    let text = code.encode().unwrap();
+    let code = sync_net::PairingCode::decode(&text).unwrap();
+    assert_eq!(b.accept(&code).await.unwrap(), a.device());
+}
+
+/// Waits for a condition that the system must reach; the bound only keeps a
+/// broken build from hanging, it measures nothing.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+async fn converged(nodes: &[&Node]) -> bool {
+    let mut contents = Vec::new();
+    for n in nodes {
+        contents.push(n.engine().content().await.unwrap());
+    }
+    contents.windows(2).all(|w| w[0] == w[1])
+}
+
+async fn write_tags(node: &Node, n: usize, prefix: &str) -> Vec<Uuid> {
+    let mut tx = node.engine().begin().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let gid = Uuid::new_v4();
+        tx.insert(tag::ActiveModel {
+            gid: Set(gid),
+            name: Set(format!("{prefix}{i}")),
+            color: Set(None),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        ids.push(gid);
+    }
+    tx.commit().await.unwrap();
+    ids
+}
+
+async fn add_volume(node: &Node, name: &str) {
+    let mut tx = node.engine().begin().await.unwrap();
+    tx.insert(volume::ActiveModel {
+        gid: Set(Uuid::new_v4()),
+        device: Set(node.device()),
+        name: Set(name.into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn rename(node: &Node, id: Uuid, name: &str) {
+    let mut tx = node.engine().begin().await.unwrap();
+    let mut row = tag::Model::find_by_id(tx.connection(), id)
+        .await
+        .unwrap()
+        .unwrap();
+    row.name = name.into();
+    tx.update(row).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_converge_and_a_fourth_backfills() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a")).await;
+    let b = start(&dir.path().join("b")).await;
+    let c = start(&dir.path().join("c")).await;
+    pair(&a, &b).await;
+    pair(&a, &c).await;
+    pair(&b, &c).await;
+    eventually("all connected", || async {
+        a.connected().len() == 2 && b.connected().len() == 2 && c.connected().len() == 2
+    })
+    .await;
+
+    let shared = write_tags(&a, 10, "a").await;
+    write_tags(&b, 5, "b").await;
+    write_tags(&c, 5, "c").await;
+    add_volume(&a, "a disk").await;
+    add_volume(&b, "b disk").await;
+    add_volume(&c, "c disk").await;
+    eventually("writes everywhere", || async {
+        converged(&[&a, &b, &c]).await && a.engine().content().await.unwrap().len() == 23
+    })
+    .await;
+
+    // Concurrent edits of one shared row.
+    tokio::join!(
+        rename(&b, shared[0], "from b"),
+        rename(&c, shared[0], "from c")
+    );
+    eventually("concurrent edits merged", || async {
+        converged(&[&a, &b, &c]).await
+    })
+    .await;
+    let name = tag::Model::find_by_id(a.engine().db(), shared[0])
+        .await
+        .unwrap()
+        .unwrap()
+        .name;
+    assert!(name == "from b" || name == "from c");
+
+    // A new device joins through a and backfills everything, device-owned
+    // rows included.
+    let d = start(&dir.path().join("d")).await;
+    pair(&a, &d).await;
+    eventually("the new device backfilled", || async {
+        !d.engine().needs_backfill().await.unwrap() && converged(&[&a, &d]).await
+    })
+    .await;
+    assert_eq!(
+        volume::Entity::find().count(d.engine().db()).await.unwrap(),
+        3
+    );
+    for n in [&a, &b, &c, &d] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_catches_up_from_its_data_directory_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a")).await;
+    let b = start(&dir.path().join("b")).await;
+    pair(&a, &b).await;
+    write_tags(&a, 5, "before").await;
+    eventually("b has a's tags", || async { converged(&[&a, &b]).await }).await;
+
+    b.shutdown().await;
+    drop(b);
+    write_tags(&a, 7, "while b was away").await;
+    let b = start(&dir.path().join("b")).await;
+    eventually("b caught up", || async { converged(&[&a, &b]).await }).await;
+    assert_eq!(
+        tag::Entity::find().count(b.engine().db()).await.unwrap(),
+        12
+    );
+    let log = b.engine().log().await.unwrap();
+    let mut keys: Vec<_> = log.iter().map(|c| (c.origin, c.seq)).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), log.len(), "no change stored twice");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpaired_device_is_refused_at_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a")).await;
+    let stranger = start(&dir.path().join("stranger")).await;
+    // The stranger pins a (it learned a's fingerprint somehow); a never
+    // paired with it.
+    stranger
+        .pin(PeerRecord {
+            device: a.device(),
+            fingerprint: a.fingerprint(),
+            addr: Some(a.addr().unwrap()),
+        })
+        .await
+        .unwrap();
+    write_tags(&stranger, 3, "intruder").await;
+    eventually("the stranger was told", || async {
+        stranger
+            .link_stats()
+            .get(&a.device())
+            .and_then(|s| s.last_error.clone())
+            .is_some_and(|e| e.contains("not paired"))
+    })
+    .await;
+    assert!(a.connected().is_empty());
+    assert_eq!(
+        tag::Entity::find().count(a.engine().db()).await.unwrap(),
+        0,
+        "nothing reached a's database"
+    );
+    a.shutdown().await;
+    stranger.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_get_errors_while_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a")).await;
+    let b = start(&dir.path().join("b")).await;
+    pair(&a, &b).await;
+    eventually("a and b connected", || async { a.connected().len() == 1 }).await;
+
+    // A paired device that speaks raw frames.
+    let hostile = sync_net::Identity::load_or_create(&dir.path().join("hostile")).unwrap();
+    a.pin(PeerRecord {
+        device: hostile.device(),
+        fingerprint: hostile.fingerprint(),
+        addr: None,
+    })
+    .await
+    .unwrap();
+    let conn = sync_net::dial(&hostile, a.fingerprint(), a.addr().unwrap())
+        .await
+        .unwrap();
+    let (mut main_send, mut main_recv) = conn.open_bi().await.unwrap();
+    let hello = Message::Hello(sync_core::Hello {
+        device: hostile.device(),
+        library: LIBRARY,
+        min_version: 1,
+        max_version: 1,
+        vector: Default::default(),
+        needs_backfill: false,
+    });
+    sync_net::write_message(&mut main_send, &hello)
+        .await
+        .unwrap();
+    assert!(matches!(
+        sync_net::read_message(&mut main_recv).await.unwrap(),
+        Message::Hello(_)
+    ));
+
+    let version = sync_core::PROTOCOL_VERSION.to_be_bytes();
+    type Expect = fn(&ErrorCode) -> bool;
+    let cases: Vec<(Vec<u8>, Expect)> = vec![
+        // Oversized: a 2 GiB length.
+        (
+            [&version[..], &[8, 0], &0x8000_0000u32.to_be_bytes()[..]].concat(),
+            |c| *c == ErrorCode::Malformed,
+        ),
+        // Garbage payload.
+        (
+            [
+                &version[..],
+                &[8, 0],
+                &4u32.to_be_bytes()[..],
+                &[0xde, 0xad, 0xbe, 0xef],
+            ]
+            .concat(),
+            |c| *c == ErrorCode::Malformed,
+        ),
+        // Another protocol version.
+        (
+            [&[0u8, 42][..], &[8, 0], &0u32.to_be_bytes()[..]].concat(),
+            |c| *c == ErrorCode::UnsupportedVersion { min: 1, max: 1 },
+        ),
+    ];
+    for (bytes, expected) in cases {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        match sync_net::read_message(&mut recv).await.unwrap() {
+            Message::Error(e) => assert!(expected(&e.code), "{e:?}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    // The hostile device's main session still answers...
+    let pull = Message::PullRequest(sync_core::PullRequest {
+        vector: Default::default(),
+        limit: 10,
+    });
+    sync_net::write_message(&mut main_send, &pull)
+        .await
+        .unwrap();
+    let mut answered = false;
+    for _ in 0..10 {
+        if let Message::PullResponse(_) = sync_net::read_message(&mut main_recv).await.unwrap() {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered);
+    // ...and so does the node, to its other peers.
+    write_tags(&b, 2, "still syncing").await;
+    eventually("b's writes reach a", || async {
+        converged(&[&a, &b]).await
+    })
+    .await;
+    assert_eq!(tag::Entity::find().count(a.engine().db()).await.unwrap(), 2);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_to_ten_peers_has_every_send_in_flight_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every push from the hub waits at a barrier for ten: if the hub wrote
+    // to its peers one after another, the first write would wait forever
+    // and no peer would ever get the change.
+    let barrier = Arc::new(tokio::sync::Barrier::new(10));
+    let hub = start_with(&dir.path().join("hub"), |mut c| {
+        c.send_barrier = Some(barrier.clone());
+        c
+    })
+    .await;
+    let mut peers = Vec::new();
+    for i in 0..10 {
+        let p = start(&dir.path().join(format!("p{i}"))).await;
+        pair(&hub, &p).await;
+        peers.push(p);
+    }
+    eventually("all ten connected", || async {
+        hub.connected().len() == 10
+    })
+    .await;
+    // Let the initial catch-up settle so only the broadcast is pending.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids = write_tags(&hub, 1, "to everyone").await;
+    for p in &peers {
+        let id = ids[0];
+        eventually("every peer has the broadcast", || async {
+            tag::Model::find_by_id(p.engine().db(), id)
+                .await
+                .unwrap()
+                .is_some()
+        })
+        .await;
+    }
+    let stats = hub.link_stats();
+    assert_eq!(stats.values().filter(|s| s.pushes_sent >= 1).count(), 10);
+    hub.shutdown().await;
+    for p in &peers {
+        p.shutdown().await;
+    }
+}
