@@ -85,6 +85,20 @@ pub(crate) struct Applier<'a> {
     pub(crate) tx: &'a DatabaseTransaction,
     pub(crate) device: Uuid,
     pub(crate) report: ApplyReport,
+    /// Renames this device must write as its own changes: the losers of
+    /// unique collisions. Written as changes (not only locally) so that every
+    /// device ends with the same value even where the collision never
+    /// showed, because one side had moved away before the other arrived.
+    pub(crate) renames: Vec<Rename>,
+}
+
+/// A field value a unique collision forces on a shared record.
+#[derive(Debug, Clone)]
+pub(crate) struct Rename {
+    pub(crate) model: &'static str,
+    pub(crate) id: Uuid,
+    pub(crate) field: String,
+    pub(crate) value: crate::value::WireValue,
 }
 
 impl<'a> Applier<'a> {
@@ -94,6 +108,7 @@ impl<'a> Applier<'a> {
             tx,
             device,
             report: ApplyReport::default(),
+            renames: Vec::new(),
         }
     }
 
@@ -139,6 +154,7 @@ impl<'a> Applier<'a> {
                 device: self.device,
                 conflicts: 0,
                 released: Vec::new(),
+                renames: Vec::new(),
             };
             let result = match &part {
                 None => step.change(&change).await,
@@ -148,6 +164,7 @@ impl<'a> Applier<'a> {
                 Ok(outcome) => {
                     let (conflicts, released) =
                         (step.conflicts, std::mem::take(&mut step.released));
+                    self.renames.append(&mut step.renames);
                     savepoint.commit().await?;
                     self.report.conflicts += conflicts;
                     match outcome {
@@ -232,6 +249,7 @@ impl<'a> Applier<'a> {
             device: self.device,
             conflicts: 0,
             released: Vec::new(),
+            renames: Vec::new(),
         };
         step.delete_record(desc, id, hlc, owner, version).await?;
         self.report.conflicts += step.conflicts;
@@ -241,6 +259,18 @@ impl<'a> Applier<'a> {
 
 fn reason_is_recorded(reason: &RejectReason) -> bool {
     matches!(reason, RejectReason::NotOwner { .. })
+}
+
+enum Written {
+    /// Written (or parked, or deleted by the rule for deleted parents).
+    Done(Option<Vec<String>>),
+    /// A unique column's value is held by another row.
+    Collision { columns: Vec<String>, holder: Uuid },
+}
+
+enum UniqueResolution {
+    Retry,
+    Dropped,
 }
 
 enum StepError {
@@ -263,6 +293,8 @@ struct Step<'a> {
     conflicts: u64,
     /// Parked work released by this step, to run next.
     released: Vec<Parked>,
+    /// Renames to write as this device's changes.
+    renames: Vec<Rename>,
 }
 
 impl Step<'_> {
@@ -397,6 +429,9 @@ impl Step<'_> {
                 .map(|v| v.value.clone())
         };
         for (f, local) in overwritten {
+            if value_of(f.name).as_ref() == Some(f.value) {
+                continue; // the same value from two writes loses nothing
+            }
             self.record(NewConflict {
                 kind: ConflictKind::Overwritten,
                 model,
@@ -412,6 +447,9 @@ impl Step<'_> {
             .await?;
         }
         for (f, local) in outdated {
+            if value_of(f.name).as_ref() == Some(f.value) {
+                continue;
+            }
             self.record(NewConflict {
                 kind: ConflictKind::Outdated,
                 model,
@@ -462,7 +500,257 @@ impl Step<'_> {
         change: &Change,
         values: &[FieldValue],
     ) -> Result<Option<Vec<String>>, StepError> {
-        match self
+        let mut values = values.to_vec();
+        // Each round settles one unique-column collision; a record collides
+        // with at most one row per unique index.
+        for _ in 0..8 {
+            match self.write_once(change, &values).await? {
+                Written::Done(result) => return Ok(result),
+                Written::Collision { columns, holder } => {
+                    match self
+                        .resolve_unique(change, &mut values, &columns, holder)
+                        .await?
+                    {
+                        UniqueResolution::Retry => continue,
+                        UniqueResolution::Dropped => return Ok(None),
+                    }
+                }
+            }
+        }
+        Err(StepError::Reject(RejectReason::Database(format!(
+            "`{}` {}: unique collisions did not settle",
+            self.model(),
+            change.id
+        ))))
+    }
+
+    /// The clock of the incoming write to field `name`.
+    fn incoming_clock(change: &Change, name: &str) -> Timestamp {
+        match &change.op {
+            Op::Image(fields) => fields
+                .iter()
+                .find(|f| f.name == name)
+                .map_or(change.hlc, |f| f.hlc),
+            _ => change.hlc,
+        }
+    }
+
+    /// Settles a collision on a unique column between the record being
+    /// written and `holder`, the same way on every device: between two
+    /// devices' rows, the one whose unique fields were written later keeps
+    /// the value and the other is renamed (`value~` and 8 hex digits of its
+    /// id) when the column is text, or deleted when it is not; the loss is
+    /// recorded. Between two rows of one owner (a catch-up that skipped the
+    /// states in which the owner swapped two values), the holder steps aside
+    /// until its own newer state arrives.
+    async fn resolve_unique(
+        &mut self,
+        change: &Change,
+        values: &mut [FieldValue],
+        columns: &[String],
+        holder: Uuid,
+    ) -> Result<UniqueResolution, StepError> {
+        let meta = self.desc.meta();
+        let model = self.model();
+        let fields: Vec<&'static crate::model::FieldMeta> = columns
+            .iter()
+            .filter_map(|c| meta.field_of_column(c))
+            .collect();
+        let text = fields.iter().find_map(|f| {
+            values.iter().position(|v| {
+                v.name == f.name && matches!(v.value, crate::value::WireValue::String(Some(_)))
+            })
+        });
+        let holder_state = store::load_row(self.tx, model, holder)
+            .await?
+            .unwrap_or_default();
+        let renamed = |value: &crate::value::WireValue, id: Uuid| match value {
+            crate::value::WireValue::String(Some(s)) => {
+                let tag = id.simple().to_string();
+                Some(crate::value::WireValue::String(Some(format!(
+                    "{s}~{}",
+                    &tag[..8]
+                ))))
+            }
+            _ => None,
+        };
+        let holder_value = |name: &str, current: &[FieldValue]| {
+            current
+                .iter()
+                .find(|v| v.name == name)
+                .map(|v| v.value.clone())
+        };
+
+        if meta.ownership == Ownership::DeviceOwned && holder_state.owner == Some(change.origin) {
+            let Some(i) = text else {
+                return Err(StepError::Reject(RejectReason::Database(format!(
+                    "`{model}` {}: unique non-text columns {columns:?} collide within one owner's rows",
+                    change.id
+                ))));
+            };
+            let name = values[i].name.clone();
+            let current = self
+                .desc
+                .capture(self.tx, holder)
+                .await?
+                .unwrap_or_default();
+            let Some(aside) = holder_value(&name, &current).and_then(|v| renamed(&v, holder))
+            else {
+                return Err(StepError::Reject(RejectReason::Database(format!(
+                    "`{model}` {holder}: cannot step aside on {name}"
+                ))));
+            };
+            tracing::debug!(%holder, field = %name, "row steps aside for its owner's newer state");
+            self.desc
+                .apply(
+                    self.tx,
+                    holder,
+                    &[FieldValue::new(name, aside)],
+                    MissingParent::DeferNullable,
+                )
+                .await
+                .map_err(|e| StepError::Reject(RejectReason::Database(e.to_string())))?;
+            return Ok(UniqueResolution::Retry);
+        }
+
+        let incoming_clock = fields
+            .iter()
+            .map(|f| Self::incoming_clock(change, f.name))
+            .max()
+            .unwrap_or(change.hlc);
+        let holder_clock = match meta.ownership {
+            Ownership::Shared => fields
+                .iter()
+                .filter_map(|f| holder_state.clocks.get(f.name).map(|c| c.hlc))
+                .max(),
+            Ownership::DeviceOwned => holder_state.hlc,
+        };
+        let incoming_wins = match holder_clock {
+            None => true,
+            Some(h) => (incoming_clock, change.id) > (h, holder),
+        };
+        let current = self
+            .desc
+            .capture(self.tx, holder)
+            .await?
+            .unwrap_or_default();
+        let (loser, loser_clock, winner, winner_clock) = if incoming_wins {
+            (
+                holder,
+                holder_clock.unwrap_or(incoming_clock),
+                change.id,
+                incoming_clock,
+            )
+        } else {
+            (
+                change.id,
+                incoming_clock,
+                holder,
+                holder_clock.unwrap_or(incoming_clock),
+            )
+        };
+        let field_name = text.map(|i| values[i].name.clone());
+        let loser_value = field_name.as_ref().and_then(|n| {
+            if incoming_wins {
+                holder_value(n, &current)
+            } else {
+                values
+                    .iter()
+                    .find(|v| &v.name == n)
+                    .map(|v| v.value.clone())
+            }
+        });
+        self.record(NewConflict {
+            kind: ConflictKind::Unique,
+            model,
+            record: loser,
+            field: field_name.as_deref(),
+            loser: Write {
+                origin: timestamp_device(&loser_clock),
+                hlc: loser_clock,
+                value: loser_value.clone(),
+            },
+            winner: Some(Write {
+                origin: timestamp_device(&winner_clock),
+                hlc: winner_clock,
+                value: Some(crate::value::WireValue::Uuid(Some(winner))),
+            }),
+        })
+        .await?;
+        let shared = meta.ownership == Ownership::Shared;
+        match (text, incoming_wins) {
+            (Some(i), true) => {
+                let name = values[i].name.clone();
+                if let Some(v) = holder_value(&name, &current).and_then(|v| renamed(&v, holder)) {
+                    self.desc
+                        .apply(
+                            self.tx,
+                            holder,
+                            &[FieldValue::new(name.clone(), v.clone())],
+                            MissingParent::DeferNullable,
+                        )
+                        .await
+                        .map_err(|e| StepError::Reject(RejectReason::Database(e.to_string())))?;
+                    if shared {
+                        self.renames.push(Rename {
+                            model,
+                            id: holder,
+                            field: name,
+                            value: v,
+                        });
+                    }
+                }
+                Ok(UniqueResolution::Retry)
+            }
+            (Some(i), false) => {
+                if let Some(v) = renamed(&values[i].value, change.id) {
+                    values[i].value = v.clone();
+                    if shared {
+                        self.renames.push(Rename {
+                            model,
+                            id: change.id,
+                            field: values[i].name.clone(),
+                            value: v,
+                        });
+                    }
+                }
+                Ok(UniqueResolution::Retry)
+            }
+            (None, true) => {
+                let state = holder_state;
+                self.delete_record(
+                    self.desc,
+                    holder,
+                    incoming_clock,
+                    state.owner,
+                    state.version,
+                )
+                .await?;
+                Ok(UniqueResolution::Retry)
+            }
+            (None, false) => {
+                let state = store::load_row(self.tx, model, change.id)
+                    .await?
+                    .unwrap_or_default();
+                self.delete_record(
+                    self.desc,
+                    change.id,
+                    incoming_clock,
+                    state.owner,
+                    state.version,
+                )
+                .await?;
+                Ok(UniqueResolution::Dropped)
+            }
+        }
+    }
+
+    async fn write_once(
+        &mut self,
+        change: &Change,
+        values: &[FieldValue],
+    ) -> Result<Written, StepError> {
+        Ok(Written::Done(match self
             .desc
             .apply(self.tx, change.id, values, MissingParent::DeferNullable)
             .await
@@ -519,9 +807,21 @@ impl Step<'_> {
                 store::park(self.tx, change, "", self.model(), change.id).await?;
                 Ok(None)
             }
+            Err(ApplyError::Unique {
+                columns,
+                holder: Some(holder),
+                ..
+            }) => {
+                return Ok(Written::Collision { columns, holder });
+            }
+            Err(ApplyError::Unique { columns, .. }) => {
+                Err(StepError::Reject(RejectReason::Database(format!(
+                    "unique column(s) {columns:?} collide with a row that could not be found"
+                ))))
+            }
             Err(ApplyError::Db(e)) => Err(StepError::Reject(RejectReason::Database(e.to_string()))),
             Err(e) => Err(StepError::Reject(RejectReason::Malformed(e.to_string()))),
-        }
+        }?))
     }
 
     async fn is_deleted(&self, model: &str, id: Uuid) -> Result<bool, EngineError> {

@@ -22,6 +22,10 @@ pub enum ConflictKind {
     ParentDeleted,
     /// A change to a device-owned record from a device that does not own it.
     NotOwner,
+    /// Two records collided on a unique column; the loser was renamed (text
+    /// columns) or deleted. The winner's value names the record that kept
+    /// the value.
+    Unique,
 }
 
 impl ConflictKind {
@@ -33,6 +37,7 @@ impl ConflictKind {
             ConflictKind::Deleted => "deleted",
             ConflictKind::ParentDeleted => "parent_deleted",
             ConflictKind::NotOwner => "not_owner",
+            ConflictKind::Unique => "unique",
         }
     }
 
@@ -44,6 +49,7 @@ impl ConflictKind {
             "deleted" => ConflictKind::Deleted,
             "parent_deleted" => ConflictKind::ParentDeleted,
             "not_owner" => ConflictKind::NotOwner,
+            "unique" => ConflictKind::Unique,
             _ => return None,
         })
     }

@@ -301,7 +301,9 @@ impl Engine {
         let tx = self.inner.db.begin().await?;
         let mut applier = Applier::new(&self.inner.registry, &tx, self.inner.device);
         applier.apply_all(accepted).await?;
+        let renames = std::mem::take(&mut applier.renames);
         let mut report = applier.report;
+        let emitted = self.write_renames(&tx, renames).await?;
         report.rejected.extend(refused);
         if !claims.is_empty() {
             let vector = store::load_vector(&tx).await?;
@@ -318,6 +320,7 @@ impl Engine {
         let last = self.clock().last();
         store::set_meta_u64(&tx, META_CLOCK, last.0).await?;
         tx.commit().await?;
+        self.publish(emitted);
 
         let c = &self.inner.counters;
         let clock_refused = report
@@ -340,6 +343,71 @@ impl Engine {
             metrics::gauge!("syncable_log_entries").set(len as f64);
         }
         Ok(report)
+    }
+
+    /// Writes the renames that unique collisions forced, as this device's
+    /// own changes, in the apply's transaction.
+    async fn write_renames(
+        &self,
+        tx: &sea_orm::DatabaseTransaction,
+        renames: Vec<crate::apply::Rename>,
+    ) -> Result<Vec<Change>, EngineError> {
+        if renames.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut next_seq = store::get_meta_u64(tx, META_NEXT_SEQ).await?.max(1);
+        let mut changes = Vec::with_capacity(renames.len());
+        for rename in renames {
+            let mut state = store::load_row(tx, rename.model, rename.id)
+                .await?
+                .unwrap_or_default();
+            if state.deleted {
+                continue;
+            }
+            // A later write in the same batch may have moved the field on
+            // (settling the collision its own way): then there is nothing to
+            // rename.
+            let current = match self.inner.registry.get(rename.model) {
+                Some(desc) => desc.capture(tx, rename.id).await?.unwrap_or_default(),
+                None => continue,
+            };
+            if !current
+                .iter()
+                .any(|f| f.name == rename.field && f.value == rename.value)
+            {
+                continue;
+            }
+            let hlc = self.tick();
+            let field = crate::change::FieldChange {
+                base: state.clocks.get(&rename.field).map(|c| c.hlc),
+                name: rename.field,
+                value: rename.value,
+            };
+            state.clocks.insert(
+                field.name.clone(),
+                store::FieldClock {
+                    hlc,
+                    base: field.base,
+                },
+            );
+            store::save_row(tx, rename.model, rename.id, &state).await?;
+            changes.push(Change {
+                origin: self.inner.device,
+                seq: next_seq,
+                hlc,
+                model: rename.model.to_owned(),
+                id: rename.id,
+                op: crate::change::Op::Upsert(vec![field]),
+            });
+            next_seq += 1;
+        }
+        let refs: Vec<&Change> = changes.iter().collect();
+        store::append_log(tx, &refs).await?;
+        store::set_meta_u64(tx, META_NEXT_SEQ, next_seq).await?;
+        if next_seq > 1 {
+            store::advance_vector(tx, self.inner.device, next_seq - 1).await?;
+        }
+        Ok(changes)
     }
 
     pub(crate) fn count_conflicts(&self, n: u64) {

@@ -41,6 +41,8 @@ pub enum FieldRole {
 pub struct FieldMeta {
     /// The field's wire name (the Rust field name).
     pub name: &'static str,
+    /// The SQL column's name.
+    pub column: &'static str,
     /// The Rust type as written in the model.
     pub rust_type: &'static str,
     /// Whether the field is an `Option`.
@@ -75,6 +77,11 @@ impl ModelMeta {
     /// The field naming the owning device (device-owned models only).
     pub fn owner_field(&self) -> Option<&'static FieldMeta> {
         self.fields.iter().find(|f| f.role == FieldRole::Owner)
+    }
+
+    /// The synced field stored in SQL column `column`.
+    pub fn field_of_column(&self, column: &str) -> Option<&'static FieldMeta> {
+        self.fields.iter().find(|f| f.column == column)
     }
 
     /// A synced field by wire name.
@@ -252,7 +259,22 @@ pub enum ApplyError {
         /// The id the record was applied under.
         id: Uuid,
     },
-    /// The database refused the write (for example a unique constraint).
+    /// The write would give two rows the same value in a unique column
+    /// (or set of columns).
+    #[error(
+        "`{model}` {id}: another row ({holder:?}) holds the same value in unique column(s) {columns:?}"
+    )]
+    Unique {
+        /// The model's wire name.
+        model: &'static str,
+        /// The row being written.
+        id: Uuid,
+        /// The unique columns.
+        columns: Vec<String>,
+        /// The global id of the row holding the value, if it could be found.
+        holder: Option<Uuid>,
+    },
+    /// The database refused the write.
     #[error(transparent)]
     Db(#[from] DbErr),
 }

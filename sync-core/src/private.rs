@@ -15,8 +15,8 @@ pub use crate::model::{
 pub use crate::registry::ModelDescriptor;
 pub use crate::value::{ValueError, WireValue};
 
-use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{Value, ValueType};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 /// The type of a `#[sync(id)]` field.
 #[diagnostic::on_unimplemented(
@@ -253,4 +253,66 @@ pub async fn resolve_reference<E: SyncEntity, K: ForeignKeyType, C: ConnectionTr
 /// The wire names of a model's synced fields.
 pub fn field_names(meta: &ModelMeta) -> Vec<&'static str> {
     meta.fields.iter().map(|f| f.name).collect()
+}
+
+/// The columns named by SQLite's "UNIQUE constraint failed: t.a, t.b".
+pub fn unique_columns(message: &str) -> Vec<String> {
+    let list = message.rsplit(": ").next().unwrap_or_default();
+    list.split(", ")
+        .map(|c| c.rsplit('.').next().unwrap_or(c).trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+/// Turns a failed write into [`ApplyError::Unique`] (naming the row that
+/// holds the value) when it broke a unique constraint, else a database error.
+pub async fn unique_or_db<E, A, C>(
+    db: &C,
+    model: &'static str,
+    id: Uuid,
+    attempted: &A,
+    error: sea_orm::DbErr,
+) -> ApplyError
+where
+    E: EntityTrait,
+    E::Model: SyncModel,
+    A: ActiveModelTrait<Entity = E>,
+    C: ConnectionTrait,
+{
+    let Some(sea_orm::SqlErr::UniqueConstraintViolation(message)) = error.sql_err() else {
+        return ApplyError::Db(error);
+    };
+    let columns = unique_columns(&message);
+    let mut query = E::find();
+    for name in &columns {
+        let Ok(column) = <E::Column as std::str::FromStr>::from_str(name) else {
+            return ApplyError::Unique {
+                model,
+                id,
+                columns,
+                holder: None,
+            };
+        };
+        match attempted.get(column).into_value() {
+            Some(value) => query = query.filter(column.eq(value)),
+            None => {
+                return ApplyError::Unique {
+                    model,
+                    id,
+                    columns,
+                    holder: None,
+                };
+            }
+        }
+    }
+    let holder = match query.one(db).await {
+        Ok(row) => row.map(|r| r.sync_id()).filter(|h| *h != id),
+        Err(e) => return ApplyError::Db(e),
+    };
+    ApplyError::Unique {
+        model,
+        id,
+        columns,
+        holder,
+    }
 }

@@ -428,6 +428,7 @@ mod tests {
     const fn reference(name: &'static str, target: &'static str, nullable: bool) -> FieldMeta {
         FieldMeta {
             name,
+            column: name,
             rust_type: "i32",
             nullable,
             role: FieldRole::Reference { target },

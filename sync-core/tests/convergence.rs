@@ -75,6 +75,27 @@ async fn run(steps: Vec<(usize, Action, u8)>, writers_n: usize, seed: u64) {
     for w in &writers {
         w.receive(&all).await;
     }
+    // A device that settles a unique collision writes the loser's new value
+    // as its own change: pass those around until nobody writes any more.
+    let everyone: Vec<&common::Device> = receivers.iter().chain(writers.iter()).collect();
+    let mut known: std::collections::BTreeSet<(Uuid, u64)> =
+        all.iter().map(|c| (c.origin, c.seq)).collect();
+    loop {
+        let mut fresh = Vec::new();
+        for d in &everyone {
+            for c in d.engine.log().await.unwrap() {
+                if c.origin == d.id && known.insert((c.origin, c.seq)) {
+                    fresh.push(c);
+                }
+            }
+        }
+        if fresh.is_empty() {
+            break;
+        }
+        for d in &everyone {
+            d.receive(&fresh).await;
+        }
+    }
     let expected = receivers[0].content().await;
     if std::env::var_os("CONVERGENCE_DEBUG").is_some() {
         let conflicts = receivers[0].engine.conflicts().await.unwrap().len();

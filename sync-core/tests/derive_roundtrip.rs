@@ -497,7 +497,7 @@ fn the_registry_lists_models_in_dependency_order() {
     let registry = Registry::global().unwrap();
     let names: Vec<&str> = registry.models().iter().map(|m| m.name()).collect();
     let pos = |n: &str| names.iter().position(|m| *m == n).unwrap();
-    assert_eq!(names.len(), 7);
+    assert_eq!(names.len(), 9);
     assert!(pos("collections") < pos("memberships"));
     assert!(pos("tags") < pos("memberships"));
     assert!(pos("volumes") < pos("locations"));

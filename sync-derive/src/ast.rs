@@ -109,6 +109,14 @@ impl Field<'_> {
         Ident::new(&name, self.ident.span())
     }
 
+    /// The SQL column's name.
+    pub(crate) fn column_name(&self) -> String {
+        self.attrs
+            .column_name
+            .clone()
+            .unwrap_or_else(|| self.wire_name())
+    }
+
     /// The wire name: the field name without a raw-identifier prefix.
     pub(crate) fn wire_name(&self) -> String {
         self.ident.to_string().trim_start_matches("r#").to_owned()

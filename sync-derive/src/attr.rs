@@ -130,6 +130,8 @@ pub(crate) struct Field {
     pub(crate) ignored: bool,
     /// `#[sea_orm(enum_name = "...")]`: the `Column` variant's name.
     pub(crate) column_variant: Option<String>,
+    /// `#[sea_orm(column_name = "...")]`: the SQL column's name.
+    pub(crate) column_name: Option<String>,
 }
 
 impl Field {
@@ -141,6 +143,7 @@ impl Field {
         let mut primary_key = false;
         let mut ignored = false;
         let mut column_variant = None;
+        let mut column_name = None;
 
         for attr in attrs {
             if attr.path().is_ident("sync") {
@@ -174,6 +177,9 @@ impl Field {
                     } else if meta.path.is_ident("enum_name") {
                         let lit: LitStr = meta.value()?.parse()?;
                         column_variant = Some(lit.value());
+                    } else if meta.path.is_ident("column_name") {
+                        let lit: LitStr = meta.value()?.parse()?;
+                        column_name = Some(lit.value());
                     } else {
                         skip_sea_orm_key(&meta)?;
                     }
@@ -190,6 +196,7 @@ impl Field {
             primary_key,
             ignored,
             column_variant,
+            column_name,
         }
     }
 }

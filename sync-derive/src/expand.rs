@@ -68,6 +68,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
         let ty = field.ty;
         let name = field.wire_name();
         let rust_type = quote!(#ty).to_string().replace(' ', "");
+        let column = field.column_name();
         let nullable = field.is_option();
         let slot = format_ident!("__slot_{}", name);
         let role_tokens = match role {
@@ -83,6 +84,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
         field_metas.push(quote! {
             __sync::FieldMeta {
                 name: #name,
+                column: #column,
                 rust_type: #rust_type,
                 nullable: #nullable,
                 role: #role_tokens,
@@ -310,7 +312,12 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
                                     __sync::sea_orm::IntoActiveModel::into_active_model(row);
                                 #(#update_sets)*
                                 if active.is_changed() {
-                                    active.update(db).await?;
+                                    let attempted = active.clone();
+                                    if let __sync::Result::Err(e) = active.update(db).await {
+                                        return __sync::Result::Err(
+                                            __sync::unique_or_db::<Entity, ActiveModel, C>(db, MODEL, id, &attempted, e).await,
+                                        );
+                                    }
                                 }
                                 __sync::Result::Ok(__sync::Applied { inserted: false, deferred })
                             }
@@ -323,7 +330,12 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
                                     #(#insert_sets)*
                                     #(#local_inserts)*
                                 };
-                                Entity::insert(active).exec_without_returning(db).await?;
+                                let attempted = active.clone();
+                                if let __sync::Result::Err(e) = Entity::insert(active).exec_without_returning(db).await {
+                                    return __sync::Result::Err(
+                                        __sync::unique_or_db::<Entity, ActiveModel, C>(db, MODEL, id, &attempted, e).await,
+                                    );
+                                }
                                 __sync::Result::Ok(__sync::Applied { inserted: true, deferred })
                             }
                         }

@@ -250,7 +250,60 @@ pub mod membership {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// A shared model with a unique text column.
+pub mod label {
+    use sea_orm::entity::prelude::*;
+    use sync_core::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "labels")]
+    #[sync(shared)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[sea_orm(unique)]
+        #[sync(id)]
+        pub gid: Uuid,
+        #[sea_orm(unique)]
+        pub slug: String,
+        pub title: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A device-owned model with a unique text column.
+pub mod file {
+    use sea_orm::entity::prelude::*;
+    use sync_core::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "files")]
+    #[sync(device_owned)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[sea_orm(unique)]
+        #[sync(id)]
+        pub gid: Uuid,
+        #[sync(owner)]
+        pub device: Uuid,
+        #[sea_orm(unique)]
+        pub name: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub async fn create_all(db: &DatabaseConnection) {
+    create_table(db, label::Entity).await;
+    create_table(db, file::Entity).await;
     create_table(db, every_type::Entity).await;
     create_table(db, volume::Entity).await;
     create_table(db, location::Entity).await;
@@ -307,6 +360,8 @@ async fn create_all_if_missing(db: &DatabaseConnection) {
         )*};
     }
     create!(
+        label::Entity,
+        file::Entity,
         every_type::Entity,
         volume::Entity,
         location::Entity,

@@ -6,7 +6,7 @@ use sea_orm::{ActiveValue::Set, EntityTrait};
 use sync_core::{Change, SyncModel};
 use uuid::Uuid;
 
-use super::{Device, collection, entry, location, membership, tag, volume};
+use super::{Device, collection, entry, label, location, membership, tag, volume};
 
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -28,6 +28,9 @@ pub enum Action {
     CreateEntry(usize, Option<usize>, u8),
     RenameEntry(usize, u8),
     DeleteEntry(usize),
+    /// A label whose slug is one of a few, so that devices collide on it.
+    CreateLabel(u8),
+    RelabelTo(usize, u8),
     /// The writer receives everything another writer has written so far.
     Hear(usize),
 }
@@ -53,6 +56,8 @@ pub fn action() -> impl Strategy<Value = Action> {
         3 => (i.clone(), proptest::option::of(i.clone()), any::<u8>()).prop_map(|(a, b, c)| Action::CreateEntry(a, b, c)),
         2 => (i.clone(), any::<u8>()).prop_map(|(a, b)| Action::RenameEntry(a, b)),
         1 => i.clone().prop_map(Action::DeleteEntry),
+        2 => any::<u8>().prop_map(Action::CreateLabel),
+        1 => (i.clone(), any::<u8>()).prop_map(|(a, b)| Action::RelabelTo(a, b)),
         2 => (0usize..3).prop_map(Action::Hear),
     ]
 }
@@ -94,8 +99,32 @@ pub async fn perform(d: &Device, action: &Action) -> Vec<Change> {
         .into_iter()
         .filter(|e| e.device == d.id)
         .collect();
+    let labels: Vec<label::Model> = ids(d).await;
+    // Like an application, a device only picks a slug it does not hold.
+    let free = |n: u8| {
+        let slug = format!("s{}", n % 3);
+        (!labels.iter().any(|l| l.slug == slug)).then_some(slug)
+    };
     let mut tx = d.engine.begin().await.unwrap();
     match action.clone() {
+        Action::CreateLabel(n) => {
+            if let Some(slug) = free(n) {
+                tx.insert(label::ActiveModel {
+                    gid: Set(Uuid::new_v4()),
+                    slug: Set(slug),
+                    title: Set(String::new()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            }
+        }
+        Action::RelabelTo(i, n) => {
+            if let (Some(mut l), Some(slug)) = (pick(&labels, i), free(n)) {
+                l.slug = slug;
+                tx.update(l).await.unwrap();
+            }
+        }
         Action::CreateLocation(v) => {
             let loc = tx
                 .insert(location::ActiveModel {
