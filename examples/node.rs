@@ -1,0 +1,236 @@
+//! One device as a process: run it in a terminal per device, on one machine
+//! or several. See `examples/README.md` for a walk-through.
+//!
+//! ```text
+//! cargo run --release --example node -- --dir ./laptop init
+//! cargo run --release --example node -- --dir ./laptop --listen 0.0.0.0:7001 invite
+//! cargo run --release --example node -- --dir ./phone --listen 0.0.0.0:7002 join SYNC-...
+//! ```
+//!
+//! While it runs it reads commands on standard input: `tag NAME`,
+//! `collection NAME`, `index PATH`, `tags`, `status`, `invite`, `quit`.
+#![allow(unreachable_pub)]
+
+#[path = "library/mod.rs"]
+mod library;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use sea_orm::{ActiveValue::Set, EntityTrait};
+use syncable::net::{Node, NodeConfig, PairingCode};
+use tokio::io::AsyncBufReadExt;
+use uuid::Uuid;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Parser, Debug)]
+#[command(about = "One Syncable device of a file library")]
+struct Args {
+    /// The device's data directory (database, identity, peers).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Where to listen for peers.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Creates a new library in the data directory.
+    Init,
+    /// Runs, and prints a pairing code another device can accept.
+    Invite,
+    /// Accepts another device's pairing code (joining its library), then runs.
+    Join {
+        /// The code printed by `invite`.
+        code: String,
+    },
+    /// Runs.
+    Run,
+}
+
+fn library_file(dir: &Path) -> PathBuf {
+    dir.join("library.id")
+}
+
+fn read_library(dir: &Path) -> Result<Uuid, Error> {
+    let text = std::fs::read_to_string(library_file(dir)).map_err(|_| {
+        format!(
+            "{} holds no library: run `init` or `join` first",
+            dir.display()
+        )
+    })?;
+    Ok(Uuid::parse_str(text.trim())?)
+}
+
+async fn start(dir: &Path, listen: SocketAddr, library: Uuid) -> Result<Node, Error> {
+    let db = library::open_database(&dir.join("library.sqlite")).await?;
+    let node = Node::start(db, dir, NodeConfig::new(library, listen)).await?;
+    println!("device {} listening on {}", node.device(), node.addr()?);
+    Ok(node)
+}
+
+async fn status(node: &Node) -> Result<(), Error> {
+    let s = node.status().await?;
+    println!("device {}  phase {:?}", s.device, s.phase);
+    println!(
+        "log {}  waiting {}  conflicts {}",
+        s.log_len, s.parked, s.conflicts
+    );
+    for p in s.peers {
+        println!(
+            "  peer {}  {}  last seen {}  it lacks {}  we lack {}{}",
+            p.peer,
+            if p.connected { "connected" } else { "offline" },
+            p.last_seen_ms
+                .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64))
+                .map_or("never".into(), |t| t.format("%H:%M:%S").to_string()),
+            p.behind,
+            p.ahead,
+            if p.expired {
+                "  (expired: must resync)"
+            } else {
+                ""
+            }
+        );
+    }
+    for c in node.engine().conflicts().await?.iter().rev().take(5) {
+        println!(
+            "  conflict {:?} {}.{}",
+            c.kind,
+            c.model,
+            c.field.as_deref().unwrap_or("*")
+        );
+    }
+    Ok(())
+}
+
+async fn command(node: &Node, line: &str) -> Result<bool, Error> {
+    let (verb, rest) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+    let rest = rest.trim();
+    match verb {
+        "" => {}
+        "quit" | "exit" => return Ok(false),
+        "status" => status(node).await?,
+        "invite" => println!("{}", node.invite()?.encode()?),
+        "tag" if !rest.is_empty() => {
+            let mut tx = node.engine().begin().await?;
+            tx.insert(library::tag::ActiveModel {
+                gid: Set(Uuid::new_v4()),
+                canonical_name: Set(rest.to_lowercase()),
+                display_name: Set(rest.into()),
+                namespace: Set(None),
+                tag_type: Set("user".into()),
+                color: Set(None),
+                aliases: Set(None),
+                ..Default::default()
+            })
+            .await?;
+            tx.commit().await?;
+            println!("tag {rest:?} written");
+        }
+        "collection" if !rest.is_empty() => {
+            let mut tx = node.engine().begin().await?;
+            tx.insert(library::collection::ActiveModel {
+                gid: Set(Uuid::new_v4()),
+                name: Set(rest.into()),
+                description: Set(None),
+                ..Default::default()
+            })
+            .await?;
+            tx.commit().await?;
+            println!("collection {rest:?} written");
+        }
+        "index" if !rest.is_empty() => {
+            let (_, n) = library::index_directory(node.engine(), Path::new(rest), |_| {}).await?;
+            println!("indexed {n} entries");
+        }
+        "tags" => {
+            for t in library::tag::Entity::find().all(node.engine().db()).await? {
+                println!("  {} {}", t.gid, t.display_name);
+            }
+        }
+        _ => println!(
+            "commands: tag NAME | collection NAME | index PATH | tags | status | invite | quit"
+        ),
+    }
+    Ok(true)
+}
+
+async fn run(node: Node) -> Result<(), Error> {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            line = lines.next_line(), if stdin_open => match line? {
+                Some(line) => match command(&node, &line).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => println!("error: {e}"),
+                },
+                None => stdin_open = false,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.dir)?;
+    match args.command {
+        Command::Init => {
+            if library_file(&args.dir).exists() {
+                return Err(format!(
+                    "{} already holds library {}",
+                    args.dir.display(),
+                    read_library(&args.dir)?
+                )
+                .into());
+            }
+            let library = Uuid::new_v4();
+            std::fs::write(library_file(&args.dir), library.to_string())?;
+            let node = start(&args.dir, args.listen, library).await?;
+            println!("library {library} created");
+            node.shutdown().await;
+        }
+        Command::Invite => {
+            let node = start(&args.dir, args.listen, read_library(&args.dir)?).await?;
+            println!(
+                "pairing code (valid 10 minutes, once):\n{}",
+                node.invite()?.encode()?
+            );
+            run(node).await?;
+        }
+        Command::Join { code } => {
+            let code = PairingCode::decode(&code)?;
+            match read_library(&args.dir) {
+                Ok(library) if library != code.library => {
+                    return Err(format!(
+                        "this device syncs library {library}; the code is for {}",
+                        code.library
+                    )
+                    .into());
+                }
+                Ok(_) => {}
+                Err(_) => std::fs::write(library_file(&args.dir), code.library.to_string())?,
+            }
+            let node = start(&args.dir, args.listen, code.library).await?;
+            let peer = node.accept(&code).await?;
+            println!("paired with {peer}");
+            run(node).await?;
+        }
+        Command::Run => {
+            let node = start(&args.dir, args.listen, read_library(&args.dir)?).await?;
+            run(node).await?;
+        }
+    }
+    Ok(())
+}
