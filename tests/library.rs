@@ -308,6 +308,11 @@ async fn device_owned_models_and_joins_sync_and_follow_their_owner() {
         .unwrap();
 
     // The owner updates its rows; everyone sees it.
+    update::<location::Model>(a, loc, |l| l.index_mode = location::IndexMode::Shallow).await;
+    d.everywhere::<location::Model>(loc, |r| {
+        r.is_some_and(|l| l.index_mode == location::IndexMode::Shallow)
+    })
+    .await;
     update::<volume::Model>(a, vol.gid, |v| v.display_name = "Backup".into()).await;
     update::<entry::Model>(a, cat.gid, |e| e.size = 99).await;
     d.everywhere::<volume::Model>(vol.gid, |r| r.is_some_and(|v| v.display_name == "Backup"))
