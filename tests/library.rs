@@ -143,6 +143,37 @@ async fn delete<M: SyncModel>(node: &Node, id: Uuid) {
     tx.commit().await.unwrap();
 }
 
+/// Puts an entry (by global id) into a new collection on `node`; returns
+/// the collection entry's id.
+async fn collect_entry(node: &Node, collection_name: &str, entry_gid: Uuid) -> Uuid {
+    write!(node, |tx| {
+        let coll = tx
+            .insert(collection::ActiveModel {
+                gid: Set(Uuid::new_v4()),
+                name: Set(collection_name.into()),
+                description: Set(None),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let e = entry::Model::find_by_id(tx.connection(), entry_gid)
+            .await
+            .unwrap()
+            .unwrap();
+        let ce = tx
+            .insert(collection_entry::ActiveModel {
+                gid: Set(Uuid::new_v4()),
+                collection_id: Set(coll.id),
+                entry_id: Set(e.id),
+                added_at: Set(chrono::Utc::now()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        ce.gid
+    })
+}
+
 fn new_tag(name: &str) -> tag::ActiveModel {
     tag::ActiveModel {
         gid: Set(Uuid::new_v4()),
@@ -322,32 +353,7 @@ async fn device_owned_models_and_joins_sync_and_follow_their_owner() {
 
     // Another device puts the owner's entry in a collection (a shared row
     // that needs a device-owned one)...
-    let ce = write!(b, |tx| {
-        let coll = tx
-            .insert(collection::ActiveModel {
-                gid: Set(Uuid::new_v4()),
-                name: Set("pets".into()),
-                description: Set(None),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let e = entry::Model::find_by_id(tx.connection(), cat.gid)
-            .await
-            .unwrap()
-            .unwrap();
-        let ce = tx
-            .insert(collection_entry::ActiveModel {
-                gid: Set(Uuid::new_v4()),
-                collection_id: Set(coll.id),
-                entry_id: Set(e.id),
-                added_at: Set(chrono::Utc::now()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        ce.gid
-    });
+    let ce = collect_entry(b, "pets", cat.gid).await;
     d.everywhere::<collection_entry::Model>(ce, |r| r.is_some())
         .await;
     // ...and only the owner may change the entry.
@@ -362,32 +368,7 @@ async fn device_owned_models_and_joins_sync_and_follow_their_owner() {
 
     // The owner deletes the entry: the collection entry goes with it on
     // every device, and so does a concurrent one made by c.
-    let late = write!(c, |tx| {
-        let coll = tx
-            .insert(collection::ActiveModel {
-                gid: Set(Uuid::new_v4()),
-                name: Set("late".into()),
-                description: Set(None),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let e = entry::Model::find_by_id(tx.connection(), cat.gid)
-            .await
-            .unwrap()
-            .unwrap();
-        let ce = tx
-            .insert(collection_entry::ActiveModel {
-                gid: Set(Uuid::new_v4()),
-                collection_id: Set(coll.id),
-                entry_id: Set(e.id),
-                added_at: Set(chrono::Utc::now()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        ce.gid
-    });
+    let late = collect_entry(c, "late", cat.gid).await;
     delete::<entry::Model>(a, cat.gid).await;
     d.everywhere::<entry::Model>(cat.gid, |r| r.is_none()).await;
     d.everywhere::<collection_entry::Model>(ce, |r| r.is_none())

@@ -116,16 +116,7 @@ impl Engine {
             Op::Delete
         } else {
             match desc.capture(tx, record).await? {
-                Some(fields) => Op::Upsert(
-                    fields
-                        .into_iter()
-                        .map(|f| FieldChange {
-                            name: f.name,
-                            value: f.value,
-                            base: None,
-                        })
-                        .collect(),
-                ),
+                Some(fields) => Op::Upsert(FieldChange::unversioned(fields)),
                 None => return Ok(None),
             }
         };

@@ -65,6 +65,19 @@ pub struct FieldChange {
 }
 
 impl FieldChange {
+    /// Fields as written when they replace nothing a peer must know of: a
+    /// creation, or a device-owned record's whole state.
+    pub fn unversioned(fields: Vec<FieldValue>) -> Vec<FieldChange> {
+        fields
+            .into_iter()
+            .map(|f| FieldChange {
+                name: f.name,
+                value: f.value,
+                base: None,
+            })
+            .collect()
+    }
+
     /// The field as a plain field value, for applying.
     pub fn to_field_value(&self) -> FieldValue {
         FieldValue::new(self.name.clone(), self.value.clone())

@@ -156,16 +156,7 @@ impl Engine {
                 hlc: state.hlc?,
                 model: desc.name().to_owned(),
                 id,
-                op: Op::Upsert(
-                    fields
-                        .into_iter()
-                        .map(|f| FieldChange {
-                            name: f.name,
-                            value: f.value,
-                            base: None,
-                        })
-                        .collect(),
-                ),
+                op: Op::Upsert(FieldChange::unversioned(fields)),
             }),
             Ownership::Shared => {
                 // A field without a clock (a reference still waiting for its

@@ -144,16 +144,7 @@ impl<'e> SyncTransaction<'e> {
                 record: id,
             });
         }
-        let fields: Vec<FieldChange> = model
-            .capture(&self.tx)
-            .await?
-            .into_iter()
-            .map(|f| FieldChange {
-                name: f.name,
-                value: f.value,
-                base: None,
-            })
-            .collect();
+        let fields = FieldChange::unversioned(model.capture(&self.tx).await?);
         let change = self.next_change(meta.name, id, Op::Upsert(fields));
         let state = match meta.ownership {
             Ownership::Shared => match &change.op {
@@ -251,16 +242,7 @@ impl<'e> SyncTransaction<'e> {
                 }
             }
             Ownership::DeviceOwned => {
-                let fields: Vec<FieldChange> = row
-                    .capture(&self.tx)
-                    .await?
-                    .into_iter()
-                    .map(|f| FieldChange {
-                        name: f.name,
-                        value: f.value,
-                        base: None,
-                    })
-                    .collect();
+                let fields = FieldChange::unversioned(row.capture(&self.tx).await?);
                 let change = self.next_change(meta.name, id, Op::Upsert(fields));
                 state.owner = Some(device);
                 state.version = Some(change.seq);
