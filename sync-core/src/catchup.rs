@@ -28,6 +28,15 @@ pub struct Claim {
 /// The largest page a peer may ask for.
 pub const MAX_PULL_LIMIT: u32 = 10_000;
 
+/// The encoded size at which a page (or a push) is cut, well under the
+/// message cap, so that a page of large rows still fits one frame.
+pub const PAGE_BYTES: usize = crate::protocol::MAX_MESSAGE_BYTES / 4;
+
+/// The encoded size of a change, for paging.
+pub(crate) fn encoded_len(change: &Change) -> usize {
+    change.encode().map_or(usize::MAX, |b| b.len())
+}
+
 impl Engine {
     /// This device's version vector: for every origin, the number up to
     /// which it holds everything.
@@ -50,6 +59,7 @@ impl Engine {
         let mut changes = Vec::new();
         let mut complete = VersionVector::new();
         let mut has_more = false;
+        let mut bytes = 0usize;
         for (origin, upto) in mine.iter() {
             let after = request.vector.get(origin);
             if upto <= after {
@@ -65,10 +75,16 @@ impl Engine {
                 }));
             }
             let held = store::held_since(&tx, origin, after, upto, remaining).await?;
-            let full = held.len() as u64 == remaining;
+            let mut full = held.len() as u64 == remaining;
             let mut last = after;
             for h in held {
                 if let Some(change) = self.held_change(&tx, origin, h).await? {
+                    let size = encoded_len(&change);
+                    if bytes.saturating_add(size) > PAGE_BYTES && !changes.is_empty() {
+                        full = true;
+                        break;
+                    }
+                    bytes = bytes.saturating_add(size);
                     last = last.max(change.seq);
                     changes.push(change);
                 }

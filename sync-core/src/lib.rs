@@ -34,7 +34,7 @@ mod vector;
 pub mod __private;
 
 pub use apply::{ApplyReport, RejectReason, Rejection};
-pub use catchup::{Claim, MAX_PULL_LIMIT};
+pub use catchup::{Claim, MAX_PULL_LIMIT, PAGE_BYTES};
 pub use change::{Change, FieldChange, FieldImage, Op};
 pub use conflict::{Conflict, ConflictKind, Write};
 pub use engine::{Engine, EngineConfig, Faults, Stats, SyncedRow};

@@ -373,17 +373,35 @@ impl Session {
     }
 }
 
-/// The push of a local commit: one batch of this device's contiguous
-/// changes.
-pub fn push_of(changes: &[Change]) -> Option<Message> {
-    let first = changes.first()?;
-    let last = changes.last()?;
-    Some(Message::Push(Push {
-        batches: vec![Batch {
-            origin: first.origin,
-            after: first.seq.saturating_sub(1),
-            upto: last.seq,
-            changes: changes.to_vec(),
-        }],
-    }))
+/// The pushes of a local commit: batches of this device's contiguous
+/// changes, cut so that each fits a frame, in order (each batch's claim
+/// starts where the previous one ends).
+pub fn push_of(changes: &[Change]) -> Vec<Message> {
+    let mut messages = Vec::new();
+    let mut start = 0;
+    while start < changes.len() {
+        let mut end = start;
+        let mut bytes = 0usize;
+        while end < changes.len() {
+            let size = crate::catchup::encoded_len(&changes[end]);
+            if end > start && bytes.saturating_add(size) > crate::catchup::PAGE_BYTES {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            end += 1;
+        }
+        let chunk = &changes[start..end];
+        if let (Some(first), Some(last)) = (chunk.first(), chunk.last()) {
+            messages.push(Message::Push(Push {
+                batches: vec![Batch {
+                    origin: first.origin,
+                    after: first.seq.saturating_sub(1),
+                    upto: last.seq,
+                    changes: chunk.to_vec(),
+                }],
+            }));
+        }
+        start = end;
+    }
+    messages
 }

@@ -66,7 +66,10 @@ impl Engine {
         let models = self.registry().models();
         let limit = request.limit.clamp(1, MAX_SNAPSHOT_LIMIT) as usize;
         let mut changes = Vec::new();
-        while changes.len() < limit && (cursor.model as usize) <= models.len() {
+        let mut bytes = 0usize;
+        // Whether the page is full by size: the cursor stays in its section.
+        let mut cut = false;
+        while !cut && changes.len() < limit && (cursor.model as usize) <= models.len() {
             let room = (limit - changes.len()) as u64;
             if cursor.model == 0 {
                 let after = match cursor.after.as_slice() {
@@ -81,9 +84,12 @@ impl Engine {
                 for (key, change) in page {
                     cursor.after = rmp_serde::to_vec(&key)
                         .map_err(|e| EngineError::Malformed(e.to_string()))?;
-                    changes.push(change);
+                    cut |= take(&mut changes, &mut bytes, change);
+                    if cut {
+                        break;
+                    }
                 }
-                if !full {
+                if !full && !cut {
                     next_section(&mut cursor, true);
                 }
                 continue;
@@ -107,10 +113,13 @@ impl Engine {
                         .await?
                         .unwrap_or_default();
                     if let Some(change) = self.row_change(desc, id, fields, &state) {
-                        changes.push(change);
+                        cut |= take(&mut changes, &mut bytes, change);
+                        if cut {
+                            break;
+                        }
                     }
                 }
-                if !full {
+                if !full && !cut {
                     next_section(&mut cursor, false);
                 }
             } else {
@@ -119,10 +128,13 @@ impl Engine {
                 for (id, state) in page {
                     cursor.after = id.as_bytes().to_vec();
                     if let Some(change) = tombstone_change(desc, id, &state) {
-                        changes.push(change);
+                        cut |= take(&mut changes, &mut bytes, change);
+                        if cut {
+                            break;
+                        }
                     }
                 }
-                if !full {
+                if !full && !cut {
                     next_section(&mut cursor, true);
                 }
             }
@@ -274,6 +286,13 @@ impl Engine {
         }
         Ok(Phase::Ready)
     }
+}
+
+/// Adds a change to a page; whether the page is now full by size.
+fn take(changes: &mut Vec<Change>, bytes: &mut usize, change: Change) -> bool {
+    *bytes = bytes.saturating_add(crate::catchup::encoded_len(&change));
+    changes.push(change);
+    *bytes >= crate::catchup::PAGE_BYTES
 }
 
 fn next_section(cursor: &mut SnapshotCursor, next_model: bool) {

@@ -447,3 +447,43 @@ async fn catch_up_resumes_after_a_restart_from_the_vector_it_reached() {
         40
     );
 }
+
+#[tokio::test]
+async fn pages_and_pushes_of_large_rows_are_cut_to_fit_a_message() {
+    let mut net = net_of(2, 11).await;
+    let big = |i: usize| format!("{i:04}{}", "x".repeat(300_000));
+    async fn write_big(d: &Device, names: Vec<String>) -> Vec<Change> {
+        let mut tx = d.engine.begin().await.unwrap();
+        for name in names {
+            tx.insert(tag::ActiveModel {
+                gid: Set(Uuid::new_v4()),
+                name: Set(name),
+                color: Set(None),
+                weight: Set(0),
+                parent_id: Set(None),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap()
+    }
+    // About 9 MiB before the devices meet: the snapshot is paged by size.
+    let first = write_big(&net.nodes[0].dev, (0..30).map(big).collect()).await;
+    net.committed(0, first);
+    net.connect_all().await;
+    assert!(net.settle(3).await);
+    // A 9 MiB commit pushed live: cut into several pushes.
+    let live = write_big(&net.nodes[0].dev, (30..60).map(big).collect()).await;
+    assert!(sync_core::push_of(&live).len() > 1);
+    net.committed(0, live);
+    assert!(net.settle(3).await);
+    // And caught up by pull while apart: paged by size.
+    net.partition(0, 1, true);
+    let apart = write_big(&net.nodes[0].dev, (60..90).map(big).collect()).await;
+    net.committed(0, apart);
+    net.run(10_000).await;
+    net.partition(0, 1, false);
+    assert!(net.settle(3).await);
+    assert_eq!(net.nodes[1].dev.content().await.len(), 90);
+}

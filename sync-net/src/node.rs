@@ -726,7 +726,7 @@ impl Node {
             };
             match batch {
                 Ok(changes) => {
-                    if let Some(push) = push_of(&changes) {
+                    for push in push_of(&changes) {
                         self.broadcast_except(Uuid::nil(), push);
                     }
                 }

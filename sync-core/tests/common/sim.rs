@@ -140,7 +140,7 @@ impl Net {
 
     /// Commits `changes` written on `a`: pushes them to its peers.
     pub fn committed(&mut self, a: usize, changes: Vec<Change>) {
-        if let Some(push) = push_of(&changes) {
+        for push in push_of(&changes) {
             let peers: Vec<usize> = self.nodes[a].sessions.keys().copied().collect();
             for p in peers {
                 self.send(a, p, &push);
