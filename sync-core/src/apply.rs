@@ -90,6 +90,8 @@ pub(crate) struct Applier<'a> {
     /// device ends with the same value even where the collision never
     /// showed, because one side had moved away before the other arrived.
     pub(crate) renames: Vec<Rename>,
+    /// The changes that took effect, for `Engine::subscribe_applied`.
+    pub(crate) applied: Vec<Change>,
 }
 
 /// A field value a unique collision forces on a shared record.
@@ -109,6 +111,7 @@ impl<'a> Applier<'a> {
             device,
             report: ApplyReport::default(),
             renames: Vec::new(),
+            applied: Vec::new(),
         }
     }
 
@@ -171,6 +174,7 @@ impl<'a> Applier<'a> {
                         Outcome::Applied => {
                             if part.is_none() {
                                 self.report.applied += 1;
+                                self.applied.push(change.clone());
                             }
                         }
                         Outcome::Duplicate => self.report.duplicates += 1,

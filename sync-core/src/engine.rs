@@ -130,6 +130,8 @@ pub(crate) struct Inner {
     publisher: broadcast::Sender<Arc<[Change]>>,
     counters: Counters,
     pub(crate) live: Mutex<std::collections::BTreeMap<Uuid, crate::peers::LivePeer>>,
+    pub(crate) last_prune_ms: Mutex<u64>,
+    applied: broadcast::Sender<Arc<[Change]>>,
 }
 
 /// A device's sync engine over its SQLite database.
@@ -191,6 +193,8 @@ impl Engine {
                 publisher,
                 counters: Counters::default(),
                 live: Mutex::new(std::collections::BTreeMap::new()),
+                last_prune_ms: Mutex::new(0),
+                applied: broadcast::channel(1024).0,
             }),
         })
     }
@@ -221,6 +225,14 @@ impl Engine {
     /// is told so by the channel); catch-up from the log covers them.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<[Change]>> {
         self.inner.publisher.subscribe()
+    }
+
+    /// Changes received from peers, batch by batch, once they are applied
+    /// and committed: what an application listens to in order to refresh
+    /// what it shows. Lagging subscribers miss batches (the channel says
+    /// so); the database has them all.
+    pub fn subscribe_applied(&self) -> broadcast::Receiver<Arc<[Change]>> {
+        self.inner.applied.subscribe()
     }
 
     pub(crate) fn publish(&self, changes: Vec<Change>) {
@@ -302,6 +314,7 @@ impl Engine {
         let mut applier = Applier::new(&self.inner.registry, &tx, self.inner.device);
         applier.apply_all(accepted).await?;
         let renames = std::mem::take(&mut applier.renames);
+        let applied = std::mem::take(&mut applier.applied);
         let mut report = applier.report;
         let emitted = self.write_renames(&tx, renames).await?;
         report.rejected.extend(refused);
@@ -321,6 +334,10 @@ impl Engine {
         store::set_meta_u64(&tx, META_CLOCK, last.0).await?;
         tx.commit().await?;
         self.publish(emitted);
+        if !applied.is_empty() {
+            // Nobody listening is fine: the database has every change.
+            let _ = self.inner.applied.send(applied.into());
+        }
 
         let c = &self.inner.counters;
         let clock_refused = report

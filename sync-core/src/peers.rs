@@ -73,7 +73,14 @@ pub struct Status {
 pub(crate) struct LivePeer {
     pub(crate) connected: bool,
     pub(crate) vector: Option<VersionVector>,
+    /// When `last_seen` was last written, to write it at most once a second.
+    pub(crate) stored_seen_ms: u64,
 }
+
+/// How often, at most, a peer's last-seen time is written, and the log
+/// pruned after acknowledgements: both are bookkeeping, not on the path of
+/// a change.
+const BOOKKEEPING_MS: u64 = 1_000;
 
 impl Engine {
     pub(crate) fn now_ms(&self) -> u64 {
@@ -86,7 +93,19 @@ impl Engine {
         peer: Uuid,
         vector: Option<&VersionVector>,
     ) -> Result<(), EngineError> {
-        store::touch_peer(self.db(), peer, self.now_ms()).await?;
+        let now = self.now_ms();
+        let due = {
+            let mut live = self.live_peers();
+            let entry = live.entry(peer).or_default();
+            let due = now.saturating_sub(entry.stored_seen_ms) >= BOOKKEEPING_MS;
+            if due {
+                entry.stored_seen_ms = now;
+            }
+            due
+        };
+        if due {
+            store::touch_peer(self.db(), peer, now).await?;
+        }
         if let Some(vector) = vector {
             self.live_peers().entry(peer).or_default().vector = Some(vector.clone());
             let behind = self.vector().await?.behind(vector);
@@ -122,7 +141,20 @@ impl Engine {
         store::record_ack(self.db(), peer, vector).await?;
         store::touch_peer(self.db(), peer, self.now_ms()).await?;
         store::set_expired(self.db(), peer, false).await?;
-        self.prune().await
+        let now = self.now_ms();
+        let due = {
+            let mut last = self
+                .inner
+                .last_prune_ms
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due = now.saturating_sub(*last) >= BOOKKEEPING_MS;
+            if due {
+                *last = now;
+            }
+            due
+        };
+        if due { self.prune().await } else { Ok(0) }
     }
 
     /// Drops log entries every paired, unexpired peer has acknowledged. A
