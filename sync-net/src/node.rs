@@ -546,9 +546,23 @@ impl Node {
         let result = self.link(&connection, peer, initiator, queue).await;
         self.unregister(peer, id);
         self.inner.engine.set_connected(peer, false);
-        match result {
-            Ok(()) => tracing::info!(device = %self.device(), %peer, "disconnected"),
-            Err(e) => {
+        // Whatever ended the link first, a peer that closed the connection
+        // said why: report its words (a refusal reads "not paired").
+        let refused = match connection.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(close)) => Some(format!(
+                "closed by the peer (code {}): {}",
+                close.error_code,
+                String::from_utf8_lossy(&close.reason)
+            )),
+            _ => None,
+        };
+        match (result, refused) {
+            (_, Some(reason)) => {
+                tracing::warn!(device = %self.device(), %peer, %reason, "link ended");
+                self.record(peer, |s| s.last_error = Some(reason));
+            }
+            (Ok(()), None) => tracing::info!(device = %self.device(), %peer, "disconnected"),
+            (Err(e), None) => {
                 tracing::warn!(device = %self.device(), %peer, error = %e, "link ended");
                 self.record(peer, |s| s.last_error = Some(e.to_string()));
             }
