@@ -317,8 +317,11 @@ impl Session {
     async fn pushed(&mut self, push: Push) -> Result<Output, EngineError> {
         let mut relay = Vec::new();
         let mut gap = false;
+        // One read of the vector before the batches and one after each: the
+        // reading after a batch is the reading before the next.
+        let mut vector = self.engine.vector().await?;
         for batch in push.batches {
-            let before = self.engine.vector().await?.get(batch.origin);
+            let before = vector.get(batch.origin);
             gap |= before < batch.after;
             let claim = Claim {
                 origin: batch.origin,
@@ -328,12 +331,11 @@ impl Session {
             self.engine
                 .apply_claimed(batch.changes.clone(), &[claim])
                 .await?;
-            let after = self.engine.vector().await?.get(batch.origin);
-            if after > before {
+            vector = self.engine.vector().await?;
+            if vector.get(batch.origin) > before {
                 relay.push(batch);
             }
         }
-        let vector = self.engine.vector().await?;
         let mut send = vec![Message::Ack(Ack { vector })];
         // Changes before this batch never reached us: fetch them now rather
         // than at the next anti-entropy round.
