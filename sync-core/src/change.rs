@@ -1,20 +1,28 @@
 //! The unit that travels between devices: one write to one record.
+//!
+//! A change is named by `(origin, seq)`: `origin` is the incarnation of the
+//! writing device that numbered it (a new one each time the device's engine
+//! opens), `seq` its number among that origin's changes (1, 2, 3, ...).
+//! Stored and relayed changes keep the bytes their origin encoded
+//! ([`EncodedChange`]): what a device serves is exactly what it received.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::clock::Timestamp;
-use crate::model::FieldValue;
 use crate::value::WireValue;
 
 /// One write to one record, numbered by its origin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     /// The device that made the write.
+    pub device: Uuid,
+    /// The incarnation of that device that numbered it.
     pub origin: Uuid,
     /// The write's number among its origin's changes: 1, 2, 3, ...
     pub seq: u64,
-    /// When it was written, by the origin's hybrid logical clock.
+    /// When it was written, by the origin's hybrid logical clock (whose id
+    /// is the origin).
     pub hlc: Timestamp,
     /// The model's wire name.
     pub model: String,
@@ -32,23 +40,11 @@ pub enum Op {
     /// the record's whole state.
     Upsert(Vec<FieldChange>),
     /// Deletes the record, for good.
-    Delete,
-    /// A shared record's whole state, each field with its own clock: how a
-    /// snapshot sends a shared row. Merged field by field like any write.
-    Image(Vec<FieldImage>),
-}
-
-/// One field of a shared record's state, with its clock.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FieldImage {
-    /// The field's wire name.
-    pub name: String,
-    /// Its value.
-    pub value: WireValue,
-    /// The write that set it.
-    pub hlc: Timestamp,
-    /// The version that write replaced.
-    pub base: Option<Timestamp>,
+    Delete {
+        /// The newest field clock the deleting device held for the record:
+        /// a write above it was concurrent with the delete, and lost to it.
+        seen: Option<Timestamp>,
+    },
 }
 
 /// One field of an upsert.
@@ -56,47 +52,68 @@ pub struct FieldImage {
 pub struct FieldChange {
     /// The field's wire name.
     pub name: String,
-    /// The new value.
+    /// The new value (a reference carries the referenced row's global id).
     pub value: WireValue,
     /// For shared models: the version of the field the writer overwrote
-    /// (`None` when it created the field). A receiver whose field is at a
-    /// different version knows the two writes were concurrent.
+    /// (`None` when it created the field).
     pub base: Option<Timestamp>,
-}
-
-impl FieldChange {
-    /// Fields as written when they replace nothing a peer must know of: a
-    /// creation, or a device-owned record's whole state.
-    pub fn unversioned(fields: Vec<FieldValue>) -> Vec<FieldChange> {
-        fields
-            .into_iter()
-            .map(|f| FieldChange {
-                name: f.name,
-                value: f.value,
-                base: None,
-            })
-            .collect()
-    }
-
-    /// The field as a plain field value, for applying.
-    pub fn to_field_value(&self) -> FieldValue {
-        FieldValue::new(self.name.clone(), self.value.clone())
-    }
 }
 
 impl Change {
     /// Whether this change deletes its record.
     pub fn is_delete(&self) -> bool {
-        matches!(self.op, Op::Delete)
+        matches!(self.op, Op::Delete { .. })
     }
 
     /// Encodes the change for storage or the wire.
-    pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-        rmp_serde::to_vec(self)
+    pub fn encode(&self) -> Result<EncodedChange, rmp_serde::encode::Error> {
+        rmp_serde::to_vec(self).map(EncodedChange)
     }
 
-    /// Decodes a change from storage or the wire.
+    /// Decodes a change from storage or the wire. Never panics; allocates no
+    /// more than the input's size allows.
     pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
         rmp_serde::from_slice(bytes)
+    }
+
+    /// The value of a field of an upsert.
+    pub fn field(&self, name: &str) -> Option<&WireValue> {
+        match &self.op {
+            Op::Upsert(fields) => fields.iter().find(|f| f.name == name).map(|f| &f.value),
+            Op::Delete { .. } => None,
+        }
+    }
+}
+
+/// A change as its origin encoded it: stored, served and relayed as these
+/// bytes, decoded by each receiver.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncodedChange(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl EncodedChange {
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Their length.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Decodes the change.
+    pub fn decode(&self) -> Result<Change, rmp_serde::decode::Error> {
+        Change::decode(&self.0)
+    }
+}
+
+impl std::fmt::Debug for EncodedChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EncodedChange({} bytes)", self.0.len())
     }
 }

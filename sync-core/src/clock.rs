@@ -1,8 +1,11 @@
 //! The device's hybrid logical clock.
 //!
 //! Timestamps are `uhlc` timestamps (64-bit NTP time whose low 4 bits are a
-//! logical counter, plus the device id), so they order the same way on every
-//! device. The clock itself is kept here rather than in `uhlc::HLC`, for two
+//! logical counter, plus an id), so they order the same way on every device.
+//! The id is the writer's *origin*: the incarnation of the device that
+//! issued it (a new one each time the engine opens, see `docs/architecture.md`),
+//! so two writes never share a timestamp even when a device's database was
+//! rolled back and its clock with it. The clock itself is kept here rather than in `uhlc::HLC`, for two
 //! reasons the engine cannot do without: `uhlc::HLC` reads time from a bare
 //! `fn() -> NTP64`, while the sans-IO engine takes time from an injected
 //! [`TimeSource`] per device (the simulation runs many devices, each with its
@@ -72,15 +75,15 @@ pub enum ClockError {
         "timestamp from {origin} is {ahead_ms} ms ahead of this device's clock, beyond the {bound_ms} ms drift bound"
     )]
     TooFarAhead {
-        /// The device that stamped it.
+        /// The origin that stamped it.
         origin: Uuid,
         /// How far ahead it is.
         ahead_ms: u128,
         /// The configured bound.
         bound_ms: u128,
     },
-    /// A device id cannot name a clock (the nil uuid).
-    #[error("device id {0} cannot be used as a clock id")]
+    /// An id cannot name a clock (the nil uuid).
+    #[error("{0} cannot be used as a clock id")]
     InvalidDeviceId(Uuid),
 }
 
@@ -89,28 +92,28 @@ pub enum ClockError {
 #[derive(Debug, Clone)]
 pub struct Hlc {
     id: ID,
-    device: Uuid,
+    origin: Uuid,
     last: NTP64,
     max_drift: NTP64,
 }
 
-/// The clock id of a device.
-pub fn clock_id(device: Uuid) -> Result<ID, ClockError> {
-    ID::try_from(device.as_bytes()).map_err(|_| ClockError::InvalidDeviceId(device))
+/// The clock id of an origin.
+pub fn clock_id(origin: Uuid) -> Result<ID, ClockError> {
+    ID::try_from(origin.as_bytes()).map_err(|_| ClockError::InvalidDeviceId(origin))
 }
 
-/// The device a timestamp came from.
-pub fn timestamp_device(ts: &Timestamp) -> Uuid {
+/// The origin (device incarnation) that issued a timestamp.
+pub fn timestamp_origin(ts: &Timestamp) -> Uuid {
     let bytes = ts.get_id().to_le_bytes();
     Uuid::from_bytes(bytes)
 }
 
 impl Hlc {
-    /// A clock for `device` that resumes after `last` (the persisted value).
-    pub fn new(device: Uuid, last: NTP64, max_drift: Duration) -> Result<Self, ClockError> {
+    /// A clock for `origin` that resumes after `last` (the persisted value).
+    pub fn new(origin: Uuid, last: NTP64, max_drift: Duration) -> Result<Self, ClockError> {
         Ok(Self {
-            id: clock_id(device)?,
-            device,
+            id: clock_id(origin)?,
+            origin,
             last,
             max_drift: NTP64::from(max_drift),
         })
@@ -140,7 +143,7 @@ impl Hlc {
         let remote = *ts.get_time();
         if remote > now && remote - now > self.max_drift {
             return Err(ClockError::TooFarAhead {
-                origin: timestamp_device(ts),
+                origin: timestamp_origin(ts),
                 ahead_ms: (remote - now).to_duration().as_millis(),
                 bound_ms: self.max_drift.to_duration().as_millis(),
             });
@@ -151,9 +154,23 @@ impl Hlc {
         Ok(())
     }
 
-    /// This clock's device.
-    pub fn device(&self) -> Uuid {
-        self.device
+    /// The origin whose id this clock stamps.
+    pub fn origin(&self) -> Uuid {
+        self.origin
+    }
+
+    /// Would a remote timestamp be refused, without observing it?
+    pub fn check(&self, ts: &Timestamp, physical: NTP64) -> Result<(), ClockError> {
+        let now = NTP64(physical.0 & !COUNTER_MASK);
+        let remote = *ts.get_time();
+        if remote > now && remote - now > self.max_drift {
+            return Err(ClockError::TooFarAhead {
+                origin: timestamp_origin(ts),
+                ahead_ms: (remote - now).to_duration().as_millis(),
+                bound_ms: self.max_drift.to_duration().as_millis(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -210,10 +227,10 @@ mod tests {
     }
 
     #[test]
-    fn a_timestamp_names_its_device() {
+    fn a_timestamp_names_its_origin() {
         let mut hlc = Hlc::new(device(77), NTP64(0), Duration::from_secs(1)).unwrap();
         let t = hlc.tick(NTP64(1 << 40));
-        assert_eq!(timestamp_device(&t), device(77));
+        assert_eq!(timestamp_origin(&t), device(77));
     }
 
     proptest! {

@@ -22,10 +22,13 @@ pub enum ConflictKind {
     ParentDeleted,
     /// A change to a device-owned record from a device that does not own it.
     NotOwner,
-    /// Two records collided on a unique column; the loser was renamed (text
-    /// columns) or deleted. The winner's value names the record that kept
-    /// the value.
+    /// Two records collided on a unique column; the loser is shown renamed
+    /// (text columns) or not at all until the collision ends. The winner's
+    /// value names the record that kept the value.
     Unique,
+    /// The application's database refused a record's state (a constraint of
+    /// its own, say): the state is kept and synced, but not shown here.
+    Refused,
 }
 
 impl ConflictKind {
@@ -38,6 +41,7 @@ impl ConflictKind {
             ConflictKind::ParentDeleted => "parent_deleted",
             ConflictKind::NotOwner => "not_owner",
             ConflictKind::Unique => "unique",
+            ConflictKind::Refused => "refused",
         }
     }
 
@@ -50,6 +54,7 @@ impl ConflictKind {
             "parent_deleted" => ConflictKind::ParentDeleted,
             "not_owner" => ConflictKind::NotOwner,
             "unique" => ConflictKind::Unique,
+            "refused" => ConflictKind::Refused,
             _ => return None,
         })
     }
@@ -59,7 +64,7 @@ impl ConflictKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Write {
     /// The device that made it.
-    pub origin: Uuid,
+    pub device: Uuid,
     /// Its clock.
     pub hlc: Timestamp,
     /// The value written to the field (`None` for whole-record conflicts).

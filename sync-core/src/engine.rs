@@ -1,34 +1,28 @@
-//! The engine: one per device and database. It owns the clock, serialises
-//! writes, applies received changes, and publishes committed ones.
+//! The engine: one per device and database. It owns the clock and the
+//! device's incarnation, serialises writes, and keeps in memory what status
+//! and the receive path read on every message (the vector, counters, peers).
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::{
+    DatabaseConnection, DatabaseTransaction, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
+};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::apply::{Applier, ApplyReport, RejectReason, Rejection};
-use crate::catchup::{Claim, claim_reach};
 use crate::change::Change;
 use crate::clock::{Hlc, NTP64, SystemTime, TimeSource, Timestamp};
-use crate::conflict::Conflict;
 use crate::error::EngineError;
+use crate::peers::PeerMemory;
+use crate::project::TableInfo;
 use crate::registry::Registry;
+use crate::snapshot::Backfill;
 use crate::store;
-use crate::transaction::SyncTransaction;
-
-/// One synced row as it would travel: see [`Engine::content`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct SyncedRow {
-    /// The model's wire name.
-    pub model: &'static str,
-    /// The row's global id.
-    pub id: Uuid,
-    /// Its synced fields.
-    pub fields: Vec<crate::model::FieldValue>,
-}
+use crate::vector::{Received, VersionVector};
 
 /// How an engine is opened.
 #[derive(Debug, Clone)]
@@ -41,20 +35,30 @@ pub struct EngineConfig {
     pub time: Arc<dyn TimeSource>,
     /// The models to sync; `None`: every model in the program.
     pub registry: Option<Registry>,
-    /// Faults to inject, for tests of atomicity.
-    pub faults: Faults,
+    /// How long a write waits for the engine's writer (held by another
+    /// write, or by an open [`SyncTransaction`](crate::SyncTransaction))
+    /// before it fails with [`EngineError::Busy`].
+    pub writer_timeout: Duration,
+    /// The incarnation to open as; `None` (always, outside tests): a new
+    /// random one. See `docs/architecture.md`.
+    #[doc(hidden)]
+    pub origin: Option<Uuid>,
+    #[doc(hidden)]
+    pub faults: crate::__private::Faults,
 }
 
 impl EngineConfig {
     /// Defaults for `device`: the system clock, a 60 s drift bound, every
-    /// registered model.
+    /// registered model, a 30 s writer timeout.
     pub fn new(device: Uuid) -> Self {
         Self {
             device,
             max_drift: Duration::from_secs(60),
             time: Arc::new(SystemTime),
             registry: None,
-            faults: Faults::default(),
+            writer_timeout: Duration::from_secs(30),
+            origin: None,
+            faults: crate::__private::Faults::default(),
         }
     }
 
@@ -76,19 +80,26 @@ impl EngineConfig {
         self
     }
 
-    /// Injects faults.
-    pub fn faults(mut self, faults: Faults) -> Self {
+    /// Injects faults (tests of atomicity).
+    #[doc(hidden)]
+    pub fn faults(mut self, faults: crate::__private::Faults) -> Self {
         self.faults = faults;
         self
     }
-}
 
-/// Places where a test can make the engine fail, to prove that a failure
-/// there leaves nothing half-written.
-#[derive(Debug, Clone, Default)]
-pub struct Faults {
-    /// Fail a commit after the rows are written, before the log is.
-    pub fail_before_log_write: Arc<std::sync::atomic::AtomicBool>,
+    /// Opens as this incarnation (deterministic simulations only: a real
+    /// device must take a new random one each time).
+    #[doc(hidden)]
+    pub fn origin(mut self, origin: Uuid) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+
+    /// Sets how long a write waits for the writer.
+    pub fn writer_timeout(mut self, timeout: Duration) -> Self {
+        self.writer_timeout = timeout;
+        self
+    }
 }
 
 /// What the engine has done since it was opened.
@@ -98,40 +109,64 @@ pub struct Stats {
     pub written: u64,
     /// Received changes that took effect.
     pub applied: u64,
-    /// Received changes refused (unknown model, malformed, not the owner).
+    /// Received changes refused for good (malformed, not the owner).
     pub rejected: u64,
-    /// Received changes refused because their clock was beyond the drift
-    /// bound.
-    pub clock_refused: u64,
-    /// Received changes parked to wait for a record.
+    /// Received changes held back for now (clock beyond the drift bound,
+    /// model unknown here), each counted once.
+    pub held_back: u64,
+    /// Received changes whose record waits for another to be shown.
     pub parked: u64,
     /// Conflict log entries added.
     pub conflicts: u64,
 }
 
 #[derive(Default)]
-struct Counters {
-    written: AtomicU64,
-    applied: AtomicU64,
-    rejected: AtomicU64,
-    clock_refused: AtomicU64,
-    parked: AtomicU64,
-    conflicts: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) written: AtomicU64,
+    pub(crate) applied: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) held_back: AtomicU64,
+    pub(crate) parked: AtomicU64,
+    pub(crate) conflicts: AtomicU64,
+}
+
+/// What the engine keeps in memory, always equal to what is committed.
+#[derive(Debug, Default)]
+pub(crate) struct Memory {
+    pub(crate) received: Received,
+    pub(crate) pruned: VersionVector,
+    /// Origin -> device.
+    pub(crate) origins: HashMap<Uuid, Uuid>,
+    /// The next change number of this incarnation.
+    pub(crate) next_seq: u64,
+    pub(crate) log_len: u64,
+    pub(crate) waiting: u64,
+    pub(crate) conflicts: u64,
+    pub(crate) held_rows: u64,
+    /// Records stored per model.
+    pub(crate) rows: BTreeMap<String, u64>,
+    pub(crate) peers: BTreeMap<Uuid, PeerMemory>,
+    pub(crate) backfill: Backfill,
+    /// Changes held back for now, and why: each is counted once.
+    pub(crate) held_back: BTreeMap<(Uuid, u64), String>,
+    pub(crate) last_prune_ms: u64,
 }
 
 pub(crate) struct Inner {
     pub(crate) db: DatabaseConnection,
     pub(crate) device: Uuid,
+    pub(crate) origin: Uuid,
     pub(crate) registry: Registry,
+    pub(crate) tables: Vec<TableInfo>,
     pub(crate) clock: Mutex<Hlc>,
     pub(crate) time: Arc<dyn TimeSource>,
     pub(crate) writer: tokio::sync::Mutex<()>,
-    pub(crate) faults: Faults,
-    publisher: broadcast::Sender<Arc<[Change]>>,
-    counters: Counters,
-    pub(crate) live: Mutex<std::collections::BTreeMap<Uuid, crate::peers::LivePeer>>,
-    pub(crate) last_prune_ms: Mutex<u64>,
-    applied: broadcast::Sender<Arc<[Change]>>,
+    pub(crate) writer_timeout: Duration,
+    pub(crate) memory: Mutex<Memory>,
+    pub(crate) faults: crate::__private::Faults,
+    pub(crate) publisher: broadcast::Sender<Arc<[Change]>>,
+    pub(crate) applied: broadcast::Sender<Arc<[Change]>>,
+    pub(crate) counters: Counters,
 }
 
 /// A device's sync engine over its SQLite database.
@@ -144,30 +179,43 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("device", &self.inner.device)
+            .field("origin", &self.inner.origin)
             .finish_non_exhaustive()
     }
 }
 
 const META_DEVICE: &str = "device";
 pub(crate) const META_CLOCK: &str = "clock";
-pub(crate) const META_NEXT_SEQ: &str = "next_seq";
+const META_ORIGIN: &str = "origin";
+
+/// The engine's write transaction: it holds the writer and began
+/// `IMMEDIATE`, so it never meets another writer's lock.
+pub(crate) struct WriteTx<'e> {
+    pub(crate) tx: DatabaseTransaction,
+    pub(crate) _writer: tokio::sync::MutexGuard<'e, ()>,
+}
 
 impl Engine {
-    /// Opens the engine on `db`: creates or upgrades the `_sync_*` tables,
-    /// and resumes the clock from its persisted value.
+    /// Opens the engine on `db`: creates or checks the `_sync_*` tables,
+    /// checks every synced model's table, starts a new incarnation of this
+    /// device (see `docs/architecture.md`: change numbers are never reused,
+    /// even after the database was rolled back or copied), and resumes the
+    /// clock from its persisted value.
     pub async fn open(db: DatabaseConnection, config: EngineConfig) -> Result<Self, EngineError> {
         let registry = match config.registry {
             Some(registry) => registry,
             None => Registry::global()?,
         };
-        let tx = db.begin().await?;
+        let tx = db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await?;
         store::migrate(&tx).await?;
         match store::get_meta(&tx, META_DEVICE).await? {
             Some(bytes) => {
-                let stored = Uuid::from_slice(&bytes).map_err(|e| store::StoreError::Corrupt {
-                    table: "_sync_meta",
-                    reason: e.to_string(),
-                })?;
+                let stored = Uuid::from_slice(&bytes).map_err(|e| store::corrupt("_sync_meta", e))?;
                 if stored != config.device {
                     return Err(EngineError::WrongDevice {
                         stored,
@@ -177,24 +225,64 @@ impl Engine {
             }
             None => store::set_meta(&tx, META_DEVICE, config.device.as_bytes().to_vec()).await?,
         }
+        let (tables, problems) = crate::schema::inspect(&tx, &registry).await?;
+        if !problems.is_empty() {
+            return Err(EngineError::Schema(problems));
+        }
+        // A new incarnation: numbers and clock ids this device hands out
+        // from now on can be no peer's already. It commits before any
+        // write of it, and a rollback that loses it loses those writes too.
+        let origin = config.origin.unwrap_or_else(Uuid::new_v4);
+        store::set_meta(&tx, META_ORIGIN, origin.as_bytes().to_vec()).await?;
+        store::save_origins(&tx, &[(origin, config.device)]).await?;
         let last = store::get_meta_u64(&tx, META_CLOCK).await?;
+        let received = store::load_received(&tx).await?;
+        let pruned = store::load_pruned(&tx).await?;
+        let origins = store::load_origins(&tx).await?;
+        let log_len = store::log_len(&tx).await?;
+        let waiting = store::count_waiting(&tx).await?;
+        let conflicts = store::conflicts_len(&tx).await?;
+        let rows = store::row_counts(&tx).await?;
+        let held_rows = store::held_rows(&tx).await?.len() as u64;
+        let peers = store::load_peers(&tx).await?;
+        let backfill = crate::snapshot::load_backfill(&tx).await?;
         tx.commit().await?;
-        let clock = Hlc::new(config.device, NTP64(last), config.max_drift)?;
-        let (publisher, _) = broadcast::channel(1024);
+        let clock = Hlc::new(origin, NTP64(last), config.max_drift)?;
+        let memory = Memory {
+            received,
+            pruned,
+            origins,
+            next_seq: 1,
+            log_len,
+            waiting,
+            conflicts,
+            held_rows,
+            rows,
+            peers: peers
+                .into_iter()
+                .map(|p| (p.peer, PeerMemory::from_record(p)))
+                .collect(),
+            backfill,
+            held_back: BTreeMap::new(),
+            last_prune_ms: 0,
+        };
+        tracing::info!(device = %config.device, %origin, "engine opened");
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 device: config.device,
+                origin,
                 registry,
+                tables,
                 clock: Mutex::new(clock),
                 time: config.time,
                 writer: tokio::sync::Mutex::new(()),
+                writer_timeout: config.writer_timeout,
+                memory: Mutex::new(memory),
                 faults: config.faults,
-                publisher,
-                counters: Counters::default(),
-                live: Mutex::new(std::collections::BTreeMap::new()),
-                last_prune_ms: Mutex::new(0),
+                publisher: broadcast::channel(1024).0,
                 applied: broadcast::channel(1024).0,
+                counters: Counters::default(),
             }),
         })
     }
@@ -204,8 +292,21 @@ impl Engine {
         self.inner.device
     }
 
-    /// The database.
-    pub fn db(&self) -> &DatabaseConnection {
+    /// This incarnation of the device: the origin of the changes it writes
+    /// from the moment the engine opened.
+    pub fn origin(&self) -> Uuid {
+        self.inner.origin
+    }
+
+    /// The database, for reads. A write through it bypasses sync: it is not
+    /// captured, sent, or merged, and can make this device's tables differ
+    /// from its peers' for good. Write synced models through
+    /// [`begin`](Self::begin).
+    pub fn database(&self) -> &DatabaseConnection {
+        &self.inner.db
+    }
+
+    pub(crate) fn db(&self) -> &DatabaseConnection {
         &self.inner.db
     }
 
@@ -215,9 +316,32 @@ impl Engine {
     }
 
     /// Starts a write: inserts, updates and deletes of synced models through
-    /// it commit together with their sync state, or not at all.
-    pub async fn begin(&self) -> Result<SyncTransaction<'_>, EngineError> {
-        SyncTransaction::begin(self).await
+    /// it commit together with their sync state, or not at all. It holds
+    /// the engine's writer until it commits or is dropped; other writes
+    /// wait (and fail with [`EngineError::Busy`] after the writer timeout).
+    pub async fn begin(&self) -> Result<crate::transaction::SyncTransaction<'_>, EngineError> {
+        crate::transaction::SyncTransaction::begin(self).await
+    }
+
+    /// Takes the writer and begins an `IMMEDIATE` transaction.
+    pub(crate) async fn write_tx(&self) -> Result<WriteTx<'_>, EngineError> {
+        let writer = tokio::time::timeout(self.inner.writer_timeout, self.inner.writer.lock())
+            .await
+            .map_err(|_| EngineError::Busy {
+                waited: self.inner.writer_timeout,
+            })?;
+        let tx = self
+            .inner
+            .db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await?;
+        Ok(WriteTx {
+            tx,
+            _writer: writer,
+        })
     }
 
     /// Committed changes of this device, batch by batch, as they commit. A
@@ -227,7 +351,7 @@ impl Engine {
         self.inner.publisher.subscribe()
     }
 
-    /// Changes received from peers, batch by batch, once they are applied
+    /// Changes received from peers, batch by batch, once they took effect
     /// and committed: what an application listens to in order to refresh
     /// what it shows. Lagging subscribers miss batches (the channel says
     /// so); the database has them all.
@@ -255,183 +379,25 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    pub(crate) fn memory(&self) -> MutexGuard<'_, Memory> {
+        self.inner
+            .memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// A new timestamp of this device's clock.
     pub(crate) fn tick(&self) -> Timestamp {
         let now = self.inner.time.now();
         self.clock().tick(now)
     }
 
-    /// Applies changes received from peers, in one transaction: merged per
-    /// field (shared) or by owner version (device-owned), parents before
-    /// children, waiting (durably) for parents that have not arrived.
-    /// Applying the same changes again changes nothing. A change is refused,
-    /// and reported, when its clock is too far ahead, its model unknown, its
-    /// record malformed, or it changes a device-owned row it does not own.
-    pub async fn apply(&self, changes: Vec<Change>) -> Result<ApplyReport, EngineError> {
-        self.apply_claimed(changes, &[]).await
+    pub(crate) fn now(&self) -> NTP64 {
+        self.inner.time.now()
     }
 
-    /// Applies changes as [`apply`](Self::apply) does, and in the same
-    /// transaction advances this device's version vector by the senders'
-    /// claims, never past a change that was refused.
-    #[tracing::instrument(skip_all, fields(device = %self.inner.device, changes = changes.len()))]
-    pub async fn apply_claimed(
-        &self,
-        changes: Vec<Change>,
-        claims: &[Claim],
-    ) -> Result<ApplyReport, EngineError> {
-        // Wall time only for the histogram; nothing the engine decides
-        // depends on it.
-        let started = std::time::Instant::now();
-        let received = changes.len() as u64;
-        metrics::counter!("syncable_changes_received_total").increment(received);
-        let _writer = self.inner.writer.lock().await;
-        let mut accepted = Vec::with_capacity(changes.len());
-        let mut refused = Vec::new();
-        {
-            let now = self.inner.time.now();
-            let mut clock = self.clock();
-            for change in changes {
-                match clock.observe(&change.hlc, now) {
-                    Ok(()) => accepted.push(change),
-                    Err(e) => refused.push(Rejection {
-                        origin: change.origin,
-                        seq: change.seq,
-                        model: change.model,
-                        reason: RejectReason::ClockAhead(e.to_string()),
-                    }),
-                }
-            }
-        }
-        if !refused.is_empty() {
-            tracing::warn!(
-                count = refused.len(),
-                "changes refused: clock beyond the drift bound"
-            );
-            metrics::counter!("syncable_clock_refused_total").increment(refused.len() as u64);
-        }
-        let tx = self.inner.db.begin().await?;
-        let mut applier = Applier::new(&self.inner.registry, &tx, self.inner.device);
-        applier.apply_all(accepted).await?;
-        let renames = std::mem::take(&mut applier.renames);
-        let applied = std::mem::take(&mut applier.applied);
-        let mut report = applier.report;
-        let emitted = self.write_renames(&tx, renames).await?;
-        report.rejected.extend(refused);
-        if !claims.is_empty() {
-            let vector = store::load_vector(&tx).await?;
-            for claim in claims {
-                if claim.origin == self.inner.device || vector.get(claim.origin) < claim.after {
-                    continue;
-                }
-                let reach = claim_reach(claim, &report.rejected);
-                if reach > vector.get(claim.origin) {
-                    store::advance_vector(&tx, claim.origin, reach).await?;
-                }
-            }
-        }
-        let last = self.clock().last();
-        store::set_meta_u64(&tx, META_CLOCK, last.0).await?;
-        tx.commit().await?;
-        self.publish(emitted);
-        if !applied.is_empty() {
-            // Nobody listening is fine: the database has every change.
-            let _ = self.inner.applied.send(applied.into());
-        }
-
-        let c = &self.inner.counters;
-        let clock_refused = report
-            .rejected
-            .iter()
-            .filter(|r| matches!(r.reason, RejectReason::ClockAhead(_)))
-            .count() as u64;
-        c.clock_refused.fetch_add(clock_refused, Ordering::Relaxed);
-        c.applied.fetch_add(report.applied, Ordering::Relaxed);
-        c.rejected.fetch_add(
-            report.rejected.len() as u64 - clock_refused,
-            Ordering::Relaxed,
-        );
-        c.parked.fetch_add(report.parked, Ordering::Relaxed);
-        c.conflicts.fetch_add(report.conflicts, Ordering::Relaxed);
-        metrics::counter!("syncable_changes_applied_total").increment(report.applied);
-        metrics::counter!("syncable_changes_parked_total").increment(report.parked);
-        metrics::histogram!("syncable_apply_seconds").record(started.elapsed().as_secs_f64());
-        if let Ok(len) = store::log_len(&self.inner.db).await {
-            metrics::gauge!("syncable_log_entries").set(len as f64);
-        }
-        Ok(report)
-    }
-
-    /// Writes the renames that unique collisions forced, as this device's
-    /// own changes, in the apply's transaction.
-    async fn write_renames(
-        &self,
-        tx: &sea_orm::DatabaseTransaction,
-        renames: Vec<crate::apply::Rename>,
-    ) -> Result<Vec<Change>, EngineError> {
-        if renames.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut next_seq = store::get_meta_u64(tx, META_NEXT_SEQ).await?.max(1);
-        let mut changes = Vec::with_capacity(renames.len());
-        for rename in renames {
-            let mut state = store::load_row(tx, rename.model, rename.id)
-                .await?
-                .unwrap_or_default();
-            if state.deleted {
-                continue;
-            }
-            // A later write in the same batch may have moved the field on
-            // (settling the collision its own way): then there is nothing to
-            // rename.
-            let current = match self.inner.registry.get(rename.model) {
-                Some(desc) => desc.capture(tx, rename.id).await?.unwrap_or_default(),
-                None => continue,
-            };
-            if !current
-                .iter()
-                .any(|f| f.name == rename.field && f.value == rename.value)
-            {
-                continue;
-            }
-            let hlc = self.tick();
-            let field = crate::change::FieldChange {
-                base: state.clocks.get(&rename.field).map(|c| c.hlc),
-                name: rename.field,
-                value: rename.value,
-            };
-            state.clocks.insert(
-                field.name.clone(),
-                store::FieldClock {
-                    hlc,
-                    base: field.base,
-                },
-            );
-            store::save_row(tx, rename.model, rename.id, &state).await?;
-            changes.push(Change {
-                origin: self.inner.device,
-                seq: next_seq,
-                hlc,
-                model: rename.model.to_owned(),
-                id: rename.id,
-                op: crate::change::Op::Upsert(vec![field]),
-            });
-            next_seq += 1;
-        }
-        let refs: Vec<&Change> = changes.iter().collect();
-        store::append_log(tx, &refs).await?;
-        store::set_meta_u64(tx, META_NEXT_SEQ, next_seq).await?;
-        if next_seq > 1 {
-            store::advance_vector(tx, self.inner.device, next_seq - 1).await?;
-        }
-        Ok(changes)
-    }
-
-    pub(crate) fn count_conflicts(&self, n: u64) {
-        self.inner
-            .counters
-            .conflicts
-            .fetch_add(n, Ordering::Relaxed);
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.inner.time.now().to_duration().as_millis() as u64
     }
 
     /// Counters since the engine was opened.
@@ -441,67 +407,107 @@ impl Engine {
             written: c.written.load(Ordering::Relaxed),
             applied: c.applied.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
-            clock_refused: c.clock_refused.load(Ordering::Relaxed),
+            held_back: c.held_back.load(Ordering::Relaxed),
             parked: c.parked.load(Ordering::Relaxed),
             conflicts: c.conflicts.load(Ordering::Relaxed),
         }
     }
 
-    /// The conflict log, oldest first.
-    pub async fn conflicts(&self) -> Result<Vec<Conflict>, EngineError> {
-        Ok(store::conflicts(&self.inner.db).await?)
+    /// The latest time of this device's clock.
+    pub fn clock_time(&self) -> NTP64 {
+        self.clock().last()
     }
 
-    /// The shared changes in the log, by origin and number.
-    pub async fn log(&self) -> Result<Vec<Change>, EngineError> {
-        Ok(store::log_entries(&self.inner.db).await?)
+    /// This device's version vector: for every origin, the number up to
+    /// which it holds everything.
+    pub fn vector(&self) -> VersionVector {
+        self.memory().received.vector.clone()
     }
 
-    /// How many changes wait for a record that has not arrived.
-    pub async fn parked_len(&self) -> Result<u64, EngineError> {
-        Ok(store::parked_len(&self.inner.db).await?)
+    /// The device an origin is an incarnation of, if known here.
+    pub fn device_of(&self, origin: Uuid) -> Option<Uuid> {
+        self.memory().origins.get(&origin).copied()
     }
+}
 
-    /// How many changes the log holds.
-    pub async fn log_len(&self) -> Result<u64, EngineError> {
-        Ok(store::log_len(&self.inner.db).await?)
-    }
+/// One synced row as the application's table shows it: see
+/// [`Engine::content`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncedRow {
+    /// The model's wire name.
+    pub model: &'static str,
+    /// The row's global id.
+    pub id: Uuid,
+    /// Its synced fields, references as global ids.
+    pub fields: Vec<crate::model::FieldValue>,
+}
 
-    /// How many conflicts the conflict log holds.
-    pub async fn conflicts_len(&self) -> Result<u64, EngineError> {
-        Ok(store::conflicts_len(&self.inner.db).await?)
-    }
-
-    /// Every synced row in wire form, model by model in dependency order and
-    /// by global id within a model: two devices that have converged return
-    /// equal contents, whatever their local keys.
+impl Engine {
+    /// Every synced row of the application's tables in wire form, model by
+    /// model in dependency order and by global id within a model: two
+    /// devices that have converged return equal contents, whatever their
+    /// local keys.
     pub async fn content(&self) -> Result<Vec<SyncedRow>, EngineError> {
-        let tx = self.inner.db.begin().await?;
+        use sea_orm::TransactionTrait;
+        let registry = self.registry();
+        let tx = self.db().begin().await?;
         let mut out = Vec::new();
-        for desc in self.inner.registry.models() {
+        for desc in registry.models() {
+            let meta = desc.meta();
             let mut rows = Vec::new();
             let mut after = i64::MIN;
             loop {
-                let page = desc.page(&tx, after, 1_000).await?;
+                let page = store::table_page(&tx, desc, after, 1_000).await?;
                 let Some((last, _, _)) = page.last() else {
                     break;
                 };
                 after = *last;
-                rows.extend(page.into_iter().map(|(_, id, fields)| SyncedRow {
-                    model: desc.name(),
-                    id,
-                    fields,
-                }));
+                rows.extend(page);
             }
-            rows.sort_by_key(|r| r.id);
-            out.extend(rows);
+            // References: local keys to global ids, per target model.
+            let mut keys: BTreeMap<&'static str, std::collections::BTreeSet<i64>> =
+                BTreeMap::new();
+            for r in meta.references() {
+                for (_, _, values) in &rows {
+                    if let Some(crate::value::WireValue::I64(Some(k))) = values.get(r.index) {
+                        keys.entry(r.target).or_default().insert(*k);
+                    }
+                }
+            }
+            let mut gids: BTreeMap<&'static str, HashMap<i64, Uuid>> = BTreeMap::new();
+            for (target, keys) in keys {
+                if let Some(t) = registry.get(target) {
+                    gids.insert(target, store::gids_of_keys(&tx, t, &keys).await?);
+                }
+            }
+            let mut synced: Vec<SyncedRow> = rows
+                .into_iter()
+                .map(|(_, id, values)| SyncedRow {
+                    model: meta.name,
+                    id,
+                    fields: meta
+                        .fields
+                        .iter()
+                        .zip(values)
+                        .map(|(f, v)| {
+                            let v = match (f.role, v) {
+                                (
+                                    crate::model::FieldRole::Reference { target },
+                                    crate::value::WireValue::I64(k),
+                                ) => crate::value::WireValue::Uuid(
+                                    k.and_then(|k| gids.get(target)?.get(&k).copied()),
+                                ),
+                                (_, v) => v,
+                            };
+                            crate::model::FieldValue::new(f.name, v)
+                        })
+                        .collect(),
+                })
+                .collect();
+            synced.sort_by_key(|r| r.id);
+            out.extend(synced);
         }
         tx.commit().await?;
         Ok(out)
-    }
-
-    /// The latest time of this device's clock.
-    pub fn clock_time(&self) -> NTP64 {
-        self.clock().last()
     }
 }

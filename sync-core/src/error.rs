@@ -1,10 +1,13 @@
 //! The engine's errors.
 
+use std::time::Duration;
+
 use uuid::Uuid;
 
 use crate::clock::ClockError;
-use crate::model::{ApplyError, CaptureError};
+use crate::model::CaptureError;
 use crate::registry::RegistryError;
+use crate::schema::SchemaMismatch;
 use crate::store::StoreError;
 
 /// An engine operation failed. Nothing it was doing was committed.
@@ -19,15 +22,15 @@ pub enum EngineError {
     /// The registered models are not a valid set.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The application's tables do not match its models.
+    #[error("the database does not match the synced models:\n{}", list(.0))]
+    Schema(Vec<SchemaMismatch>),
     /// The clock refused.
     #[error(transparent)]
     Clock(#[from] ClockError),
     /// Reading a row into its wire form failed.
     #[error(transparent)]
     Capture(#[from] CaptureError),
-    /// Writing a record failed.
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
     /// The database belongs to another device.
     #[error("this database belongs to device {stored}, not {configured}")]
     WrongDevice {
@@ -77,10 +80,31 @@ pub enum EngineError {
     /// rolled back.
     #[error("an earlier write in this transaction failed; it cannot be committed")]
     Poisoned,
+    /// The engine's writer stayed taken (by another write, or by an open
+    /// `SyncTransaction`, perhaps of this very task) for the whole timeout.
+    #[error(
+        "the engine's writer was busy for {waited:?}: a write (or an open SyncTransaction) holds it; \
+         commit or drop it first"
+    )]
+    Busy {
+        /// How long the write waited.
+        waited: Duration,
+    },
     /// A message from a peer (or a cursor it echoed) does not decode.
     #[error("malformed: {0}")]
     Malformed(String),
-    /// A fault injected by a test (see `Faults`).
+    /// The projection of received states onto the tables did not settle.
+    #[error("the tables could not be brought in line with the received states: {0}")]
+    Unsettled(String),
+    /// A fault injected by a test.
     #[error("injected fault: {0}")]
     Injected(&'static str),
+}
+
+fn list(problems: &[SchemaMismatch]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

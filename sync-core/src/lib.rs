@@ -11,51 +11,66 @@
 
 extern crate self as sync_core;
 
-mod apply;
 mod catchup;
 mod change;
 pub mod clock;
 mod conflict;
 mod engine;
 mod error;
+mod merge;
 mod model;
 mod peers;
+mod project;
 mod protocol;
+mod receive;
 mod registry;
+mod schema;
 mod session;
 mod snapshot;
+mod state;
 mod store;
 mod transaction;
 mod value;
 mod vector;
+mod write;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
-pub use apply::{ApplyReport, RejectReason, Rejection};
-pub use catchup::{Claim, MAX_PULL_LIMIT, PAGE_BYTES};
-pub use change::{Change, FieldChange, FieldImage, Op};
+pub use catchup::{MAX_PULL_LIMIT, PAGE_BYTES};
+pub use change::{Change, EncodedChange, FieldChange, Op};
 pub use conflict::{Conflict, ConflictKind, Write};
-pub use engine::{Engine, EngineConfig, Faults, Stats, SyncedRow};
+pub use engine::{Engine, EngineConfig, Stats, SyncedRow};
 pub use error::EngineError;
 pub use model::{
-    Applied, ApplyError, CaptureError, DeferredReference, FieldMeta, FieldRole, FieldValue,
-    MissingParent, ModelMeta, Ownership, Reference, SyncEntity, SyncModel,
+    CaptureError, FieldMeta, FieldRole, FieldValue, ModelMeta, Ownership, Reference, SyncEntity,
+    SyncModel,
 };
 pub use peers::{PeerStatus, Phase, Status};
 pub use protocol::{
-    Ack, Batch, DecodeError, ErrorCode, ErrorMessage, Heartbeat, Hello, MAX_MESSAGE_BYTES,
-    MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, PullRequest, PullResponse, Push,
-    SnapshotCursor, SnapshotRequest, SnapshotResponse, decode, encode,
+    Ack, Batch, DecodeError, ErrorCode, ErrorMessage, Heartbeat, HeldBack, Hello,
+    MAX_MESSAGE_BYTES, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, PullRequest,
+    PullResponse, Push, SnapshotCursor, SnapshotRequest, SnapshotResponse, SnapshotRow, decode,
+    encode,
 };
-pub use registry::{
-    BoxFuture, ModelDescriptor, Registry, RegistryError, RowPage, dependency_order,
-};
-pub use session::{Output, Session, SessionConfig, SessionState, push_of};
+pub use receive::{ApplyReport, Outcome, RejectReason, Rejection};
+pub use registry::{ModelDescriptor, Registry, RegistryError, dependency_order};
+pub use schema::SchemaMismatch;
+pub use session::{Output, Session, SessionConfig, SessionState};
 pub use snapshot::MAX_SNAPSHOT_LIMIT;
+pub use state::SharedImage;
 pub use store::{SCHEMA_VERSION, StoreError};
 pub use sync_derive::Syncable;
 pub use transaction::SyncTransaction;
 pub use value::{ValueError, WireValue};
 pub use vector::VersionVector;
+
+impl Push {
+    /// The pushes of a local commit: batches of its contiguous changes, cut
+    /// so that each fits a frame (each batch's claim starts where the
+    /// previous one ends).
+    pub fn of_commit(changes: &[Change]) -> Result<Vec<Message>, EngineError> {
+        session::push_of(changes)
+    }
+}

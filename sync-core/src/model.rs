@@ -1,9 +1,12 @@
 //! What `#[derive(Syncable)]` generates for a model: its static description
-//! ([`ModelMeta`]) and the typed operations of [`SyncModel`].
+//! ([`ModelMeta`]) and the typed conversions of [`SyncModel`]. Everything
+//! that touches the database is the engine's: the derive only says what the
+//! columns are and how a value of each travels.
 
 use std::future::Future;
 
-use sea_orm::{ConnectionTrait, DbErr, EntityTrait};
+use sea_orm::sea_query::Value;
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, ModelTrait, QueryFilter, QueryResult};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -45,7 +48,8 @@ pub struct FieldMeta {
     pub column: &'static str,
     /// The Rust type as written in the model.
     pub rust_type: &'static str,
-    /// Whether the field is an `Option`.
+    /// Whether the column may be null (for a reference: whether its type is
+    /// an `Option`, as the type system sees it, aliases included).
     pub nullable: bool,
     /// What the field is.
     pub role: FieldRole,
@@ -62,16 +66,30 @@ pub struct ModelMeta {
     pub ownership: Ownership,
     /// Every synced field, the id first, in declaration order after it.
     pub fields: &'static [FieldMeta],
-    /// The local primary key: never sent.
+    /// The local primary key's field name: never sent.
     pub local_key: &'static str,
+    /// The local primary key's column.
+    pub local_key_column: &'static str,
     /// Fields marked `#[sync(skip)]`: never sent, never overwritten by a peer.
     pub local_only: &'static [&'static str],
+    /// The columns of the local-only fields, in the same order.
+    pub local_only_columns: &'static [&'static str],
 }
 
 impl ModelMeta {
+    /// The position of the field holding the row's global id.
+    pub fn id_index(&self) -> Option<usize> {
+        self.fields.iter().position(|f| f.role == FieldRole::Id)
+    }
+
     /// The field holding the row's global id.
     pub fn id_field(&self) -> Option<&'static FieldMeta> {
         self.fields.iter().find(|f| f.role == FieldRole::Id)
+    }
+
+    /// The position of the field naming the owning device.
+    pub fn owner_index(&self) -> Option<usize> {
+        self.fields.iter().position(|f| f.role == FieldRole::Owner)
     }
 
     /// The field naming the owning device (device-owned models only).
@@ -89,16 +107,25 @@ impl ModelMeta {
         self.fields.iter().find(|f| f.name == name)
     }
 
+    /// A synced field's position by wire name.
+    pub fn field_index(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+
     /// The references to other models (and to this one), in field order.
     pub fn references(&self) -> impl Iterator<Item = Reference> + '_ {
-        self.fields.iter().filter_map(|f| match f.role {
-            FieldRole::Reference { target } => Some(Reference {
-                field: f.name,
-                target,
-                nullable: f.nullable,
-            }),
-            _ => None,
-        })
+        self.fields
+            .iter()
+            .enumerate()
+            .filter_map(|(index, f)| match f.role {
+                FieldRole::Reference { target } => Some(Reference {
+                    field: f.name,
+                    index,
+                    target,
+                    nullable: f.nullable,
+                }),
+                _ => None,
+            })
     }
 }
 
@@ -107,6 +134,8 @@ impl ModelMeta {
 pub struct Reference {
     /// The referencing field.
     pub field: &'static str,
+    /// The referencing field's position in [`ModelMeta::fields`].
+    pub index: usize,
     /// The referenced model's wire name.
     pub target: &'static str,
     /// Whether the reference may be null (such an edge can break a cycle).
@@ -130,38 +159,6 @@ impl FieldValue {
             value,
         }
     }
-}
-
-/// What to do with a nullable reference whose parent is not in the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MissingParent {
-    /// Refuse the whole write with [`ApplyError::MissingParent`].
-    #[default]
-    Refuse,
-    /// Write null into the nullable reference, apply the rest, and report the
-    /// reference in [`Applied::deferred`] so the caller can set it when the
-    /// parent arrives. Non-nullable references are still refused.
-    DeferNullable,
-}
-
-/// A reference left null by [`MissingParent::DeferNullable`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeferredReference {
-    /// The referencing field.
-    pub field: &'static str,
-    /// The referenced model's wire name.
-    pub target: &'static str,
-    /// The global id that is not in the database yet.
-    pub parent: Uuid,
-}
-
-/// The result of applying a record.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Applied {
-    /// Whether the row was created (rather than updated).
-    pub inserted: bool,
-    /// References written as null because their parent is missing.
-    pub deferred: Vec<DeferredReference>,
 }
 
 /// Reading a model into its wire form failed.
@@ -196,89 +193,6 @@ pub enum CaptureError {
     Db(#[from] DbErr),
 }
 
-/// Writing a wire record into the database failed. Nothing was written.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// A referenced row has not arrived yet. The caller parks the change
-    /// under `parent` and applies it once the parent lands.
-    #[error("`{model}` {id}: field `{field}` refers to `{target}` {parent}, which has not arrived")]
-    MissingParent {
-        /// The model's wire name.
-        model: &'static str,
-        /// The row being applied.
-        id: Uuid,
-        /// The referencing field.
-        field: &'static str,
-        /// The referenced model.
-        target: &'static str,
-        /// The missing parent's global id.
-        parent: Uuid,
-    },
-    /// The record names a field the model does not sync.
-    #[error("`{model}` has no synced field `{field}`")]
-    UnknownField {
-        /// The model's wire name.
-        model: &'static str,
-        /// The unknown field name.
-        field: String,
-    },
-    /// The record names a field twice.
-    #[error("`{model}`: field `{field}` appears twice in one record")]
-    DuplicateField {
-        /// The model's wire name.
-        model: &'static str,
-        /// The repeated field.
-        field: String,
-    },
-    /// A field value does not fit its column.
-    #[error("`{model}` field `{field}`: {source}")]
-    Value {
-        /// The model's wire name.
-        model: &'static str,
-        /// The field.
-        field: &'static str,
-        /// Why.
-        source: ValueError,
-    },
-    /// The row does not exist and the record does not carry every field
-    /// needed to create it.
-    #[error("`{model}` {id} does not exist and the record lacks field `{field}` to create it")]
-    Incomplete {
-        /// The model's wire name.
-        model: &'static str,
-        /// The row.
-        id: Uuid,
-        /// The first missing field.
-        field: &'static str,
-    },
-    /// The record's id field disagrees with the id it is applied under.
-    #[error("`{model}`: record for {id} carries a different id")]
-    IdMismatch {
-        /// The model's wire name.
-        model: &'static str,
-        /// The id the record was applied under.
-        id: Uuid,
-    },
-    /// The write would give two rows the same value in a unique column
-    /// (or set of columns).
-    #[error(
-        "`{model}` {id}: another row ({holder:?}) holds the same value in unique column(s) {columns:?}"
-    )]
-    Unique {
-        /// The model's wire name.
-        model: &'static str,
-        /// The row being written.
-        id: Uuid,
-        /// The unique columns.
-        columns: Vec<String>,
-        /// The global id of the row holding the value, if it could be found.
-        holder: Option<Uuid>,
-    },
-    /// The database refused the write.
-    #[error(transparent)]
-    Db(#[from] DbErr),
-}
-
 /// A sea-orm entity whose model derives `Syncable`.
 ///
 /// `#[sync(references = path::Entity)]` names a type implementing this trait.
@@ -290,32 +204,14 @@ pub enum ApplyError {
 pub trait SyncEntity: EntityTrait<Model = <Self as SyncEntity>::SyncModel> {
     /// The model, which implements [`SyncModel`].
     type SyncModel: SyncModel;
-
-    /// The local key of the row with this global id, if it exists.
-    fn local_key_of<C: ConnectionTrait>(
-        db: &C,
-        id: Uuid,
-    ) -> impl Future<Output = Result<Option<i64>, DbErr>> + Send;
-
-    /// The global id of the row with this local key, if it exists.
-    fn global_id_of<C: ConnectionTrait>(
-        db: &C,
-        key: i64,
-    ) -> impl Future<Output = Result<Option<Uuid>, DbErr>> + Send;
 }
 
 /// A sea-orm model with sync semantics, implemented by `#[derive(Syncable)]`.
-pub trait SyncModel: Clone + Send + Sync + Sized + 'static {
-    /// The model's sea-orm entity.
-    type Entity: SyncEntity<SyncModel = Self>;
-
-    /// The model's sea-orm active model.
-    type ActiveModel: sea_orm::ActiveModelTrait<Entity = Self::Entity>
-        + sea_orm::ActiveModelBehavior
-        + From<Self>
-        + Send
-        + Sync;
-
+///
+/// Field positions (`index`) are positions in [`ModelMeta::fields`].
+pub trait SyncModel:
+    ModelTrait + sea_orm::FromQueryResult + Clone + Send + Sync + Sized + 'static
+{
     /// The model's wire name (the same as `META.name`; a separate constant so
     /// that models referencing each other do not make their metadata
     /// constants depend on each other).
@@ -333,81 +229,49 @@ pub trait SyncModel: Clone + Send + Sync + Sized + 'static {
     /// The local primary key.
     fn local_key(&self) -> i64;
 
-    /// Wire names of the synced fields whose values differ between `old` and
+    /// Positions of the synced fields whose values differ between `old` and
     /// `new` (local-only fields and the local key never count).
-    fn changed_fields(old: &Self, new: &Self) -> Vec<&'static str>;
+    fn changed_fields(old: &Self, new: &Self) -> Vec<usize>;
 
-    /// Every synced field in wire form, references as global ids.
-    fn capture<C: ConnectionTrait>(
-        &self,
-        db: &C,
-    ) -> impl Future<Output = Result<Vec<FieldValue>, CaptureError>> + Send;
+    /// Every synced field in wire form, in field order. A reference is its
+    /// local key, as `WireValue::I64` (null when unset): the engine turns
+    /// local keys into global ids for a whole transaction at once.
+    fn wire(&self) -> Result<Vec<WireValue>, CaptureError>;
 
-    /// Only the fields named, in wire form.
-    fn capture_fields<C: ConnectionTrait>(
-        &self,
-        db: &C,
-        fields: &[&str],
-    ) -> impl Future<Output = Result<Vec<FieldValue>, CaptureError>> + Send;
+    /// Checks a wire value against data field `index`'s type and converts it
+    /// into the value sea-orm binds for that column.
+    fn to_sql(index: usize, value: &WireValue) -> Result<Value, ValueError>;
 
-    /// Exactly the fields that changed from `old` to `new`, with their new
-    /// values.
-    fn diff<C: ConnectionTrait>(
-        old: &Self,
-        new: &Self,
-        db: &C,
-    ) -> impl Future<Output = Result<Vec<FieldValue>, CaptureError>> + Send {
-        let changed = Self::changed_fields(old, new);
-        async move {
-            if changed.is_empty() {
-                return Ok(Vec::new());
-            }
-            new.capture_fields(db, &changed).await
-        }
-    }
+    /// Reads synced field `index` from a query row whose column `alias`
+    /// holds it, in wire form (a reference as its local key, `I64`).
+    fn read_field(index: usize, row: &QueryResult, alias: &str) -> Result<WireValue, DbErr>;
 
-    /// Upserts a row from wire fields: updates the named fields of the row
-    /// with this id, or creates it when every synced field is given.
-    fn apply<C: ConnectionTrait>(
-        db: &C,
-        id: Uuid,
-        fields: &[FieldValue],
-        missing_parent: MissingParent,
-    ) -> impl Future<Output = Result<Applied, ApplyError>> + Send;
+    /// The values of the local-only columns for a row created by a peer
+    /// (`Default::default()` of each), in [`ModelMeta::local_only`] order.
+    fn local_defaults() -> Vec<Value>;
 
-    /// Deletes the row with this global id; `true` if one was deleted.
-    fn delete_by_id<C: ConnectionTrait>(
-        db: &C,
-        id: Uuid,
-    ) -> impl Future<Output = Result<bool, DbErr>> + Send;
-
-    /// Global ids of the rows whose reference `field` holds local key `key`.
-    fn rows_referencing<C: ConnectionTrait>(
-        db: &C,
-        field: &str,
-        key: i64,
-    ) -> impl Future<Output = Result<Vec<Uuid>, DbErr>> + Send;
-
-    /// Sets the nullable reference `field` to null in every row where it
-    /// holds local key `key`; the number of rows changed. A non-nullable
-    /// or unknown field changes nothing.
-    fn clear_references<C: ConnectionTrait>(
-        db: &C,
-        field: &str,
-        key: i64,
-    ) -> impl Future<Output = Result<u64, DbErr>> + Send;
-
-    /// Up to `limit` rows whose local key is above `after`, by local key:
-    /// a page of a scan of the whole table.
-    fn page<C: ConnectionTrait>(
-        db: &C,
-        after: i64,
-        limit: u64,
-    ) -> impl Future<Output = Result<Vec<Self>, DbErr>> + Send;
+    /// Whether column `index` of the synced fields is declared nullable in
+    /// the model (what sea-orm creates the column with).
+    fn column_nullable(index: usize) -> bool;
 
     /// The row with this global id.
     fn find_by_id<C: ConnectionTrait>(
         db: &C,
         id: Uuid,
-    ) -> impl Future<Output = Result<Option<Self>, DbErr>> + Send;
+    ) -> impl Future<Output = Result<Option<Self>, DbErr>> + Send
+    where
+        Self::Entity: EntityTrait<Model = Self>,
+    {
+        let column = Self::META.id_field().map(|f| f.column).unwrap_or_default();
+        let column =
+            <<Self::Entity as EntityTrait>::Column as std::str::FromStr>::from_str(column)
+                .map_err(|_| DbErr::Custom(format!("`{}` has no id column", Self::NAME)));
+        async move {
+            let column = column?;
+            <Self::Entity as EntityTrait>::find()
+                .filter(column.eq(id))
+                .one(db)
+                .await
+        }
+    }
 }

@@ -1,15 +1,20 @@
 //! Paired peers: acknowledgements, pruning, the retention horizon, and the
 //! status an application shows.
+//!
+//! What peers say (acknowledgements, signs of life, their vectors) is kept
+//! in memory and written at most once a second: losing the last second of
+//! it to a crash costs a page sent again, never a change. The status is
+//! read from memory alone, so it never waits for the writer.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sea_orm::TransactionTrait;
 use uuid::Uuid;
 
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::store;
+use crate::protocol::HeldBack;
+use crate::store::{self, PeerRecord};
 use crate::vector::VersionVector;
 
 /// Where the device stands.
@@ -47,6 +52,10 @@ pub struct PeerStatus {
     pub acknowledged: bool,
     /// Away beyond the retention horizon: it must resync from a snapshot.
     pub expired: bool,
+    /// Changes received from it that this device holds back for now.
+    pub held_back: Vec<HeldBack>,
+    /// Changes of this device that the peer holds back for now, as it said.
+    pub held_back_there: Vec<HeldBack>,
 }
 
 /// The device's sync status.
@@ -54,6 +63,8 @@ pub struct PeerStatus {
 pub struct Status {
     /// This device.
     pub device: Uuid,
+    /// Its current incarnation.
+    pub origin: Uuid,
     /// Backfilling, catching up or ready.
     pub phase: Phase,
     /// This device's version vector.
@@ -62,130 +73,253 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     /// Changes in the log.
     pub log_len: u64,
-    /// Changes waiting for a record that has not arrived.
+    /// Records waiting for another record before they are shown.
     pub parked: u64,
     /// Entries in the conflict log.
     pub conflicts: u64,
+    /// Snapshot rows held back for now.
+    pub held_rows: u64,
 }
 
-/// What the session layer knows of a peer right now.
+/// What this device knows of a paired peer.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct LivePeer {
+pub(crate) struct PeerMemory {
+    pub(crate) acked: Option<VersionVector>,
+    pub(crate) last_seen: Option<u64>,
+    pub(crate) expired: bool,
     pub(crate) connected: bool,
+    /// Its vector, as of its last message.
     pub(crate) vector: Option<VersionVector>,
-    /// When `last_seen` was last written, to write it at most once a second.
-    pub(crate) stored_seen_ms: u64,
+    /// Not yet written.
+    pub(crate) dirty: bool,
+    /// Changes from it held back here, per origin.
+    pub(crate) held_back: BTreeMap<Uuid, HeldBack>,
+    /// Changes of ours it holds back, as it said.
+    pub(crate) held_back_there: Vec<HeldBack>,
 }
 
-/// How often, at most, a peer's last-seen time is written, and the log
-/// pruned after acknowledgements: both are bookkeeping, not on the path of
-/// a change.
+impl PeerMemory {
+    pub(crate) fn from_record(r: PeerRecord) -> Self {
+        Self {
+            acked: r.acked,
+            last_seen: r.last_seen,
+            expired: r.expired,
+            ..Self::default()
+        }
+    }
+
+    fn record(&self, peer: Uuid) -> PeerRecord {
+        PeerRecord {
+            peer,
+            acked: self.acked.clone(),
+            last_seen: self.last_seen,
+            expired: self.expired,
+        }
+    }
+}
+
+/// How often, at most, what peers said is written, and the log pruned.
 const BOOKKEEPING_MS: u64 = 1_000;
 
 impl Engine {
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.inner.time.now().to_duration().as_millis() as u64
+    /// Pairs a peer: it may sync with this device, and pruning waits for its
+    /// acknowledgements.
+    pub async fn pair(&self, peer: Uuid) -> Result<(), EngineError> {
+        if self.is_paired(peer) {
+            return Ok(());
+        }
+        let now = self.now_ms();
+        let memory = PeerMemory {
+            last_seen: Some(now),
+            ..PeerMemory::default()
+        };
+        let w = self.write_tx().await?;
+        store::save_peers(&w.tx, &[memory.record(peer)]).await?;
+        w.tx.commit().await?;
+        self.memory().peers.insert(peer, memory);
+        Ok(())
+    }
+
+    /// Forgets a peer: pruning no longer waits for it.
+    pub async fn unpair(&self, peer: Uuid) -> Result<(), EngineError> {
+        let w = self.write_tx().await?;
+        store::remove_peer(&w.tx, peer).await?;
+        w.tx.commit().await?;
+        self.memory().peers.remove(&peer);
+        Ok(())
+    }
+
+    /// Whether a peer is paired.
+    pub fn is_paired(&self, peer: Uuid) -> bool {
+        self.memory().peers.contains_key(&peer)
+    }
+
+    /// The paired peers.
+    pub fn paired(&self) -> Vec<Uuid> {
+        self.memory().peers.keys().copied().collect()
     }
 
     /// Records that `peer` was heard from, with its vector if it sent one.
-    pub(crate) async fn heard_from(
-        &self,
-        peer: Uuid,
-        vector: Option<&VersionVector>,
-    ) -> Result<(), EngineError> {
+    pub(crate) fn heard_from(&self, peer: Uuid, vector: Option<&VersionVector>) {
         let now = self.now_ms();
-        let due = {
-            let mut live = self.live_peers();
-            let entry = live.entry(peer).or_default();
-            let due = now.saturating_sub(entry.stored_seen_ms) >= BOOKKEEPING_MS;
-            if due {
-                entry.stored_seen_ms = now;
+        let mut m = self.memory();
+        let mine = m.received.vector.clone();
+        if let Some(p) = m.peers.get_mut(&peer) {
+            p.last_seen = Some(now);
+            p.dirty = true;
+            if let Some(v) = vector {
+                metrics::gauge!("syncable_peer_lag_changes", "peer" => peer.to_string())
+                    .set(mine.behind(v) as f64);
+                p.vector = Some(v.clone());
             }
-            due
-        };
-        if due {
-            store::touch_peer(self.db(), peer, now).await?;
         }
-        if let Some(vector) = vector {
-            self.live_peers().entry(peer).or_default().vector = Some(vector.clone());
-            let behind = self.vector().await?.behind(vector);
-            metrics::gauge!("syncable_peer_lag_changes", "peer" => peer.to_string())
-                .set(behind as f64);
-        }
-        Ok(())
     }
 
     /// Marks a session with `peer` as open or closed.
     pub fn set_connected(&self, peer: Uuid, connected: bool) {
-        self.live_peers().entry(peer).or_default().connected = connected;
-    }
-
-    pub(crate) fn live_peers(&self) -> std::sync::MutexGuard<'_, BTreeMap<Uuid, LivePeer>> {
-        self.inner
-            .live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Stores what `peer` acknowledged (it also counts as hearing from it,
-    /// and ends its expiry: an acknowledging peer has resynced), then prunes
-    /// what every paired peer now holds.
-    pub async fn acknowledge(
-        &self,
-        peer: Uuid,
-        vector: &VersionVector,
-    ) -> Result<u64, EngineError> {
-        if !self.is_paired(peer).await? {
-            return Ok(0);
+        if let Some(p) = self.memory().peers.get_mut(&peer) {
+            p.connected = connected;
         }
-        store::record_ack(self.db(), peer, vector).await?;
-        store::touch_peer(self.db(), peer, self.now_ms()).await?;
-        store::set_expired(self.db(), peer, false).await?;
+    }
+
+    /// Notes what `peer` acknowledged (it also counts as hearing from it, and
+    /// ends its expiry: an acknowledging peer has resynced). Written with
+    /// the next bookkeeping.
+    pub(crate) fn acknowledge(&self, peer: Uuid, vector: &VersionVector, held_back: Vec<HeldBack>) {
         let now = self.now_ms();
-        let due = {
-            let mut last = self
-                .inner
-                .last_prune_ms
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let due = now.saturating_sub(*last) >= BOOKKEEPING_MS;
-            if due {
-                *last = now;
-            }
-            due
-        };
-        if due { self.prune().await } else { Ok(0) }
+        let mut m = self.memory();
+        if let Some(p) = m.peers.get_mut(&peer) {
+            let mut acked = p.acked.take().unwrap_or_default();
+            acked.merge(vector);
+            p.acked = Some(acked);
+            p.last_seen = Some(now);
+            p.expired = false;
+            p.dirty = true;
+            p.held_back_there = held_back;
+        }
     }
 
-    /// Drops log entries every paired, unexpired peer has acknowledged. A
-    /// paired peer that never acknowledged blocks all pruning; with no
-    /// paired peer nothing is pruned. Returns the entries dropped.
-    pub async fn prune(&self) -> Result<u64, EngineError> {
-        let _writer = self.inner.writer.lock().await;
-        let tx = self.db().begin().await?;
-        let peers: Vec<_> = store::peers(&tx)
-            .await?
-            .into_iter()
-            .filter(|p| !p.expired)
-            .collect();
-        if peers.is_empty() || peers.iter().any(|p| p.acked.is_none()) {
-            tx.commit().await?;
-            return Ok(0);
+    /// Notes changes from `peer` held back here.
+    pub(crate) fn note_held_back(&self, peer: Uuid, held: &[crate::receive::Rejection]) {
+        let mut m = self.memory();
+        let vector = m.received.vector.clone();
+        let Some(p) = m.peers.get_mut(&peer) else {
+            return;
+        };
+        p.held_back.retain(|origin, h| h.seq > vector.get(*origin));
+        for r in held {
+            let entry = p.held_back.entry(r.origin).or_insert(HeldBack {
+                origin: r.origin,
+                seq: r.seq,
+                count: 0,
+                reason: r.reason.to_string(),
+            });
+            entry.seq = entry.seq.min(r.seq);
+            entry.count = entry.count.saturating_add(1);
+            entry.reason = r.reason.to_string();
         }
-        let mine = store::load_vector(&tx).await?;
-        let pruned_before = store::load_pruned(&tx).await?;
-        let mut dropped = 0;
-        for (origin, _) in mine.iter() {
-            let floor = peers
+    }
+
+    /// What this device holds back of `peer`'s changes, to tell it.
+    pub(crate) fn held_back_from(&self, peer: Uuid) -> Vec<HeldBack> {
+        let m = self.memory();
+        let vector = m.received.vector.clone();
+        m.peers
+            .get(&peer)
+            .map(|p| {
+                p.held_back
+                    .values()
+                    .filter(|h| h.seq > vector.get(h.origin))
+                    .take(16)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Writes what peers said and prunes, if a second has passed since the
+    /// last time. Returns the log entries pruned.
+    pub async fn bookkeeping(&self) -> Result<u64, EngineError> {
+        let now = self.now_ms();
+        {
+            let mut m = self.memory();
+            if now.saturating_sub(m.last_prune_ms) < BOOKKEEPING_MS {
+                return Ok(0);
+            }
+            m.last_prune_ms = now;
+        }
+        self.flush_peers().await?;
+        self.prune().await
+    }
+
+    /// Writes what peers said since the last write.
+    pub async fn flush_peers(&self) -> Result<(), EngineError> {
+        let dirty: Vec<PeerRecord> = {
+            let m = self.memory();
+            m.peers
                 .iter()
-                .map(|p| p.acked.as_ref().map_or(0, |a| a.get(origin)))
-                .min()
-                .unwrap_or(0);
-            if floor > pruned_before.get(origin) {
-                dropped += store::prune_log(&tx, origin, floor).await?;
+                .filter(|(_, p)| p.dirty)
+                .map(|(id, p)| p.record(*id))
+                .collect()
+        };
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let w = self.write_tx().await?;
+        store::save_peers(&w.tx, &dirty).await?;
+        w.tx.commit().await?;
+        let mut m = self.memory();
+        for r in dirty {
+            if let Some(p) = m.peers.get_mut(&r.peer)
+                && p.record(r.peer) == r
+            {
+                p.dirty = false;
             }
         }
-        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Drops log entries every paired, unexpired peer has acknowledged (and
+    /// this device holds). A paired peer that never acknowledged blocks all
+    /// pruning; with no paired peer nothing is pruned. Returns the entries
+    /// dropped.
+    pub async fn prune(&self) -> Result<u64, EngineError> {
+        let floors: Vec<(Uuid, u64)> = {
+            let m = self.memory();
+            let peers: Vec<&PeerMemory> = m.peers.values().filter(|p| !p.expired).collect();
+            if peers.is_empty() || peers.iter().any(|p| p.acked.is_none()) {
+                return Ok(0);
+            }
+            m.received
+                .vector
+                .iter()
+                .filter_map(|(origin, mine)| {
+                    let floor = peers
+                        .iter()
+                        .map(|p| p.acked.as_ref().map_or(0, |a| a.get(origin)))
+                        .min()
+                        .unwrap_or(0)
+                        .min(mine);
+                    (floor > m.pruned.get(origin)).then_some((origin, floor))
+                })
+                .collect()
+        };
+        if floors.is_empty() {
+            return Ok(0);
+        }
+        let w = self.write_tx().await?;
+        let mut dropped = 0;
+        for (origin, floor) in &floors {
+            dropped += store::prune_log(&w.tx, *origin, *floor).await?;
+        }
+        w.tx.commit().await?;
+        {
+            let mut m = self.memory();
+            for (origin, floor) in floors {
+                m.pruned.advance(origin, floor);
+            }
+            m.log_len = m.log_len.saturating_sub(dropped);
+        }
         metrics::counter!("syncable_log_pruned_total").increment(dropped);
         Ok(dropped)
     }
@@ -196,61 +330,112 @@ impl Engine {
     pub async fn expire_peers(&self, horizon: Duration) -> Result<Vec<Uuid>, EngineError> {
         let now = self.now_ms();
         let limit = now.saturating_sub(horizon.as_millis() as u64);
-        let mut expired = Vec::new();
-        for peer in store::peers(self.db()).await? {
-            if !peer.expired && peer.last_seen.is_some_and(|seen| seen < limit) {
-                store::set_expired(self.db(), peer.peer, true).await?;
-                tracing::warn!(peer = %peer.peer, "peer away beyond the retention horizon; it must resync");
-                expired.push(peer.peer);
+        let expired: Vec<Uuid> = {
+            let mut m = self.memory();
+            let mut out = Vec::new();
+            for (id, p) in m.peers.iter_mut() {
+                if !p.expired && !p.connected && p.last_seen.is_some_and(|seen| seen < limit) {
+                    p.expired = true;
+                    p.dirty = true;
+                    out.push(*id);
+                }
             }
+            out
+        };
+        for peer in &expired {
+            tracing::warn!(%peer, "peer away beyond the retention horizon; it must resync");
+        }
+        if !expired.is_empty() {
+            self.flush_peers().await?;
         }
         Ok(expired)
     }
 
     /// Whether `peer` is expired.
-    pub(crate) async fn is_expired(&self, peer: Uuid) -> Result<bool, EngineError> {
-        Ok(store::peers(self.db())
-            .await?
-            .iter()
-            .any(|p| p.peer == peer && p.expired))
+    pub(crate) fn is_expired(&self, peer: Uuid) -> bool {
+        self.memory().peers.get(&peer).is_some_and(|p| p.expired)
     }
 
-    /// The device's sync status.
-    pub async fn status(&self) -> Result<Status, EngineError> {
-        let vector = self.vector().await?;
-        let live = self.live_peers().clone();
-        let peers = store::peers(self.db())
-            .await?
-            .into_iter()
-            .map(|p| {
-                let l = live.get(&p.peer).cloned().unwrap_or_default();
-                PeerStatus {
-                    peer: p.peer,
-                    connected: l.connected,
-                    last_seen_ms: p.last_seen,
-                    behind: p.acked.as_ref().map_or_else(
-                        || VersionVector::new().behind(&vector),
-                        |a| a.behind(&vector),
-                    ),
-                    ahead: l.vector.as_ref().map_or(0, |v| vector.behind(v)),
-                    acknowledged: p.acked.is_some(),
-                    expired: p.expired,
-                }
+    /// The device's sync status, from memory: it never waits for a write.
+    pub fn status(&self) -> Status {
+        let phase = self.backfill_phase();
+        let m = self.memory();
+        let vector = m.received.vector.clone();
+        let peers: Vec<PeerStatus> = m
+            .peers
+            .iter()
+            .map(|(id, p)| PeerStatus {
+                peer: *id,
+                connected: p.connected,
+                last_seen_ms: p.last_seen,
+                behind: p.acked.as_ref().map_or_else(
+                    || VersionVector::new().behind(&vector),
+                    |a| a.behind(&vector),
+                ),
+                ahead: p.vector.as_ref().map_or(0, |v| vector.behind(v)),
+                acknowledged: p.acked.is_some(),
+                expired: p.expired,
+                held_back: p
+                    .held_back
+                    .values()
+                    .filter(|h| h.seq > vector.get(h.origin))
+                    .cloned()
+                    .collect(),
+                held_back_there: p.held_back_there.clone(),
             })
-            .collect::<Vec<_>>();
-        let phase = self.phase().await?;
+            .collect();
         let ready = peers.iter().filter(|p| p.connected).all(|p| p.ahead == 0);
-        Ok(Status {
+        Status {
             device: self.device(),
+            origin: self.origin(),
             phase: match phase {
                 Phase::Ready if !ready => Phase::CatchingUp,
                 other => other,
             },
             vector,
             peers,
-            log_len: self.log_len().await?,
-            parked: self.parked_len().await?,
-            conflicts: self.conflicts_len().await?,
-        })
+            log_len: m.log_len,
+            parked: m.waiting,
+            conflicts: m.conflicts,
+            held_rows: m.held_rows,
+        }
+    }
+
+    /// How many changes the log holds.
+    pub fn log_len(&self) -> u64 {
+        self.memory().log_len
+    }
+
+    /// How many records wait for another before they are shown.
+    pub fn parked_len(&self) -> u64 {
+        self.memory().waiting
+    }
+
+    /// How many conflicts the conflict log holds.
+    pub fn conflicts_len(&self) -> u64 {
+        self.memory().conflicts
+    }
+
+    /// The conflict log, oldest first.
+    pub async fn conflicts(&self) -> Result<Vec<crate::conflict::Conflict>, EngineError> {
+        Ok(store::conflicts(self.db(), 0, u64::MAX >> 1).await?)
+    }
+
+    /// The conflict log after entry `after`, at most `limit` entries.
+    pub async fn conflicts_since(
+        &self,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<crate::conflict::Conflict>, EngineError> {
+        Ok(store::conflicts(self.db(), after, limit).await?)
+    }
+
+    /// The shared changes in the log, by origin and number.
+    pub async fn log(&self) -> Result<Vec<crate::change::Change>, EngineError> {
+        store::log_all(self.db())
+            .await?
+            .iter()
+            .map(|b| b.decode().map_err(|e| EngineError::Malformed(e.to_string())))
+            .collect()
     }
 }

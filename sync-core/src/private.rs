@@ -9,14 +9,14 @@ pub use sea_orm;
 pub use uuid::Uuid;
 
 pub use crate::model::{
-    Applied, ApplyError, CaptureError, DeferredReference, FieldMeta, FieldRole, FieldValue,
-    MissingParent, ModelMeta, Ownership, SyncEntity, SyncModel,
+    CaptureError, FieldMeta, FieldRole, ModelMeta, Ownership, SyncEntity, SyncModel,
 };
 pub use crate::registry::ModelDescriptor;
 pub use crate::value::{ValueError, WireValue};
+pub use sea_orm::sea_query::Value;
 
-use sea_orm::sea_query::{Value, ValueType};
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use sea_orm::sea_query::ValueType;
+use sea_orm::{DbErr, QueryResult, TryGetable};
 
 /// The type of a `#[sync(id)]` field.
 #[diagnostic::on_unimplemented(
@@ -129,21 +129,6 @@ macro_rules! integer_keys {
 
 integer_keys!(i8, i16, i32, i64, u8, u16, u32, u64);
 
-/// The key type inside a nullable foreign key, to build its typed null.
-pub trait NullableKey {
-    /// The integer inside the `Option`.
-    type Inner;
-}
-
-impl<T> NullableKey for Option<T> {
-    type Inner = T;
-}
-
-/// Whether a field changed. Floats compare by value, as sea-orm does.
-pub fn field_eq<T: PartialEq>(old: &T, new: &T) -> bool {
-    old == new
-}
-
 /// A field's wire form.
 pub fn encode_field<T: Into<Value> + Clone>(
     value: &T,
@@ -157,162 +142,53 @@ pub fn encode_field<T: Into<Value> + Clone>(
     })
 }
 
-/// A field's value from its wire form.
-pub fn decode_field<T: ValueType>(
-    value: &WireValue,
-    model: &'static str,
-    field: &'static str,
-) -> Result<T, ApplyError> {
-    value
-        .clone()
-        .decode::<T>()
-        .map_err(|source| ApplyError::Value {
-            model,
-            field,
-            source,
-        })
+/// A reference's local key in wire form (`I64`, null when unset).
+pub fn encode_key<K: ForeignKeyType>(key: &K) -> WireValue {
+    WireValue::I64(key.to_key())
 }
 
-/// A local foreign key as the referenced row's global id.
-pub async fn capture_reference<E: SyncEntity, K: ForeignKeyType, C: ConnectionTrait>(
-    db: &C,
-    key: &K,
-    model: &'static str,
-    field: &'static str,
-) -> Result<WireValue, CaptureError> {
-    let Some(key) = key.to_key() else {
-        return Ok(WireValue::Uuid(None));
-    };
-    match E::global_id_of(db, key).await? {
-        Some(id) => Ok(WireValue::Uuid(Some(id))),
-        None => Err(CaptureError::DanglingReference {
-            model,
-            field,
-            target: <E::SyncModel as SyncModel>::NAME,
-            key,
-        }),
-    }
+/// Checks a wire value against a field's Rust type and converts it into the
+/// value sea-orm binds for the column.
+pub fn to_sql<T: ValueType + Into<Value>>(value: &WireValue) -> Result<Value, ValueError> {
+    value.clone().decode::<T>().map(Into::into)
 }
 
-/// Where a reference is resolved, for error reports.
-pub struct ReferenceSite {
-    /// The referencing model.
-    pub model: &'static str,
-    /// The row being applied.
-    pub id: Uuid,
-    /// The referencing field.
-    pub field: &'static str,
+/// Reads a column into a field's wire form.
+pub fn read_field<T: TryGetable + Into<Value>>(
+    row: &QueryResult,
+    alias: &str,
+) -> Result<WireValue, DbErr> {
+    let value: T = row.try_get("", alias)?;
+    WireValue::encode(value).map_err(|e| DbErr::Type(e.to_string()))
 }
 
-/// A global id from the wire as the local key of the referenced row.
-pub async fn resolve_reference<E: SyncEntity, K: ForeignKeyType, C: ConnectionTrait>(
-    db: &C,
-    value: &WireValue,
-    site: ReferenceSite,
-    missing_parent: MissingParent,
-    deferred: &mut Vec<DeferredReference>,
-) -> Result<K, ApplyError> {
-    let target = <E::SyncModel as SyncModel>::NAME;
-    let mismatch = |found: &'static str| ApplyError::Value {
-        model: site.model,
-        field: site.field,
-        source: ValueError::TypeMismatch {
-            expected: if K::NULLABLE {
-                "Option<Uuid> (reference)".into()
-            } else {
-                "Uuid (reference)".into()
-            },
-            found,
-        },
-    };
-    let parent = match value {
-        WireValue::Uuid(Some(parent)) => *parent,
-        WireValue::Uuid(None) => return K::from_key(None).ok_or_else(|| mismatch("null")),
-        other => return Err(mismatch(other.kind())),
-    };
-    match E::local_key_of(db, parent).await? {
-        Some(key) => K::from_key(Some(key)).ok_or_else(|| mismatch("out-of-range key")),
-        None if K::NULLABLE && missing_parent == MissingParent::DeferNullable => {
-            deferred.push(DeferredReference {
-                field: site.field,
-                target,
-                parent,
-            });
-            K::from_key(None).ok_or_else(|| mismatch("null"))
-        }
-        None => Err(ApplyError::MissingParent {
-            model: site.model,
-            id: site.id,
-            field: site.field,
-            target,
-            parent,
-        }),
-    }
+/// Reads a reference column: its local key, as `I64`.
+pub fn read_key(row: &QueryResult, alias: &str) -> Result<WireValue, DbErr> {
+    let key: Option<i64> = row.try_get("", alias)?;
+    Ok(WireValue::I64(key))
 }
 
-/// The wire names of a model's synced fields.
-pub fn field_names(meta: &ModelMeta) -> Vec<&'static str> {
-    meta.fields.iter().map(|f| f.name).collect()
+/// The value of a local-only column on a row created by a peer.
+pub fn default_value<T: Default + Into<Value>>() -> Value {
+    T::default().into()
 }
 
-/// The columns named by SQLite's "UNIQUE constraint failed: t.a, t.b".
-pub fn unique_columns(message: &str) -> Vec<String> {
-    let list = message.rsplit(": ").next().unwrap_or_default();
-    list.split(", ")
-        .map(|c| c.rsplit('.').next().unwrap_or(c).trim().to_owned())
-        .filter(|c| !c.is_empty())
-        .collect()
+/// Whether a column is declared nullable.
+pub fn column_nullable<C: sea_orm::ColumnTrait>(column: C) -> bool {
+    column.def().is_null()
 }
 
-/// Turns a failed write into [`ApplyError::Unique`] (naming the row that
-/// holds the value) when it broke a unique constraint, else a database error.
-pub async fn unique_or_db<E, A, C>(
-    db: &C,
-    model: &'static str,
-    id: Uuid,
-    attempted: &A,
-    error: sea_orm::DbErr,
-) -> ApplyError
-where
-    E: EntityTrait,
-    E::Model: SyncModel,
-    A: ActiveModelTrait<Entity = E>,
-    C: ConnectionTrait,
-{
-    let Some(sea_orm::SqlErr::UniqueConstraintViolation(message)) = error.sql_err() else {
-        return ApplyError::Db(error);
-    };
-    let columns = unique_columns(&message);
-    let mut query = E::find();
-    for name in &columns {
-        let Ok(column) = <E::Column as std::str::FromStr>::from_str(name) else {
-            return ApplyError::Unique {
-                model,
-                id,
-                columns,
-                holder: None,
-            };
-        };
-        match attempted.get(column).into_value() {
-            Some(value) => query = query.filter(column.eq(value)),
-            None => {
-                return ApplyError::Unique {
-                    model,
-                    id,
-                    columns,
-                    holder: None,
-                };
-            }
-        }
-    }
-    let holder = match query.one(db).await {
-        Ok(row) => row.map(|r| r.sync_id()).filter(|h| *h != id),
-        Err(e) => return ApplyError::Db(e),
-    };
-    ApplyError::Unique {
-        model,
-        id,
-        columns,
-        holder,
-    }
+/// Whether a field changed. Floats compare by value, as sea-orm does.
+pub fn field_eq<T: PartialEq>(old: &T, new: &T) -> bool {
+    old == new
 }
+
+/// Places where a test can make the engine fail, to prove that a failure
+/// there leaves nothing half-written.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Fail a commit after the rows are written, before the log is.
+    pub fail_before_log_write: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub use crate::session::push_of;

@@ -7,13 +7,13 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::change::Change;
+use crate::change::EncodedChange;
 use crate::vector::VersionVector;
 
 /// The protocol version this engine speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this engine still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// The largest encoded message accepted. Larger payloads are paged.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -89,19 +89,22 @@ pub struct Hello {
     pub needs_backfill: bool,
 }
 
-/// Changes from one origin with a claim: a receiver that holds everything of
-/// `origin` up to `after` holds everything up to `upto` once it has applied
-/// `changes`.
+/// Changes of one origin with a claim: whoever holds everything of `origin`
+/// up to `after` holds everything up to `upto` once it has applied
+/// `changes` (device-owned changes that a newer state superseded leave
+/// holes, which the claim covers).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     /// Whose changes these are.
     pub origin: Uuid,
+    /// The device that origin is an incarnation of.
+    pub device: Uuid,
     /// The number the claim starts after.
     pub after: u64,
     /// The number the claim reaches.
     pub upto: u64,
-    /// The changes, in number order.
-    pub changes: Vec<Change>,
+    /// The changes, in number order, as their origin encoded them.
+    pub changes: Vec<EncodedChange>,
 }
 
 /// Pushed changes.
@@ -123,12 +126,9 @@ pub struct PullRequest {
 /// A page of changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PullResponse {
-    /// The changes, by origin and number.
-    pub changes: Vec<Change>,
-    /// Per origin, the number up to which this response (with what the
-    /// requester held) is complete. The requester advances its vector to
-    /// this and no further.
-    pub complete: VersionVector,
+    /// Per origin, what the requester lacked, with a claim the responder
+    /// can vouch for (only up to its own vector).
+    pub batches: Vec<Batch>,
     /// Whether there is more: ask again with the advanced vector.
     pub has_more: bool,
 }
@@ -136,16 +136,13 @@ pub struct PullResponse {
 /// Where a snapshot resumes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotCursor {
-    /// The device serving the snapshot: positions are its own local keys,
-    /// so a cursor is only meaningful to it.
+    /// The device serving the snapshot: a cursor is only meaningful to it.
     pub source: Uuid,
-    /// The model being sent (its position in dependency order), or the
-    /// number of models for the final section of waiting changes.
+    /// The model being sent (its position in dependency order); the number
+    /// of models for the final section of held rows.
     pub model: u32,
-    /// The section of the model: 0 for rows, 1 for tombstones.
-    pub section: u8,
-    /// The last local key (rows) or record id (tombstones) sent.
-    pub after: Vec<u8>,
+    /// The last record id sent of that model.
+    pub after: Option<Uuid>,
     /// The vector the snapshot reflects, fixed by its first page.
     pub vector: VersionVector,
     /// Rows in the whole snapshot, as counted at its first page.
@@ -163,14 +160,32 @@ pub struct SnapshotRequest {
     pub limit: u32,
 }
 
-/// A page of the whole library: rows as changes that carry their merge
-/// state (field clocks, owner versions, tombstones).
+/// One record's state in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SnapshotRow {
+    /// A shared record: its fields with their clocks, or its tombstone.
+    Shared {
+        /// The model's wire name.
+        model: String,
+        /// The record.
+        id: Uuid,
+        /// Its state: an encoded [`SharedImage`](crate::SharedImage), as the serving device
+        /// stores it.
+        #[serde(with = "serde_bytes")]
+        image: Vec<u8>,
+    },
+    /// A device-owned record: its owner's newest change, as the owner
+    /// encoded it.
+    Owned(EncodedChange),
+}
+
+/// A page of the whole library: every record's state, as the serving
+/// device holds it (references to records it does not have yet included).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotResponse {
     /// The rows.
-    pub changes: Vec<Change>,
-    /// Where the next page starts, `None` at the end. It carries the vector
-    /// the snapshot reflects and its progress.
+    pub rows: Vec<SnapshotRow>,
+    /// Where the next page starts, `None` at the end.
     pub next: Option<SnapshotCursor>,
     /// The vector the snapshot reflects.
     pub vector: VersionVector,
@@ -180,11 +195,28 @@ pub struct SnapshotResponse {
     pub done: u64,
 }
 
+/// Changes a receiver holds back for now (their clock is too far ahead,
+/// their model unknown here): its vector stops before them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldBack {
+    /// The origin.
+    pub origin: Uuid,
+    /// The first change held back.
+    pub seq: u64,
+    /// How many of that origin's changes are held back.
+    pub count: u64,
+    /// Why, in words.
+    pub reason: String,
+}
+
 /// What the sender holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ack {
     /// The sender's vector.
     pub vector: VersionVector,
+    /// Changes the sender received from the receiver of this ack and holds
+    /// back for now, with why (at most a few origins).
+    pub held_back: Vec<HeldBack>,
 }
 
 /// Liveness.
@@ -335,14 +367,14 @@ mod tests {
             message: &'a str,
         }
         let bytes = rmp_serde::to_vec(&Future {
-            version: 9,
+            version: 99,
             message: "from the future",
         })
         .unwrap();
         assert_eq!(
             decode(&bytes).unwrap_err(),
             DecodeError::UnsupportedVersion {
-                got: 9,
+                got: 99,
                 min: MIN_PROTOCOL_VERSION,
                 max: PROTOCOL_VERSION
             }

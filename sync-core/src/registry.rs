@@ -2,53 +2,24 @@
 //! `#[derive(Syncable)]`, and their dependency order.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::pin::Pin;
 
-use sea_orm::{DatabaseTransaction, DbErr};
-use uuid::Uuid;
+use sea_orm::sea_query::Value;
+use sea_orm::{DbErr, QueryResult};
 
-use crate::model::{
-    Applied, ApplyError, CaptureError, FieldValue, MissingParent, ModelMeta, SyncModel,
-};
+use crate::model::{ModelMeta, SyncModel};
+use crate::value::{ValueError, WireValue};
 
-/// A boxed, sendable future.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+type ToSqlFn = fn(usize, &WireValue) -> Result<Value, ValueError>;
+type ReadFieldFn = fn(usize, &QueryResult, &str) -> Result<WireValue, DbErr>;
 
-type ApplyFn = for<'a> fn(
-    &'a DatabaseTransaction,
-    Uuid,
-    &'a [FieldValue],
-    MissingParent,
-) -> BoxFuture<'a, Result<Applied, ApplyError>>;
-type DeleteFn = for<'a> fn(&'a DatabaseTransaction, Uuid) -> BoxFuture<'a, Result<bool, DbErr>>;
-type CaptureFn = for<'a> fn(
-    &'a DatabaseTransaction,
-    Uuid,
-) -> BoxFuture<'a, Result<Option<Vec<FieldValue>>, CaptureError>>;
-
-/// A page of rows in wire form: (local key, global id, fields).
-pub type RowPage = Vec<(i64, Uuid, Vec<FieldValue>)>;
-type PageFn =
-    for<'a> fn(&'a DatabaseTransaction, i64, u64) -> BoxFuture<'a, Result<RowPage, CaptureError>>;
-type LocalKeyFn =
-    for<'a> fn(&'a DatabaseTransaction, Uuid) -> BoxFuture<'a, Result<Option<i64>, DbErr>>;
-type ReferencingFn =
-    for<'a> fn(&'a DatabaseTransaction, &'a str, i64) -> BoxFuture<'a, Result<Vec<Uuid>, DbErr>>;
-type ClearFn =
-    for<'a> fn(&'a DatabaseTransaction, &'a str, i64) -> BoxFuture<'a, Result<u64, DbErr>>;
-
-/// A registered model: its metadata and its operations with the model type
-/// erased, so the engine can work through a list of them.
+/// A registered model: its metadata and its typed conversions with the
+/// model type erased, so the engine can work through a list of them.
 pub struct ModelDescriptor {
     meta: &'static ModelMeta,
-    apply: ApplyFn,
-    delete: DeleteFn,
-    capture: CaptureFn,
-    local_key: LocalKeyFn,
-    referencing: ReferencingFn,
-    clear: ClearFn,
-    page: PageFn,
+    to_sql: ToSqlFn,
+    read_field: ReadFieldFn,
+    local_defaults: fn() -> Vec<Value>,
+    column_nullable: fn(usize) -> bool,
 }
 
 impl std::fmt::Debug for ModelDescriptor {
@@ -66,54 +37,11 @@ impl ModelDescriptor {
     pub const fn of<M: SyncModel>() -> Self {
         Self {
             meta: const { &M::META },
-            apply: apply_erased::<M>,
-            delete: delete_erased::<M>,
-            capture: capture_erased::<M>,
-            local_key: local_key_erased::<M>,
-            referencing: referencing_erased::<M>,
-            clear: clear_erased::<M>,
-            page: page_erased::<M>,
+            to_sql: M::to_sql,
+            read_field: M::read_field,
+            local_defaults: M::local_defaults,
+            column_nullable: M::column_nullable,
         }
-    }
-
-    /// Up to `limit` rows with a local key above `after`, by local key, in
-    /// wire form.
-    pub fn page<'a>(
-        &self,
-        tx: &'a DatabaseTransaction,
-        after: i64,
-        limit: u64,
-    ) -> BoxFuture<'a, Result<RowPage, CaptureError>> {
-        (self.page)(tx, after, limit)
-    }
-
-    /// The local key of the row with this global id.
-    pub fn local_key<'a>(
-        &self,
-        tx: &'a DatabaseTransaction,
-        id: Uuid,
-    ) -> BoxFuture<'a, Result<Option<i64>, DbErr>> {
-        (self.local_key)(tx, id)
-    }
-
-    /// [`SyncModel::rows_referencing`] for this model.
-    pub fn rows_referencing<'a>(
-        &self,
-        tx: &'a DatabaseTransaction,
-        field: &'a str,
-        key: i64,
-    ) -> BoxFuture<'a, Result<Vec<Uuid>, DbErr>> {
-        (self.referencing)(tx, field, key)
-    }
-
-    /// [`SyncModel::clear_references`] for this model.
-    pub fn clear_references<'a>(
-        &self,
-        tx: &'a DatabaseTransaction,
-        field: &'a str,
-        key: i64,
-    ) -> BoxFuture<'a, Result<u64, DbErr>> {
-        (self.clear)(tx, field, key)
     }
 
     /// The model's sync semantics.
@@ -126,103 +54,25 @@ impl ModelDescriptor {
         self.meta.name
     }
 
-    /// [`SyncModel::apply`] for this model.
-    pub fn apply<'a>(
-        &self,
-        tx: &'a DatabaseTransaction,
-        id: Uuid,
-        fields: &'a [FieldValue],
-        missing_parent: MissingParent,
-    ) -> BoxFuture<'a, Result<Applied, ApplyError>> {
-        (self.apply)(tx, id, fields, missing_parent)
+    /// [`SyncModel::to_sql`] for this model.
+    pub fn to_sql(&self, index: usize, value: &WireValue) -> Result<Value, ValueError> {
+        (self.to_sql)(index, value)
     }
 
-    /// [`SyncModel::delete_by_id`] for this model.
-    pub fn delete<'a>(
-        &self,
-        tx: &'a DatabaseTransaction,
-        id: Uuid,
-    ) -> BoxFuture<'a, Result<bool, DbErr>> {
-        (self.delete)(tx, id)
+    /// [`SyncModel::read_field`] for this model.
+    pub fn read_field(&self, index: usize, row: &QueryResult, alias: &str) -> Result<WireValue, DbErr> {
+        (self.read_field)(index, row, alias)
     }
 
-    /// Every synced field of the row with this id, or `None` if it does not
-    /// exist.
-    pub fn capture<'a>(
-        &self,
-        tx: &'a DatabaseTransaction,
-        id: Uuid,
-    ) -> BoxFuture<'a, Result<Option<Vec<FieldValue>>, CaptureError>> {
-        (self.capture)(tx, id)
+    /// [`SyncModel::local_defaults`] for this model.
+    pub fn local_defaults(&self) -> Vec<Value> {
+        (self.local_defaults)()
     }
-}
 
-fn apply_erased<'a, M: SyncModel>(
-    tx: &'a DatabaseTransaction,
-    id: Uuid,
-    fields: &'a [FieldValue],
-    missing_parent: MissingParent,
-) -> BoxFuture<'a, Result<Applied, ApplyError>> {
-    Box::pin(M::apply(tx, id, fields, missing_parent))
-}
-
-fn delete_erased<M: SyncModel>(
-    tx: &DatabaseTransaction,
-    id: Uuid,
-) -> BoxFuture<'_, Result<bool, DbErr>> {
-    Box::pin(M::delete_by_id(tx, id))
-}
-
-fn capture_erased<M: SyncModel>(
-    tx: &DatabaseTransaction,
-    id: Uuid,
-) -> BoxFuture<'_, Result<Option<Vec<FieldValue>>, CaptureError>> {
-    Box::pin(async move {
-        match M::find_by_id(tx, id).await? {
-            Some(row) => Ok(Some(row.capture(tx).await?)),
-            None => Ok(None),
-        }
-    })
-}
-
-fn page_erased<M: SyncModel>(
-    tx: &DatabaseTransaction,
-    after: i64,
-    limit: u64,
-) -> BoxFuture<'_, Result<RowPage, CaptureError>> {
-    Box::pin(async move {
-        let rows = M::page(tx, after, limit).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push((row.local_key(), row.sync_id(), row.capture(tx).await?));
-        }
-        Ok(out)
-    })
-}
-
-fn local_key_erased<M: SyncModel>(
-    tx: &DatabaseTransaction,
-    id: Uuid,
-) -> BoxFuture<'_, Result<Option<i64>, DbErr>> {
-    Box::pin(<M::Entity as crate::model::SyncEntity>::local_key_of(
-        tx, id,
-    ))
-}
-
-fn referencing_erased<'a, M: SyncModel>(
-    tx: &'a DatabaseTransaction,
-    field: &'a str,
-    key: i64,
-) -> BoxFuture<'a, Result<Vec<Uuid>, DbErr>> {
-    Box::pin(M::rows_referencing(tx, field, key))
-}
-
-fn clear_erased<'a, M: SyncModel>(
-    tx: &'a DatabaseTransaction,
-    field: &'a str,
-    key: i64,
-) -> BoxFuture<'a, Result<u64, DbErr>> {
-    Box::pin(M::clear_references(tx, field, key))
+    /// [`SyncModel::column_nullable`] for this model.
+    pub fn column_nullable(&self, index: usize) -> bool {
+        (self.column_nullable)(index)
+    }
 }
 
 /// The registered models are not a valid set.
@@ -325,6 +175,21 @@ impl Registry {
     /// A model's position in the dependency order.
     pub fn rank(&self, name: &str) -> Option<usize> {
         self.by_name.get(name).copied()
+    }
+
+    /// The model at a position of the dependency order.
+    pub fn at(&self, rank: usize) -> Option<&'static ModelDescriptor> {
+        self.ordered.get(rank).copied()
+    }
+
+    /// How many models are registered.
+    pub fn len(&self) -> usize {
+        self.ordered.len()
+    }
+
+    /// Whether no model is registered.
+    pub fn is_empty(&self) -> bool {
+        self.ordered.is_empty()
     }
 }
 
@@ -442,7 +307,9 @@ mod tests {
             ownership: Ownership::Shared,
             fields,
             local_key: "id",
+            local_key_column: "id",
             local_only: &[],
+            local_only_columns: &[],
         }
     }
 

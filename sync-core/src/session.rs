@@ -5,7 +5,6 @@
 
 use uuid::Uuid;
 
-use crate::catchup::Claim;
 use crate::change::Change;
 use crate::engine::Engine;
 use crate::error::EngineError;
@@ -13,6 +12,7 @@ use crate::protocol::{
     Ack, Batch, ErrorCode, ErrorMessage, Heartbeat, Hello, MIN_PROTOCOL_VERSION, Message,
     PROTOCOL_VERSION, PullRequest, PullResponse, Push, SnapshotResponse,
 };
+use crate::receive::{Incoming, InBatch, Outcome};
 use crate::vector::VersionVector;
 
 /// How a session behaves.
@@ -57,8 +57,8 @@ pub enum SessionState {
 pub struct Output {
     /// Messages to send to this session's peer, in order.
     pub send: Vec<Message>,
-    /// Batches received from the peer that advanced this device's vector:
-    /// the node forwards them to its other peers (relay).
+    /// Batches received from the peer that brought this device something
+    /// new: the node forwards them to its other peers (relay).
     pub relay: Vec<Batch>,
     /// Set when the session must end; the error message, if any, is the
     /// last entry of `send`.
@@ -92,9 +92,20 @@ pub struct Session {
     config: SessionConfig,
     peer: Option<Uuid>,
     state: SessionState,
-    /// The vector sent with the pull in flight: the response's claims start
-    /// there.
+    /// The vector sent with the pull in flight.
     pulled_from: Option<VersionVector>,
+}
+
+fn in_batches(batches: Vec<Batch>) -> Vec<InBatch> {
+    batches
+        .into_iter()
+        .map(|b| InBatch {
+            origin: b.origin,
+            device: b.device,
+            claim: Some((b.after, b.upto)),
+            changes: b.changes,
+        })
+        .collect()
 }
 
 impl Session {
@@ -126,8 +137,8 @@ impl Session {
             library: self.config.library,
             min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
-            vector: self.engine.vector().await?,
-            needs_backfill: self.engine.needs_backfill().await?,
+            vector: self.engine.vector(),
+            needs_backfill: self.engine.needs_backfill(),
         })])
     }
 
@@ -141,7 +152,7 @@ impl Session {
         metrics::counter!("syncable_messages_received_total", "kind" => kind).increment(1);
         if let Some(peer) = self.peer {
             // Any message is a sign of life, for the retention horizon.
-            self.engine.heard_from(peer, None).await?;
+            self.engine.heard_from(peer, None);
         }
         let output = match (self.state, message) {
             (SessionState::Handshake, Message::Hello(hello)) => self.hello(hello).await?,
@@ -168,14 +179,15 @@ impl Session {
             (_, Message::Push(push)) => self.pushed(push).await?,
             (_, Message::Ack(ack)) => {
                 if let Some(peer) = self.peer {
-                    self.engine.acknowledge(peer, &ack.vector).await?;
-                    self.engine.heard_from(peer, Some(&ack.vector)).await?;
+                    self.engine.heard_from(peer, Some(&ack.vector));
+                    self.engine.acknowledge(peer, &ack.vector, ack.held_back);
+                    self.engine.bookkeeping().await?;
                 }
                 Output::default()
             }
             (_, Message::Heartbeat(beat)) => {
                 if let Some(peer) = self.peer {
-                    self.engine.heard_from(peer, Some(&beat.vector)).await?;
+                    self.engine.heard_from(peer, Some(&beat.vector));
                 }
                 Output::default()
             }
@@ -221,7 +233,7 @@ impl Session {
                 ),
             ));
         }
-        if hello.device == self.engine.device() || !self.engine.is_paired(hello.device).await? {
+        if hello.device == self.engine.device() || !self.engine.is_paired(hello.device) {
             return Ok(Output::refuse(
                 ErrorCode::NotPaired,
                 format!("device {} is not paired with this device", hello.device),
@@ -230,8 +242,8 @@ impl Session {
         let peer = hello.device;
         self.peer = Some(peer);
         self.engine.set_connected(peer, true);
-        self.engine.heard_from(peer, Some(&hello.vector)).await?;
-        if self.engine.is_expired(peer).await? && !hello.needs_backfill {
+        self.engine.heard_from(peer, Some(&hello.vector));
+        if self.engine.is_expired(peer) && !hello.needs_backfill {
             tracing::warn!(%peer, "peer returned after the retention horizon; asking it to resync");
             // It stays connected: once it has resynced from a snapshot and
             // acknowledged, it is a peer like any other.
@@ -241,106 +253,112 @@ impl Session {
                 message: "away beyond the retention horizon: resync from a snapshot".into(),
             })));
         }
-        if self.engine.needs_backfill().await? {
+        if self.engine.needs_backfill() {
             let others_hold_data = hello
                 .vector
                 .iter()
-                .any(|(o, s)| o != self.engine.device() && s > 0);
+                .any(|(o, s)| o != self.engine.origin() && s > 0);
             if others_hold_data {
                 self.state = SessionState::Backfilling;
-                let request = self
-                    .engine
-                    .backfill_request(self.config.snapshot_limit)
-                    .await?;
+                let request = self.engine.backfill_request(self.config.snapshot_limit);
                 return Ok(Output::send(Message::SnapshotRequest(request)));
             }
             self.engine.skip_backfill().await?;
         }
-        Ok(Output::send(self.pull().await?))
+        Ok(Output::send(self.pull()))
     }
 
-    async fn pull(&mut self) -> Result<Message, EngineError> {
-        let vector = self.engine.vector().await?;
+    fn pull(&mut self) -> Message {
+        let vector = self.engine.vector();
         self.pulled_from = Some(vector.clone());
         self.state = SessionState::CatchingUp;
-        Ok(Message::PullRequest(PullRequest {
+        Message::PullRequest(PullRequest {
             vector,
             limit: self.config.pull_limit,
-        }))
+        })
     }
 
     /// A pull to run now and then even when ready: anything a lost push or
-    /// a relay missed is fetched by it.
+    /// a relay missed is fetched by it. Snapshot rows held back for now are
+    /// tried again first.
     pub async fn anti_entropy(&mut self) -> Result<Vec<Message>, EngineError> {
         if self.state != SessionState::Ready {
             return Ok(Vec::new());
         }
-        Ok(vec![self.pull().await?])
+        self.engine.retry_held().await?;
+        Ok(vec![self.pull()])
+    }
+
+    fn ack(&self) -> Message {
+        Message::Ack(Ack {
+            vector: self.engine.vector(),
+            held_back: self
+                .peer
+                .map(|p| self.engine.held_back_from(p))
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn receive(&mut self, batches: Vec<Batch>) -> Result<Vec<(Uuid, u64, Outcome)>, EngineError> {
+        let (report, outcomes) = self
+            .engine
+            .receive(Incoming {
+                batches: in_batches(batches),
+                ..Incoming::default()
+            })
+            .await?;
+        if let Some(peer) = self.peer {
+            self.engine.note_held_back(peer, &report.held_back);
+        }
+        Ok(outcomes)
     }
 
     async fn pulled(&mut self, response: PullResponse) -> Result<Output, EngineError> {
         let from = self.pulled_from.take().unwrap_or_default();
-        let claims: Vec<Claim> = response
-            .complete
-            .iter()
-            .map(|(origin, upto)| Claim {
-                origin,
-                after: from.get(origin),
-                upto,
-            })
-            .collect();
-        let report = self.engine.apply_claimed(response.changes, &claims).await?;
-        if !report.rejected.is_empty() {
-            tracing::warn!(peer = ?self.peer, refused = report.rejected.len(), "pulled changes refused");
-        }
-        let vector = self.engine.vector().await?;
+        self.receive(response.batches).await?;
+        let vector = self.engine.vector();
         let progressed = vector != from;
         if response.has_more && progressed {
-            return Ok(Output::send(self.pull().await?));
+            return Ok(Output::send(self.pull()));
         }
         self.state = SessionState::Ready;
-        Ok(Output::send(Message::Ack(Ack { vector })))
+        Ok(Output::send(self.ack()))
     }
 
     async fn snapshot_page(&mut self, page: SnapshotResponse) -> Result<Output, EngineError> {
         let (_, complete) = self.engine.apply_snapshot(page).await?;
         if complete {
-            return Ok(Output::send(self.pull().await?));
+            return Ok(Output::send(self.pull()));
         }
-        let request = self
-            .engine
-            .backfill_request(self.config.snapshot_limit)
-            .await?;
+        let request = self.engine.backfill_request(self.config.snapshot_limit);
         Ok(Output::send(Message::SnapshotRequest(request)))
     }
 
     async fn pushed(&mut self, push: Push) -> Result<Output, EngineError> {
-        let mut relay = Vec::new();
-        let mut gap = false;
-        // One read of the vector before the batches and one after each: the
-        // reading after a batch is the reading before the next.
-        let mut vector = self.engine.vector().await?;
-        for batch in push.batches {
-            let before = vector.get(batch.origin);
-            gap |= before < batch.after;
-            let claim = Claim {
-                origin: batch.origin,
-                after: batch.after,
-                upto: batch.upto,
-            };
-            self.engine
-                .apply_claimed(batch.changes.clone(), &[claim])
-                .await?;
-            vector = self.engine.vector().await?;
-            if vector.get(batch.origin) > before {
-                relay.push(batch);
-            }
-        }
-        let mut send = vec![Message::Ack(Ack { vector })];
+        let before = self.engine.vector();
+        let gap = push
+            .batches
+            .iter()
+            .any(|b| before.get(b.origin) < b.after);
+        let outcomes = self.receive(push.batches.clone()).await?;
+        // Relay what was new here: another peer may lack it too.
+        let relay: Vec<Batch> = push
+            .batches
+            .into_iter()
+            .filter(|b| {
+                outcomes.iter().any(|(o, s, outcome)| {
+                    *o == b.origin
+                        && *s > b.after
+                        && *s <= b.upto
+                        && !matches!(outcome, Outcome::Duplicate | Outcome::HeldBack(_))
+                })
+            })
+            .collect();
+        let mut send = vec![self.ack()];
         // Changes before this batch never reached us: fetch them now rather
         // than at the next anti-entropy round.
         if gap && self.state == SessionState::Ready {
-            send.push(self.pull().await?);
+            send.push(self.pull());
         }
         Ok(Output {
             send,
@@ -354,10 +372,7 @@ impl Session {
             tracing::warn!(peer = ?self.peer, "told to resync from a snapshot");
             self.engine.restart_backfill().await?;
             self.state = SessionState::Backfilling;
-            let request = self
-                .engine
-                .backfill_request(self.config.snapshot_limit)
-                .await?;
+            let request = self.engine.backfill_request(self.config.snapshot_limit);
             return Ok(Output::send(Message::SnapshotRequest(request)));
         }
         tracing::warn!(peer = ?self.peer, ?error, "peer refused");
@@ -368,42 +383,50 @@ impl Session {
     }
 
     /// A heartbeat carrying this device's vector.
-    pub async fn heartbeat(&self) -> Result<Message, EngineError> {
-        Ok(Message::Heartbeat(Heartbeat {
-            vector: self.engine.vector().await?,
-        }))
+    pub fn heartbeat(&self) -> Message {
+        Message::Heartbeat(Heartbeat {
+            vector: self.engine.vector(),
+        })
     }
 }
 
 /// The pushes of a local commit: batches of this device's contiguous
 /// changes, cut so that each fits a frame, in order (each batch's claim
 /// starts where the previous one ends).
-pub fn push_of(changes: &[Change]) -> Vec<Message> {
+pub fn push_of(changes: &[Change]) -> Result<Vec<Message>, EngineError> {
     let mut messages = Vec::new();
-    let mut start = 0;
-    while start < changes.len() {
-        let mut end = start;
-        let mut bytes = 0usize;
-        while end < changes.len() {
-            let size = crate::catchup::encoded_len(&changes[end]);
-            if end > start && bytes.saturating_add(size) > crate::catchup::PAGE_BYTES {
-                break;
+    let mut batch: Option<Batch> = None;
+    let mut bytes = 0usize;
+    for change in changes {
+        let encoded = change
+            .encode()
+            .map_err(|e| EngineError::Malformed(e.to_string()))?;
+        let fits = batch.as_ref().is_some_and(|b| {
+            b.origin == change.origin
+                && b.upto + 1 == change.seq
+                && bytes.saturating_add(encoded.len()) <= crate::catchup::PAGE_BYTES
+        });
+        if !fits {
+            if let Some(b) = batch.take() {
+                messages.push(Message::Push(Push { batches: vec![b] }));
             }
-            bytes = bytes.saturating_add(size);
-            end += 1;
+            bytes = 0;
+            batch = Some(Batch {
+                origin: change.origin,
+                device: change.device,
+                after: change.seq.saturating_sub(1),
+                upto: change.seq.saturating_sub(1),
+                changes: Vec::new(),
+            });
         }
-        let chunk = &changes[start..end];
-        if let (Some(first), Some(last)) = (chunk.first(), chunk.last()) {
-            messages.push(Message::Push(Push {
-                batches: vec![Batch {
-                    origin: first.origin,
-                    after: first.seq.saturating_sub(1),
-                    upto: last.seq,
-                    changes: chunk.to_vec(),
-                }],
-            }));
+        if let Some(b) = batch.as_mut() {
+            bytes = bytes.saturating_add(encoded.len());
+            b.upto = change.seq;
+            b.changes.push(encoded);
         }
-        start = end;
     }
-    messages
+    if let Some(b) = batch {
+        messages.push(Message::Push(Push { batches: vec![b] }));
+    }
+    Ok(messages)
 }

@@ -1,88 +1,139 @@
-//! Writes by the application: the row, its sync state and its change commit
-//! in one SQLite transaction, or none of them do.
+//! Writes by the application: the rows, their states, their changes and the
+//! log commit in one SQLite transaction, or none of them do.
+//!
+//! The application's own statements run as it makes them (through sea-orm,
+//! with its `ActiveModelBehavior`). The engine's part waits for the commit,
+//! where it is done for the whole transaction at once: references turned
+//! into global ids in one query per model, states loaded in one query per
+//! model, and states, log entries and what the writes do to other records
+//! (a delete's cascade, a unique key given up) written set-oriented.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use sea_orm::{
-    ActiveModelBehavior, ActiveModelTrait, DatabaseTransaction, EntityTrait, IntoActiveModel,
-    TransactionTrait,
+    ActiveModelBehavior, ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait,
+    IntoActiveModel, Iterable, QueryFilter,
 };
-use tokio::sync::MutexGuard;
 use uuid::Uuid;
 
-use crate::apply::{Applier, shared_state_after};
 use crate::change::{Change, FieldChange, Op};
-use crate::engine::{Engine, META_CLOCK, META_NEXT_SEQ};
+use crate::clock::Timestamp;
+use crate::engine::{Engine, META_CLOCK, WriteTx};
 use crate::error::EngineError;
-use crate::model::{Ownership, SyncModel};
+use crate::merge::{self, NewConflict, Site};
+use crate::model::{CaptureError, FieldRole, Ownership, SyncModel};
+use crate::project::{Facts, Input, Rank, RecordKey, key_hash};
 use crate::registry::ModelDescriptor;
-use crate::store::{self, RowState};
+use crate::state::{OwnedState, RecordState, SharedState};
+use crate::store;
+use crate::value::WireValue;
+use crate::write;
 
 /// A write transaction of the engine. Insert, update and delete synced
 /// models through it; do any other work of the application on
 /// [`connection`](Self::connection) in the same transaction. Dropping it
 /// without [`commit`](Self::commit) rolls everything back.
+///
+/// It holds the engine's writer from [`Engine::begin`] until it ends: keep
+/// it short. Reads of the engine (status, vector) never wait for it; other
+/// writes (received changes, other transactions) wait for it, up to the
+/// writer timeout.
 pub struct SyncTransaction<'e> {
     engine: &'e Engine,
-    tx: DatabaseTransaction,
-    _writer: MutexGuard<'e, ()>,
-    pending: Vec<Change>,
+    w: WriteTx<'e>,
+    pending: Vec<Pending>,
     next_seq: u64,
     poisoned: bool,
+    freed: Vec<(Rank, u64)>,
+}
+
+struct Pending {
+    rank: Rank,
+    id: Uuid,
+    seq: u64,
+    hlc: Timestamp,
+    write: PendingWrite,
+}
+
+enum PendingWrite {
+    /// The row as written (references as local keys), and the fields the
+    /// change carries.
+    Upsert {
+        key: i64,
+        values: Vec<WireValue>,
+        fields: Vec<usize>,
+    },
+    Delete,
 }
 
 impl std::fmt::Debug for SyncTransaction<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SyncTransaction")
-            .field("pending", &self.pending.len())
+            .field("writes", &self.pending.len())
             .field("poisoned", &self.poisoned)
             .finish_non_exhaustive()
     }
 }
 
+fn find_by_id<M: SyncModel>(
+    id: Uuid,
+) -> Result<sea_orm::Select<M::Entity>, EngineError> {
+    let column = M::META
+        .id_field()
+        .map(|f| f.column)
+        .unwrap_or_default();
+    let column = <<M::Entity as EntityTrait>::Column as std::str::FromStr>::from_str(column)
+        .map_err(|_| EngineError::UnknownModel(M::NAME.to_owned()))?;
+    Ok(<M::Entity as EntityTrait>::find().filter(column.eq(id)))
+}
+
 impl<'e> SyncTransaction<'e> {
     pub(crate) async fn begin(engine: &'e Engine) -> Result<Self, EngineError> {
-        let writer = engine.inner.writer.lock().await;
-        let tx = engine.inner.db.begin().await?;
-        let next_seq = store::get_meta_u64(&tx, META_NEXT_SEQ).await?.max(1);
+        let w = engine.write_tx().await?;
+        let next_seq = engine.memory().next_seq;
         Ok(Self {
             engine,
-            tx,
-            _writer: writer,
+            w,
             pending: Vec::new(),
             next_seq,
             poisoned: false,
+            freed: Vec::new(),
         })
     }
 
     /// The database transaction, for the application's own work.
     pub fn connection(&self) -> &DatabaseTransaction {
-        &self.tx
+        &self.w.tx
     }
 
-    /// The changes this transaction will commit.
-    pub fn pending(&self) -> &[Change] {
-        &self.pending
+    /// How many synced writes this transaction holds.
+    pub fn len(&self) -> usize {
+        self.pending.len()
     }
 
-    fn descriptor<M: SyncModel>(&self) -> Result<&'static ModelDescriptor, EngineError> {
-        self.engine
-            .registry()
-            .get(M::NAME)
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    fn descriptor<M: SyncModel>(&self) -> Result<(Rank, &'static ModelDescriptor), EngineError> {
+        let registry = self.engine.registry();
+        registry
+            .rank(M::NAME)
+            .and_then(|r| registry.at(r).map(|d| (r, d)))
             .ok_or_else(|| EngineError::UnknownModel(M::NAME.to_owned()))
     }
 
-    fn next_change(&mut self, model: &str, id: Uuid, op: Op) -> &Change {
-        let change = Change {
-            origin: self.engine.device(),
-            seq: self.next_seq,
-            hlc: self.engine.tick(),
-            model: model.to_owned(),
+    fn stamp(&mut self, rank: Rank, id: Uuid, write: PendingWrite) {
+        let hlc = self.engine.tick();
+        self.pending.push(Pending {
+            rank,
             id,
-            op,
-        };
+            seq: self.next_seq,
+            hlc,
+            write,
+        });
         self.next_seq += 1;
-        self.pending.push(change);
-        let last = self.pending.len() - 1;
-        &self.pending[last]
     }
 
     fn check(&self) -> Result<(), EngineError> {
@@ -122,14 +173,13 @@ impl<'e> SyncTransaction<'e> {
         A: ActiveModelTrait + ActiveModelBehavior + Send,
         <A::Entity as EntityTrait>::Model: SyncModel + IntoActiveModel<A>,
     {
-        let model = row.insert(&self.tx).await?;
-        let meta = sync_meta(&model);
-        self.descriptor_of(&model)?;
+        let (rank, _) = self.descriptor::<<A::Entity as EntityTrait>::Model>()?;
+        let model = row.insert(&self.w.tx).await?;
+        let meta = model_meta(&model);
         let id = model.sync_id();
-        let device = self.engine.device();
         if meta.ownership == Ownership::DeviceOwned {
             let owner = model.owner().unwrap_or_default();
-            if owner != device {
+            if owner != self.engine.device() {
                 return Err(EngineError::NotOwner {
                     model: meta.name,
                     record: id,
@@ -137,47 +187,29 @@ impl<'e> SyncTransaction<'e> {
                 });
             }
         }
-        let state = store::load_row(&self.tx, meta.name, id).await?;
-        if state.as_ref().is_some_and(|s| s.deleted) {
-            return Err(EngineError::Deleted {
-                model: meta.name,
-                record: id,
-            });
-        }
-        let fields = FieldChange::unversioned(model.capture(&self.tx).await?);
-        let change = self.next_change(meta.name, id, Op::Upsert(fields));
-        let state = match meta.ownership {
-            Ownership::Shared => match &change.op {
-                Op::Upsert(fields) => {
-                    shared_state_after(state.unwrap_or_default(), change.hlc, fields)
-                }
-                Op::Delete | Op::Image(_) => RowState::default(),
+        let values = model.wire()?;
+        let fields = (0..values.len()).collect();
+        self.stamp(
+            rank,
+            id,
+            PendingWrite::Upsert {
+                key: model.local_key(),
+                values,
+                fields,
             },
-            Ownership::DeviceOwned => RowState {
-                owner: Some(device),
-                version: Some(change.seq),
-                hlc: Some(change.hlc),
-                ..RowState::default()
-            },
-        };
-        store::save_row(&self.tx, meta.name, id, &state).await?;
+        );
         Ok(model)
     }
 
-    fn descriptor_of<M: SyncModel>(
-        &self,
-        _model: &M,
-    ) -> Result<&'static ModelDescriptor, EngineError> {
-        self.descriptor::<M>()
-    }
-
-    /// Writes a row's new state (found by its global id). Only the synced
-    /// fields that differ from the stored row make a change; local-only
-    /// fields are written without one.
+    /// Writes a row's new state (found by its global id). Only the columns
+    /// that differ from the stored row are written; only the synced fields
+    /// among them make a change (local-only fields are written without one).
     pub async fn update<M>(&mut self, row: M) -> Result<M, EngineError>
     where
-        M: SyncModel + IntoActiveModel<M::ActiveModel>,
-        <M::Entity as EntityTrait>::Model: IntoActiveModel<M::ActiveModel>,
+        M: SyncModel,
+        M::Entity: EntityTrait<Model = M>,
+        M: IntoActiveModel<<M::Entity as EntityTrait>::ActiveModel>,
+        <M::Entity as EntityTrait>::ActiveModel: ActiveModelBehavior + Send,
     {
         self.check()?;
         let result = self.update_inner(row).await;
@@ -186,22 +218,23 @@ impl<'e> SyncTransaction<'e> {
 
     async fn update_inner<M>(&mut self, row: M) -> Result<M, EngineError>
     where
-        M: SyncModel + IntoActiveModel<M::ActiveModel>,
-        <M::Entity as EntityTrait>::Model: IntoActiveModel<M::ActiveModel>,
+        M: SyncModel,
+        M::Entity: EntityTrait<Model = M>,
+        M: IntoActiveModel<<M::Entity as EntityTrait>::ActiveModel>,
+        <M::Entity as EntityTrait>::ActiveModel: ActiveModelBehavior + Send,
     {
-        self.descriptor::<M>()?;
+        let (rank, _) = self.descriptor::<M>()?;
         let meta = &M::META;
         let id = row.sync_id();
-        let Some(old) = M::find_by_id(&self.tx, id).await? else {
+        let Some(old) = find_by_id::<M>(id)?.one(&self.w.tx).await? else {
             return Err(EngineError::NotFound {
                 model: meta.name,
                 record: id,
             });
         };
-        let device = self.engine.device();
         if meta.ownership == Ownership::DeviceOwned {
             let owner = old.owner().unwrap_or_default();
-            if owner != device {
+            if owner != self.engine.device() {
                 return Err(EngineError::NotOwner {
                     model: meta.name,
                     record: id,
@@ -215,64 +248,85 @@ impl<'e> SyncTransaction<'e> {
                 });
             }
         }
-        let changed = M::changed_fields(&old, &row);
-        let active: M::ActiveModel = row.clone().into_active_model();
-        active.reset_all().update(&self.tx).await?;
-        if changed.is_empty() {
+        let mut active = row.clone().into_active_model();
+        let mut any = false;
+        for column in <<M::Entity as EntityTrait>::Column as Iterable>::iter() {
+            if old.get(column) != row.get(column) {
+                active.reset(column);
+                any = true;
+            }
+        }
+        if !any {
             return Ok(row);
         }
-        let mut state = store::load_row(&self.tx, meta.name, id)
-            .await?
-            .unwrap_or_default();
-        match meta.ownership {
-            Ownership::Shared => {
-                let fields: Vec<FieldChange> = row
-                    .capture_fields(&self.tx, &changed)
-                    .await?
-                    .into_iter()
-                    .map(|f| FieldChange {
-                        base: state.clocks.get(&f.name).map(|c| c.hlc),
-                        name: f.name,
-                        value: f.value,
-                    })
-                    .collect();
-                let change = self.next_change(meta.name, id, Op::Upsert(fields));
-                if let Op::Upsert(fields) = &change.op {
-                    state = shared_state_after(state, change.hlc, fields);
+        let written = active.update(&self.w.tx).await?;
+        let changed = M::changed_fields(&old, &written);
+        if changed.is_empty() {
+            return Ok(written);
+        }
+        let values = written.wire()?;
+        if let Some(info) = self.engine.inner.tables.get(rank)
+            && !info.unique.is_empty()
+        {
+            let old_values = old.wire()?;
+            for index in &info.unique {
+                let key = |v: &[WireValue]| -> Option<Vec<WireValue>> {
+                    index
+                        .fields
+                        .iter()
+                        .map(|i| v.get(*i).filter(|x| !x.is_null()).cloned())
+                        .collect()
+                };
+                if let Some(before) = key(&old_values)
+                    && key(&values).as_ref() != Some(&before)
+                {
+                    self.freed.push((rank, key_hash(&before)));
                 }
             }
-            Ownership::DeviceOwned => {
-                let fields = FieldChange::unversioned(row.capture(&self.tx).await?);
-                let change = self.next_change(meta.name, id, Op::Upsert(fields));
-                state.owner = Some(device);
-                state.version = Some(change.seq);
-                state.hlc = Some(change.hlc);
-            }
         }
-        store::save_row(&self.tx, meta.name, id, &state).await?;
-        Ok(row)
+        let fields = match meta.ownership {
+            Ownership::Shared => changed,
+            Ownership::DeviceOwned => (0..values.len()).collect(),
+        };
+        self.stamp(
+            rank,
+            id,
+            PendingWrite::Upsert {
+                key: written.local_key(),
+                values,
+                fields,
+            },
+        );
+        Ok(written)
     }
 
     /// Deletes a record, for good: it never comes back, on any device. Rows
     /// that reference it through a nullable key get null; rows that need it
-    /// are deleted with it. `false` if there was no such row.
-    pub async fn delete<M: SyncModel>(&mut self, id: Uuid) -> Result<bool, EngineError> {
+    /// are no longer shown (and this device's own device-owned rows that
+    /// need it are deleted with it). `false` if there was no such row.
+    pub async fn delete<M>(&mut self, id: Uuid) -> Result<bool, EngineError>
+    where
+        M: SyncModel,
+        M::Entity: EntityTrait<Model = M>,
+    {
         self.check()?;
         let result = self.delete_inner::<M>(id).await;
         self.poison(result)
     }
 
-    async fn delete_inner<M: SyncModel>(&mut self, id: Uuid) -> Result<bool, EngineError> {
-        let desc = self.descriptor::<M>()?;
+    async fn delete_inner<M>(&mut self, id: Uuid) -> Result<bool, EngineError>
+    where
+        M: SyncModel,
+        M::Entity: EntityTrait<Model = M>,
+    {
+        let (rank, desc) = self.descriptor::<M>()?;
         let meta = &M::META;
-        let Some(row) = M::find_by_id(&self.tx, id).await? else {
+        let Some(row) = find_by_id::<M>(id)?.one(&self.w.tx).await? else {
             return Ok(false);
         };
-        let device = self.engine.device();
-        let owned = meta.ownership == Ownership::DeviceOwned;
-        if owned {
+        if meta.ownership == Ownership::DeviceOwned {
             let owner = row.owner().unwrap_or_default();
-            if owner != device {
+            if owner != self.engine.device() {
                 return Err(EngineError::NotOwner {
                     model: meta.name,
                     record: id,
@@ -280,65 +334,244 @@ impl<'e> SyncTransaction<'e> {
                 });
             }
         }
-        let (hlc, seq) = {
-            let change = self.next_change(meta.name, id, Op::Delete);
-            (change.hlc, change.seq)
-        };
-        let registry = self.engine.registry();
-        let mut applier = Applier::new(registry, &self.tx, device);
-        let released = applier
-            .delete_local(desc, id, hlc, owned.then_some(device), owned.then_some(seq))
-            .await?;
-        applier.apply_released(released).await?;
-        self.engine.count_conflicts(applier.report.conflicts);
+        store::delete_rows(&self.w.tx, desc, &[row.local_key()]).await?;
+        self.stamp(rank, id, PendingWrite::Delete);
         Ok(true)
     }
 
-    /// Commits the rows, their sync state and their changes together, then
-    /// publishes the changes to subscribers.
+    /// Commits the rows, their states and their changes together, then
+    /// publishes the changes to subscribers. Returns the changes.
     pub async fn commit(self) -> Result<Vec<Change>, EngineError> {
-        if self.poisoned {
-            self.tx.rollback().await?;
+        let Self {
+            engine,
+            w,
+            pending,
+            next_seq,
+            poisoned,
+            freed,
+        } = self;
+        if poisoned {
+            w.tx.rollback().await?;
             return Err(EngineError::Poisoned);
         }
-        let shared: Vec<&Change> = self
-            .pending
+        if pending.is_empty() {
+            w.tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let registry = engine.registry();
+        let device = engine.device();
+        let origin = engine.origin();
+
+        // References: local keys to global ids, one query per model.
+        let mut wanted: BTreeMap<Rank, BTreeSet<i64>> = BTreeMap::new();
+        for p in &pending {
+            let (PendingWrite::Upsert { values, fields, .. }, Some(desc)) =
+                (&p.write, registry.at(p.rank))
+            else {
+                continue;
+            };
+            for r in desc.meta().references() {
+                if let (true, Some(WireValue::I64(Some(k))), Some(t)) = (
+                    fields.contains(&r.index),
+                    values.get(r.index),
+                    registry.rank(r.target),
+                ) {
+                    wanted.entry(t).or_default().insert(*k);
+                }
+            }
+        }
+        let mut gids: BTreeMap<Rank, std::collections::HashMap<i64, Uuid>> = BTreeMap::new();
+        for (rank, keys) in &wanted {
+            if let Some(desc) = registry.at(*rank) {
+                gids.insert(*rank, store::gids_of_keys(&w.tx, desc, keys).await?);
+            }
+        }
+
+        // States, one query per model.
+        let keys: BTreeSet<RecordKey> = pending
             .iter()
-            .filter(|c| {
-                self.engine
-                    .registry()
-                    .get(&c.model)
-                    .is_some_and(|d| d.meta().ownership == Ownership::Shared)
+            .map(|p| RecordKey {
+                rank: p.rank,
+                id: p.id,
             })
             .collect();
-        if self
-            .engine
+        let mut facts = Facts::default();
+        facts.rows.extend(store::load_rows(&w.tx, registry, &keys).await?);
+        let mut working: BTreeMap<RecordKey, Option<RecordState>> = keys
+            .iter()
+            .map(|k| {
+                (
+                    *k,
+                    facts
+                        .rows
+                        .get(k)
+                        .and_then(|r| r.as_ref())
+                        .map(|r| r.state.clone()),
+                )
+            })
+            .collect();
+
+        let mut changes = Vec::with_capacity(pending.len());
+        let mut log = Vec::new();
+        let mut fixed: BTreeMap<RecordKey, i64> = BTreeMap::new();
+        let mut conflicts: Vec<NewConflict> = Vec::new();
+        for p in pending {
+            let Some(desc) = registry.at(p.rank) else {
+                continue;
+            };
+            let meta = desc.meta();
+            let key = RecordKey {
+                rank: p.rank,
+                id: p.id,
+            };
+            let slot = working.entry(key).or_default();
+            if slot.as_ref().is_some_and(RecordState::is_deleted) {
+                return Err(EngineError::Deleted {
+                    model: meta.name,
+                    record: p.id,
+                });
+            }
+            let op = match &p.write {
+                PendingWrite::Delete => Op::Delete {
+                    seen: slot.as_ref().and_then(RecordState::latest),
+                },
+                PendingWrite::Upsert { values, fields, key: local } => {
+                    fixed.insert(key, *local);
+                    let mut out = Vec::with_capacity(fields.len());
+                    for i in fields {
+                        let field = &meta.fields[*i];
+                        let value = match (field.role, values.get(*i)) {
+                            (FieldRole::Reference { target }, Some(WireValue::I64(Some(k)))) => {
+                                let gid = registry
+                                    .rank(target)
+                                    .and_then(|t| gids.get(&t))
+                                    .and_then(|m| m.get(k))
+                                    .copied()
+                                    .ok_or(CaptureError::DanglingReference {
+                                        model: meta.name,
+                                        field: field.name,
+                                        target,
+                                        key: *k,
+                                    })?;
+                                WireValue::Uuid(Some(gid))
+                            }
+                            (FieldRole::Reference { .. }, _) => WireValue::Uuid(None),
+                            (_, Some(v)) => v.clone(),
+                            (_, None) => continue,
+                        };
+                        let base = match (meta.ownership, slot.as_ref()) {
+                            (Ownership::Shared, Some(state)) => state.field_clock(field.name),
+                            _ => None,
+                        };
+                        out.push(FieldChange {
+                            name: field.name.to_owned(),
+                            value,
+                            base,
+                        });
+                    }
+                    Op::Upsert(out)
+                }
+            };
+            let change = Change {
+                device,
+                origin,
+                seq: p.seq,
+                hlc: p.hlc,
+                model: meta.name.to_owned(),
+                id: p.id,
+                op,
+            };
+            let bytes = change
+                .encode()
+                .map_err(|e| EngineError::Malformed(e.to_string()))?;
+            let site = Site {
+                model: meta.name,
+                record: p.id,
+            };
+            match meta.ownership {
+                Ownership::Shared => {
+                    let mut state = match slot.take() {
+                        Some(RecordState::Shared(s)) => s,
+                        _ => SharedState::default(),
+                    };
+                    merge::merge_shared_change(&mut state, &change, site, &mut conflicts);
+                    *slot = Some(RecordState::Shared(state));
+                    log.push((origin, p.seq, bytes));
+                }
+                Ownership::DeviceOwned => {
+                    *slot = Some(RecordState::Owned(OwnedState {
+                        change: change.clone(),
+                        bytes,
+                    }));
+                }
+            }
+            changes.push(change);
+        }
+        if engine
             .inner
             .faults
             .fail_before_log_write
             .load(std::sync::atomic::Ordering::SeqCst)
         {
-            // Dropping `self.tx` rolls back the rows written so far.
+            // Dropping the transaction rolls back the rows written so far.
             return Err(EngineError::Injected("before the log write"));
         }
-        store::append_log(&self.tx, &shared).await?;
-        store::set_meta_u64(&self.tx, META_NEXT_SEQ, self.next_seq).await?;
-        if self.next_seq > 1 {
-            store::advance_vector(&self.tx, self.engine.device(), self.next_seq - 1).await?;
+        let changed: BTreeMap<RecordKey, RecordState> = working
+            .into_iter()
+            .filter_map(|(k, s)| s.map(|s| (k, s)))
+            .collect();
+        // Deleted records are not the caller's rows any more.
+        fixed.retain(|k, _| !changed.get(k).is_some_and(RecordState::is_deleted));
+        let input = Input {
+            changed,
+            fixed,
+            freed,
+            ..Input::default()
+        };
+        let projection =
+            write::project(&w.tx, registry, &engine.inner.tables, &input, &mut facts).await?;
+        let mut writes = write::build(
+            registry,
+            &engine.inner.tables,
+            &input.changed,
+            &facts,
+            projection,
+        )?;
+        writes.conflicts.extend(conflicts);
+        writes.log = log;
+        write::execute(&w.tx, registry, &writes).await?;
+        let mut received = engine.received();
+        received.insert(origin, 1, next_seq.saturating_sub(1));
+        store::save_received(&w.tx, &received, &BTreeSet::from([origin])).await?;
+        store::set_meta_u64(&w.tx, META_CLOCK, engine.clock_time().0).await?;
+        w.tx.commit().await?;
+        {
+            let mut m = engine.memory();
+            m.received = received;
+            m.next_seq = next_seq;
+            m.log_len += writes.log.len() as u64;
+            m.waiting = m.waiting.saturating_add_signed(writes.waiting_delta);
+            m.conflicts += writes.conflicts.len() as u64;
+            for (model, n) in &writes.new_rows {
+                *m.rows.entry((*model).to_owned()).or_default() += n;
+            }
         }
-        store::set_meta_u64(&self.tx, META_CLOCK, self.engine.clock_time().0).await?;
-        self.tx.commit().await?;
-        self.engine.publish(self.pending.clone());
-        Ok(self.pending)
+        engine
+            .inner
+            .counters
+            .conflicts
+            .fetch_add(writes.conflicts.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        engine.publish(changes.clone());
+        Ok(changes)
     }
 
     /// Discards everything written through this transaction.
     pub async fn rollback(self) -> Result<(), EngineError> {
-        self.tx.rollback().await?;
+        self.w.tx.rollback().await?;
         Ok(())
     }
 }
 
-fn sync_meta<M: SyncModel>(_: &M) -> &'static crate::model::ModelMeta {
+fn model_meta<M: SyncModel>(_: &M) -> &'static crate::model::ModelMeta {
     &M::META
 }

@@ -1,5 +1,6 @@
 //! Version vectors: for every origin, the highest change number up to which
-//! a device holds everything that origin wrote.
+//! a device holds everything that origin wrote; and the ranges it holds
+//! beyond that, received out of order.
 
 use std::collections::BTreeMap;
 
@@ -43,12 +44,30 @@ impl VersionVector {
     }
 
     /// How many changes `other` holds that this vector lacks (an upper bound
-    /// where device-owned changes left holes).
+    /// where device-owned changes left holes). Saturates rather than wraps:
+    /// the numbers come from peers.
     pub fn behind(&self, other: &VersionVector) -> u64 {
         other
             .iter()
             .map(|(o, s)| s.saturating_sub(self.get(o)))
-            .sum()
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// The entry-wise minimum with `other` (origins missing from either are 0).
+    pub fn min(&self, other: &VersionVector) -> VersionVector {
+        self.iter()
+            .filter_map(|(o, s)| {
+                let m = s.min(other.get(o));
+                (m > 0).then_some((o, m))
+            })
+            .collect()
+    }
+
+    /// Raises every entry to at least `other`'s.
+    pub fn merge(&mut self, other: &VersionVector) {
+        for (o, s) in other.iter() {
+            self.advance(o, s);
+        }
     }
 
     /// The origins named.
@@ -69,5 +88,124 @@ impl FromIterator<(Uuid, u64)> for VersionVector {
             v.advance(o, s);
         }
         v
+    }
+}
+
+/// What a device has received: its vector, and the ranges of numbers held
+/// above it (out of order: a gap before them has not arrived yet). A change
+/// inside either is a duplicate; when a gap fills, the vector absorbs the
+/// ranges that now follow it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Received {
+    pub(crate) vector: VersionVector,
+    /// Per origin: start -> end (inclusive), disjoint, each above the vector
+    /// and not adjacent to it.
+    pub(crate) ahead: BTreeMap<Uuid, BTreeMap<u64, u64>>,
+}
+
+impl Received {
+    /// Whether change `seq` of `origin` was received.
+    pub(crate) fn contains(&self, origin: Uuid, seq: u64) -> bool {
+        if seq <= self.vector.get(origin) {
+            return true;
+        }
+        self.ahead
+            .get(&origin)
+            .and_then(|ranges| ranges.range(..=seq).next_back())
+            .is_some_and(|(_, end)| seq <= *end)
+    }
+
+    /// Records numbers `start..=end` of `origin` as received. Returns whether
+    /// anything changed.
+    pub(crate) fn insert(&mut self, origin: Uuid, start: u64, end: u64) -> bool {
+        if start > end || start == 0 {
+            return false;
+        }
+        let held = self.vector.get(origin);
+        if end <= held {
+            return false;
+        }
+        let start = start.max(held.saturating_add(1));
+        let ranges = self.ahead.entry(origin).or_default();
+        // Ranges are disjoint and never touch, so a covered range lies
+        // inside one of them.
+        if ranges
+            .range(..=start)
+            .next_back()
+            .is_some_and(|(_, e)| *e >= end)
+        {
+            return false;
+        }
+        let touching: Vec<u64> = ranges
+            .range(..=end.saturating_add(1))
+            .filter(|(_, e)| **e >= start.saturating_sub(1))
+            .map(|(s, _)| *s)
+            .collect();
+        let (mut lo, mut hi) = (start, end);
+        for s in touching {
+            if let Some(e) = ranges.remove(&s) {
+                lo = lo.min(s);
+                hi = hi.max(e);
+            }
+        }
+        if lo <= held.saturating_add(1) {
+            // Contiguous with the vector: it absorbs the range.
+            self.vector.advance(origin, hi);
+        } else {
+            ranges.insert(lo, hi);
+        }
+        if ranges.is_empty() {
+            self.ahead.remove(&origin);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const O: Uuid = Uuid::from_u128(7);
+
+    #[test]
+    fn a_gap_filled_late_lets_the_vector_absorb_what_followed() {
+        let mut r = Received::default();
+        r.insert(O, 3, 5);
+        r.insert(O, 8, 8);
+        assert_eq!(r.vector.get(O), 0);
+        assert!(r.contains(O, 4) && !r.contains(O, 6) && r.contains(O, 8));
+        r.insert(O, 1, 2);
+        assert_eq!(r.vector.get(O), 5);
+        r.insert(O, 6, 7);
+        assert_eq!(r.vector.get(O), 8);
+        assert!(r.ahead.is_empty());
+    }
+
+    #[test]
+    fn behind_saturates_on_hostile_numbers() {
+        let mine = VersionVector::new();
+        let theirs: VersionVector = [(O, u64::MAX), (Uuid::from_u128(8), u64::MAX)]
+            .into_iter()
+            .collect();
+        assert_eq!(mine.behind(&theirs), u64::MAX);
+    }
+
+    proptest! {
+        /// Whatever order ranges arrive in, the received set is their union.
+        #[test]
+        fn received_is_the_union_of_its_ranges(ranges in prop::collection::vec((1u64..60, 0u64..6), 0..20)) {
+            let mut r = Received::default();
+            let mut truth = std::collections::BTreeSet::new();
+            for (s, len) in &ranges {
+                r.insert(O, *s, s + len);
+                truth.extend(*s..=s + len);
+            }
+            for seq in 1..80 {
+                prop_assert_eq!(r.contains(O, seq), truth.contains(&seq));
+            }
+            let contiguous = (1..).take_while(|s| truth.contains(s)).last().unwrap_or(0);
+            prop_assert_eq!(r.vector.get(O), contiguous);
+        }
     }
 }

@@ -88,7 +88,7 @@ fn a_writer_killed_mid_transaction_leaves_rows_and_log_entries_together() {
         rt.block_on(async {
             let d = common::device_at(&path, 1, ManualTime::new(common::EPOCH)).await;
             let rows: BTreeSet<Uuid> = common::tag::Entity::find()
-                .all(d.engine.db())
+                .all(d.engine.database())
                 .await
                 .unwrap()
                 .into_iter()

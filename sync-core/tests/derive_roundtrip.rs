@@ -10,9 +10,9 @@
 mod common;
 
 use chrono::{FixedOffset, NaiveDate, TimeZone, Utc};
-use common::{database, entry, every_type, location, volume};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, TransactionTrait};
-use sync_core::{ApplyError, FieldRole, FieldValue, MissingParent, Ownership, Registry, SyncModel};
+use common::{Device, device, entry, every_type, location, volume};
+use sea_orm::ActiveValue::Set;
+use sync_core::{Change, FieldChange, FieldRole, Op, Ownership, Registry, SyncModel};
 use uuid::Uuid;
 
 fn sample(gid: Uuid) -> every_type::ActiveModel {
@@ -59,366 +59,281 @@ fn sample(gid: Uuid) -> every_type::ActiveModel {
     }
 }
 
-/// Encodes the fields as they would travel and decodes them again.
-fn over_the_wire(fields: &[FieldValue]) -> Vec<FieldValue> {
-    let bytes = rmp_serde::to_vec(fields).unwrap();
-    rmp_serde::from_slice(&bytes).unwrap()
+fn names<M: SyncModel>(indices: &[usize]) -> Vec<&'static str> {
+    indices.iter().map(|i| M::META.fields[*i].name).collect()
 }
 
 #[tokio::test]
 async fn every_field_type_round_trips_through_the_wire() {
-    let a = database().await;
-    let b = database().await;
+    let a = device(1).await;
+    let b = device(2).await;
     let gid = Uuid::new_v4();
-    let original = sample(gid).insert(&a).await.unwrap();
-
-    let fields = original.capture(&a).await.unwrap();
+    let mut tx = a.engine.begin().await.unwrap();
+    let original = tx.insert(sample(gid)).await.unwrap();
+    let changes = tx.commit().await.unwrap();
+    let Op::Upsert(fields) = &changes[0].op else {
+        panic!("an insert is an upsert")
+    };
     assert_eq!(fields.len(), every_type::Model::META.fields.len());
     assert!(
         fields
             .iter()
-            .all(|f| f.name != "id" && f.name != "local_note")
+            .all(|f| f.name != "id" && f.name != "local_note"),
+        "neither the local key nor a local-only field travels"
     );
 
-    let tx = b.begin().await.unwrap();
-    let applied =
-        every_type::Model::apply(&tx, gid, &over_the_wire(&fields), MissingParent::Refuse)
-            .await
-            .unwrap();
-    tx.commit().await.unwrap();
-    assert!(applied.inserted);
+    // Through the wire format and into another database.
+    let bytes = changes[0].encode().unwrap();
+    let received = bytes.decode().unwrap();
+    assert_eq!(received, changes[0]);
+    assert_eq!(b.receive(&[received]).await.applied, 1);
 
-    let copy = every_type::Entity::find_by_id(1)
-        .one(&b)
+    let copy = every_type::Model::find_by_id(b.engine.database(), gid)
         .await
         .unwrap()
         .unwrap();
     // Everything synced is equal; the local-only field took its default.
     let expected = every_type::Model {
+        id: copy.id,
         local_note: String::new(),
         ..original.clone()
     };
     assert_eq!(copy, expected);
     assert_eq!(copy.f32_v.to_bits(), original.f32_v.to_bits());
     assert_eq!(copy.f64_v.to_bits(), original.f64_v.to_bits());
-    // And it captures to identical wire fields.
-    assert_eq!(copy.capture(&b).await.unwrap(), fields);
+    // And it reads back to identical wire values.
+    assert_eq!(copy.wire().unwrap(), original.wire().unwrap());
+    assert_eq!(a.content().await, b.content().await);
 }
 
 #[tokio::test]
-async fn diff_names_exactly_the_changed_fields() {
-    let db = database().await;
-    let old = sample(Uuid::new_v4()).insert(&db).await.unwrap();
+async fn changed_fields_names_exactly_the_changed_fields() {
+    let a = device(1).await;
+    let mut tx = a.engine.begin().await.unwrap();
+    let old = tx.insert(sample(Uuid::new_v4())).await.unwrap();
+    tx.commit().await.unwrap();
     let mut new = old.clone();
-    assert!(
-        every_type::Model::diff(&old, &new, &db)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(every_type::Model::changed_fields(&old, &new).is_empty());
 
     new.text = "renamed".into();
     new.opt_kind = None;
     new.f32_v = 2.5;
     new.local_note = "local edits are not sync changes".into();
-    let diff = every_type::Model::diff(&old, &new, &db).await.unwrap();
-    let names: Vec<&str> = diff.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, ["f32_v", "text", "opt_kind"]);
+    let changed = every_type::Model::changed_fields(&old, &new);
     assert_eq!(
-        diff[1].value,
-        sync_core::WireValue::String(Some("renamed".into()))
+        names::<every_type::Model>(&changed),
+        ["f32_v", "text", "opt_kind"]
     );
-    assert!(diff[2].value.is_null());
+
+    // An update sends exactly those, and writes the local-only one too.
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.update(new.clone()).await.unwrap();
+    let changes = tx.commit().await.unwrap();
+    let Op::Upsert(fields) = &changes[0].op else {
+        panic!()
+    };
+    let sent: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(sent, ["f32_v", "text", "opt_kind"]);
+    assert!(fields[2].value.is_null());
+    let stored = every_type::Model::find_by_id(a.engine.database(), new.gid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, new);
 }
 
 #[tokio::test]
-async fn applying_a_diff_updates_only_those_fields() {
-    let a = database().await;
-    let b = database().await;
+async fn an_update_before_its_creation_waits_for_it() {
+    let a = device(1).await;
+    let b = device(2).await;
     let gid = Uuid::new_v4();
-    let old = sample(gid).insert(&a).await.unwrap();
-    let tx = b.begin().await.unwrap();
-    every_type::Model::apply(
-        &tx,
-        gid,
-        &old.capture(&a).await.unwrap(),
-        MissingParent::Refuse,
-    )
+    let mut tx = a.engine.begin().await.unwrap();
+    let row = tx.insert(sample(gid)).await.unwrap();
+    let create = tx.commit().await.unwrap();
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.update(every_type::Model {
+        text: "later".into(),
+        ..row
+    })
     .await
     .unwrap();
-    tx.commit().await.unwrap();
+    let update = tx.commit().await.unwrap();
 
-    // b edits a local-only field; a edits a synced one.
-    let mut local = every_type::Entity::find_by_id(1)
-        .one(&b)
-        .await
-        .unwrap()
-        .unwrap();
-    local.local_note = "b's note".into();
-    let mut am: every_type::ActiveModel = local.clone().into();
-    am.local_note = Set(local.local_note.clone());
-    am.update(&b).await.unwrap();
-
-    let mut new = old.clone();
-    new.i64_v = 99;
-    let diff = every_type::Model::diff(&old, &new, &a).await.unwrap();
-    let tx = b.begin().await.unwrap();
-    let applied = every_type::Model::apply(&tx, gid, &over_the_wire(&diff), MissingParent::Refuse)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    assert!(!applied.inserted);
-    let after = every_type::Entity::find_by_id(1)
-        .one(&b)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(after.i64_v, 99);
-    assert_eq!(
-        after.local_note, "b's note",
-        "a peer never overwrites a local-only field"
-    );
-    assert_eq!(after.text, old.text);
+    let report = b.receive(&update).await;
+    assert_eq!(report.waiting, 1, "a partial record cannot make a row");
+    assert!(b.content().await.is_empty());
+    assert_eq!(b.engine.parked_len(), 1);
+    let report = b.receive(&create).await;
+    assert_eq!(report.applied, 1);
+    assert_eq!(b.engine.parked_len(), 0);
+    assert_eq!(a.content().await, b.content().await);
 }
 
-#[tokio::test]
-async fn a_partial_record_cannot_create_a_row() {
-    let db = database().await;
-    let tx = db.begin().await.unwrap();
-    let err = every_type::Model::apply(
-        &tx,
-        Uuid::new_v4(),
-        &[FieldValue::new(
-            "text",
-            sync_core::WireValue::String(Some("x".into())),
-        )],
-        MissingParent::Refuse,
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(err, ApplyError::Incomplete { .. }), "{err}");
+#[test]
+fn values_that_do_not_fit_their_field_are_refused() {
+    use sync_core::{ValueError, WireValue};
+    let index = |name: &str| every_type::Model::META.field_index(name).unwrap();
+    let bad: Vec<(&str, WireValue)> = vec![
+        ("i8_v", WireValue::String(Some("seven".into()))),
+        ("text", WireValue::String(None)),
+        // A value SQLite cannot hold is refused before it reaches the driver.
+        ("u32_v", WireValue::U64(Some(u64::MAX))),
+        ("json", WireValue::Json(Some("{not json".into()))),
+        ("kind", WireValue::String(Some("neither".into()))),
+    ];
+    for (field, value) in bad {
+        let err = every_type::Model::to_sql(index(field), &value).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ValueError::TypeMismatch { .. } | ValueError::OutOfRange(_) | ValueError::Json(_)
+            ),
+            "{field}: {err}"
+        );
+    }
+    assert!(every_type::Model::to_sql(index("i8_v"), &WireValue::I8(Some(-3))).is_ok());
 }
 
 #[tokio::test]
 async fn malformed_records_are_refused_without_writing() {
-    let db = database().await;
+    let a = device(1).await;
+    let b = device(2).await;
     let gid = Uuid::new_v4();
-    let original = sample(gid).insert(&db).await.unwrap();
-    let mut fields = original.capture(&db).await.unwrap();
-
-    type Expect = fn(&ApplyError) -> bool;
-    let cases: Vec<(Vec<FieldValue>, Expect)> = vec![
-        (
-            vec![FieldValue::new(
-                "no_such_field",
-                sync_core::WireValue::Bool(Some(true)),
-            )],
-            |e| matches!(e, ApplyError::UnknownField { .. }),
-        ),
-        (
-            vec![FieldValue::new(
-                "i8_v",
-                sync_core::WireValue::String(Some("seven".into())),
-            )],
-            |e| matches!(e, ApplyError::Value { field: "i8_v", .. }),
-        ),
-        (
-            vec![FieldValue::new("text", sync_core::WireValue::String(None))],
-            |e| matches!(e, ApplyError::Value { field: "text", .. }),
-        ),
-        (
-            vec![
-                FieldValue::new("text", sync_core::WireValue::String(Some("a".into()))),
-                FieldValue::new("text", sync_core::WireValue::String(Some("b".into()))),
-            ],
-            |e| matches!(e, ApplyError::DuplicateField { .. }),
-        ),
-        (
-            vec![FieldValue::new(
-                "gid",
-                sync_core::WireValue::Uuid(Some(Uuid::new_v4())),
-            )],
-            |e| matches!(e, ApplyError::IdMismatch { .. }),
-        ),
-        (
-            // A value SQLite cannot hold is refused before it reaches the driver.
-            vec![FieldValue::new(
-                "u32_v",
-                sync_core::WireValue::U64(Some(u64::MAX)),
-            )],
-            |e| {
-                matches!(
-                    e,
-                    ApplyError::Value {
-                        field: "u32_v",
-                        source: sync_core::ValueError::OutOfRange(_),
-                        ..
-                    }
-                )
-            },
-        ),
-        (
-            vec![FieldValue::new(
-                "json",
-                sync_core::WireValue::Json(Some("{not json".into())),
-            )],
-            |e| matches!(e, ApplyError::Value { field: "json", .. }),
-        ),
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.insert(sample(gid)).await.unwrap();
+    let create = tx.commit().await.unwrap();
+    let with = |seq: u64, f: &dyn Fn(&mut Vec<FieldChange>)| {
+        let mut c = create[0].clone();
+        c.seq = seq;
+        if let Op::Upsert(fields) = &mut c.op {
+            f(fields);
+        }
+        c
+    };
+    let set = |name: &'static str, v: sync_core::WireValue| {
+        move |fields: &mut Vec<FieldChange>| {
+            for f in fields.iter_mut() {
+                if f.name == name {
+                    f.value = v.clone();
+                }
+            }
+        }
+    };
+    let cases = vec![
+        with(2, &set("i8_v", sync_core::WireValue::String(Some("seven".into())))),
+        with(3, &set("text", sync_core::WireValue::String(None))),
+        with(4, &|f: &mut Vec<FieldChange>| {
+            let first = f[0].clone();
+            f.push(first);
+        }),
+        with(5, &set("gid", sync_core::WireValue::Uuid(Some(Uuid::new_v4())))),
+        with(6, &set("u32_v", sync_core::WireValue::U64(Some(u64::MAX)))),
+        with(7, &set("json", sync_core::WireValue::Json(Some("{not json".into())))),
     ];
-    for (record, expected) in cases {
-        let tx = db.begin().await.unwrap();
-        let err = every_type::Model::apply(&tx, gid, &record, MissingParent::Refuse)
-            .await
-            .unwrap_err();
-        assert!(expected(&err), "unexpected error: {err}");
-        tx.rollback().await.unwrap();
-    }
-    let unchanged = every_type::Entity::find_by_id(1)
-        .one(&db)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(unchanged, original);
-    fields.clear();
+    let report = b.engine.apply(cases).await.unwrap();
+    assert_eq!(report.rejected.len(), 6, "{report:?}");
+    assert!(
+        report
+            .rejected
+            .iter()
+            .all(|r| matches!(r.reason, sync_core::RejectReason::Malformed(_)))
+    );
+    assert!(b.content().await.is_empty(), "nothing was written");
 }
 
-async fn seed_tree(
-    db: &sea_orm::DatabaseConnection,
-    device: Uuid,
-) -> (volume::Model, location::Model, entry::Model, entry::Model) {
-    let vol = volume::ActiveModel {
-        gid: Set(Uuid::new_v4()),
-        device: Set(device),
-        name: Set("disk".into()),
-        capacity: Set(Some(1 << 40)),
-        is_online: Set(true),
-        ..Default::default()
-    }
-    .insert(db)
-    .await
-    .unwrap();
-    let loc = location::ActiveModel {
-        gid: Set(Uuid::new_v4()),
-        device: Set(device),
-        volume_id: Set(Some(vol.id)),
-        root_entry_id: Set(None),
-        path: Set("/home/me".into()),
-        ..Default::default()
-    }
-    .insert(db)
-    .await
-    .unwrap();
-    let dir = entry::ActiveModel {
-        gid: Set(Uuid::new_v4()),
-        device: Set(device),
-        location_id: Set(loc.id),
-        parent_id: Set(None),
-        name: Set("photos".into()),
-        size: Set(0),
-        ..Default::default()
-    }
-    .insert(db)
-    .await
-    .unwrap();
-    let file = entry::ActiveModel {
-        gid: Set(Uuid::new_v4()),
-        device: Set(device),
-        location_id: Set(loc.id),
-        parent_id: Set(Some(dir.id)),
-        name: Set("cat.jpg".into()),
-        size: Set(12_345),
-        ..Default::default()
-    }
-    .insert(db)
-    .await
-    .unwrap();
-    (vol, loc, dir, file)
+async fn seed_tree(d: &Device) -> (volume::Model, location::Model, entry::Model, entry::Model, Vec<Change>) {
+    let device = d.id;
+    let mut tx = d.engine.begin().await.unwrap();
+    let vol = tx
+        .insert(volume::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            device: Set(device),
+            name: Set("disk".into()),
+            capacity: Set(Some(1 << 40)),
+            is_online: Set(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let loc = tx
+        .insert(location::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            device: Set(device),
+            volume_id: Set(Some(vol.id)),
+            root_entry_id: Set(None),
+            path: Set("/home/me".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dir = tx
+        .insert(entry::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            device: Set(device),
+            location_id: Set(loc.id),
+            parent_id: Set(None),
+            name: Set("photos".into()),
+            size: Set(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let file = tx
+        .insert(entry::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            device: Set(device),
+            location_id: Set(loc.id),
+            parent_id: Set(Some(dir.id)),
+            name: Set("cat.jpg".into()),
+            size: Set(12_345),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let changes = tx.commit().await.unwrap();
+    (vol, loc, dir, file, changes)
 }
 
 #[tokio::test]
 async fn references_travel_as_global_ids_and_map_back_to_local_keys() {
-    let a = database().await;
-    let b = database().await;
-    let device = Uuid::new_v4();
-    let (vol, loc, dir, file) = seed_tree(&a, device).await;
+    let a = device(1).await;
+    let b = device(2).await;
+    let (vol, loc, dir, file, changes) = seed_tree(&a).await;
+    // Give b rows of its own first, so local keys differ between devices.
+    seed_tree(&b).await;
 
-    // Give b an unrelated row first so local keys differ between devices.
-    seed_tree(&b, Uuid::new_v4()).await;
+    let file_change = changes.iter().find(|c| c.id == file.gid).unwrap();
+    assert_eq!(
+        file_change.field("parent_id"),
+        Some(&sync_core::WireValue::Uuid(Some(dir.gid)))
+    );
+    assert_eq!(
+        file_change.field("location_id"),
+        Some(&sync_core::WireValue::Uuid(Some(loc.gid)))
+    );
 
-    let file_fields = file.capture(&a).await.unwrap();
-    let parent = file_fields.iter().find(|f| f.name == "parent_id").unwrap();
-    assert_eq!(parent.value, sync_core::WireValue::Uuid(Some(dir.gid)));
-    let location = file_fields
-        .iter()
-        .find(|f| f.name == "location_id")
-        .unwrap();
-    assert_eq!(location.value, sync_core::WireValue::Uuid(Some(loc.gid)));
+    // The child first: its location has not arrived, so it waits.
+    let report = b.receive(std::slice::from_ref(file_change)).await;
+    assert_eq!(report.waiting, 1);
+    assert!(
+        entry::Model::find_by_id(b.engine.database(), file.gid)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Then everything, in reverse order: the engine orders it.
+    let mut reversed = changes.clone();
+    reversed.reverse();
+    b.receive(&reversed).await;
 
-    // The child first: its parent has not arrived.
-    let tx = b.begin().await.unwrap();
-    let err = entry::Model::apply(&tx, file.gid, &file_fields, MissingParent::Refuse)
-        .await
-        .unwrap_err();
-    match err {
-        ApplyError::MissingParent {
-            parent,
-            target,
-            field,
-            ..
-        } => {
-            assert_eq!(
-                (parent, target, field),
-                (loc.gid, "locations", "location_id")
-            );
-        }
-        other => panic!("expected MissingParent, got {other}"),
-    }
-    tx.rollback().await.unwrap();
-
-    // Then in dependency order.
-    let tx = b.begin().await.unwrap();
-    volume::Model::apply(
-        &tx,
-        vol.gid,
-        &vol.capture(&a).await.unwrap(),
-        MissingParent::Refuse,
-    )
-    .await
-    .unwrap();
-    location::Model::apply(
-        &tx,
-        loc.gid,
-        &loc.capture(&a).await.unwrap(),
-        MissingParent::Refuse,
-    )
-    .await
-    .unwrap();
-    entry::Model::apply(
-        &tx,
-        dir.gid,
-        &dir.capture(&a).await.unwrap(),
-        MissingParent::Refuse,
-    )
-    .await
-    .unwrap();
-    entry::Model::apply(&tx, file.gid, &file_fields, MissingParent::Refuse)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-
-    let b_file = entry::Model::find_by_id(&b, file.gid)
+    let find_entry = |id| entry::Model::find_by_id(b.engine.database(), id);
+    let b_file = find_entry(file.gid).await.unwrap().unwrap();
+    let b_dir = find_entry(dir.gid).await.unwrap().unwrap();
+    let b_loc = location::Model::find_by_id(b.engine.database(), loc.gid)
         .await
         .unwrap()
         .unwrap();
-    let b_dir = entry::Model::find_by_id(&b, dir.gid)
-        .await
-        .unwrap()
-        .unwrap();
-    let b_loc = location::Model::find_by_id(&b, loc.gid)
-        .await
-        .unwrap()
-        .unwrap();
-    let b_vol = volume::Model::find_by_id(&b, vol.gid)
+    let b_vol = volume::Model::find_by_id(b.engine.database(), vol.gid)
         .await
         .unwrap()
         .unwrap();
@@ -427,44 +342,33 @@ async fn references_travel_as_global_ids_and_map_back_to_local_keys() {
     assert_eq!(b_file.location_id, b_loc.id);
     assert_eq!(b_loc.volume_id, Some(b_vol.id));
     assert!(!b_vol.is_online, "local-only field starts at its default");
-    assert_eq!(b_file.capture(&b).await.unwrap(), file_fields);
+    assert_eq!(b.engine.parked_len(), 0);
 }
 
 #[tokio::test]
-async fn a_nullable_reference_can_be_deferred() {
-    let a = database().await;
-    let b = database().await;
-    let (vol, loc, _, _) = seed_tree(&a, Uuid::new_v4()).await;
-    let fields = loc.capture(&a).await.unwrap();
-    let tx = b.begin().await.unwrap();
-    let applied = location::Model::apply(&tx, loc.gid, &fields, MissingParent::DeferNullable)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(applied.deferred.len(), 1);
-    assert_eq!(applied.deferred[0].parent, vol.gid);
-    assert_eq!(applied.deferred[0].field, "volume_id");
-    let b_loc = location::Model::find_by_id(&b, loc.gid)
+async fn a_nullable_reference_waits_as_null_and_is_filled_in() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let (vol, loc, _, _, changes) = seed_tree(&a).await;
+    let loc_change = changes.iter().find(|c| c.id == loc.gid).unwrap();
+    let report = b.receive(std::slice::from_ref(loc_change)).await;
+    assert_eq!(report.applied, 1, "shown, with the reference null for now");
+    let b_loc = location::Model::find_by_id(b.engine.database(), loc.gid)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(b_loc.volume_id, None);
-}
-
-#[tokio::test]
-async fn delete_by_global_id() {
-    let db = database().await;
-    let (vol, _, _, _) = seed_tree(&db, Uuid::new_v4()).await;
-    let tx = db.begin().await.unwrap();
-    assert!(volume::Model::delete_by_id(&tx, vol.gid).await.unwrap());
-    assert!(!volume::Model::delete_by_id(&tx, vol.gid).await.unwrap());
-    tx.commit().await.unwrap();
-    assert!(
-        volume::Model::find_by_id(&db, vol.gid)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    let vol_change = changes.iter().find(|c| c.id == vol.gid).unwrap();
+    b.receive(std::slice::from_ref(vol_change)).await;
+    let b_vol = volume::Model::find_by_id(b.engine.database(), vol.gid)
+        .await
+        .unwrap()
+        .unwrap();
+    let b_loc = location::Model::find_by_id(b.engine.database(), loc.gid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b_loc.volume_id, Some(b_vol.id), "filled in when it arrived");
 }
 
 #[test]

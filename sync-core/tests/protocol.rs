@@ -72,8 +72,8 @@ async fn devices_that_connect_catch_up_both_ways() {
     write(&mut net, 1, 20, "b").await;
     net.connect_all().await;
     assert!(net.settle(1).await);
-    let v0 = net.nodes[0].dev.engine.vector().await.unwrap();
-    let v1 = net.nodes[1].dev.engine.vector().await.unwrap();
+    let v0 = net.nodes[0].dev.engine.vector();
+    let v1 = net.nodes[1].dev.engine.vector();
     assert_eq!(v0, v1);
     assert_eq!(v0.get(net.nodes[0].dev.id), 30);
     assert_eq!(net.nodes[0].dev.content().await.len(), 50);
@@ -97,7 +97,7 @@ async fn an_offline_device_catches_up_in_pages() {
     net.connect(2, 0).await;
     net.connect(2, 1).await;
     assert!(net.settle(2).await);
-    let c = net.nodes[2].dev.engine.status().await.unwrap();
+    let c = net.nodes[2].dev.engine.status();
     assert_eq!(c.phase, Phase::Ready);
     assert_eq!(net.nodes[2].dev.content().await.len(), 65);
 }
@@ -122,7 +122,7 @@ async fn changes_relay_between_devices_that_never_meet() {
     net.partition(1, 2, false);
     assert!(net.settle(3).await);
     let c = net.nodes[2].dev.id;
-    assert_eq!(net.nodes[0].dev.engine.vector().await.unwrap().get(c), 7);
+    assert_eq!(net.nodes[0].dev.engine.vector().get(c), 7);
     assert_eq!(net.nodes[0].dev.content().await.len(), 12);
 }
 
@@ -147,7 +147,7 @@ async fn a_gap_from_a_third_device_is_never_skipped() {
         .await
         .unwrap();
     assert_eq!(
-        b.engine.vector().await.unwrap().get(c_id),
+        b.engine.vector().get(c_id),
         0,
         "3 without 1 and 2 proves nothing"
     );
@@ -155,12 +155,12 @@ async fn a_gap_from_a_third_device_is_never_skipped() {
     net.anti_entropy().await;
     net.run(1_000).await;
     let a = &net.nodes[0].dev;
-    assert_eq!(a.engine.vector().await.unwrap().get(c_id), 0);
+    assert_eq!(a.engine.vector().get(c_id), 0);
     // Once c is reachable, 1 and 2 arrive, and the vectors move.
     net.connect(0, 2).await;
     assert!(net.settle(3).await);
     let a = &net.nodes[0].dev;
-    assert_eq!(a.engine.vector().await.unwrap().get(c_id), 3);
+    assert_eq!(a.engine.vector().get(c_id), 3);
     assert_eq!(a.content().await.len(), 3);
     drop((first, second));
 }
@@ -177,7 +177,7 @@ async fn a_new_device_backfills_while_others_keep_writing() {
     net.run(10_000).await;
     // A deleted record must stay deleted on the new device.
     let victim = tag::Entity::find()
-        .all(net.nodes[0].dev.engine.db())
+        .all(net.nodes[0].dev.engine.database())
         .await
         .unwrap()[0]
         .gid;
@@ -201,7 +201,7 @@ async fn a_new_device_backfills_while_others_keep_writing() {
     let d = &net.nodes[2].dev;
     assert!(!d.engine.needs_backfill().await.unwrap());
     assert!(
-        tag::Model::find_by_id(d.engine.db(), victim)
+        tag::Model::find_by_id(d.engine.database(), victim)
             .await
             .unwrap()
             .is_none()
@@ -219,7 +219,7 @@ async fn a_backfill_resumes_after_a_restart() {
     for _ in 0..8 {
         net.step().await;
     }
-    let status = net.nodes[1].dev.engine.status().await.unwrap();
+    let status = net.nodes[1].dev.engine.status();
     let Phase::Backfilling { done, total } = status.phase else {
         panic!("expected a backfill in progress, got {:?}", status.phase);
     };
@@ -228,7 +228,7 @@ async fn a_backfill_resumes_after_a_restart() {
     // ...and crashes: its sessions die; the process restarts over the same
     // database.
     net.disconnect(1);
-    let db = net.nodes[1].dev.engine.db().clone();
+    let db = net.nodes[1].dev.engine.database().clone();
     let time = net.nodes[1].dev.time.clone();
     net.nodes[1].dev = common::open_device(db, 2, time).await;
     net.nodes[1].online = true;
@@ -251,7 +251,7 @@ async fn pruning_waits_for_every_paired_peer_including_a_silent_one() {
     let a = &net.nodes[0].dev.engine;
     assert_eq!(a.prune().await.unwrap(), 0);
     assert_eq!(
-        a.log_len().await.unwrap(),
+        a.log_len(),
         10,
         "c never acknowledged: nothing is pruned"
     );
@@ -268,10 +268,10 @@ async fn pruning_waits_for_every_paired_peer_including_a_silent_one() {
     // still: prune now.
     a.prune().await.unwrap();
     assert_eq!(
-        a.log_len().await.unwrap(),
+        a.log_len(),
         0,
         "{:?}",
-        a.status().await.unwrap().peers
+        a.status().peers
     );
     // Merging still works after pruning: field versions live beside the data.
     let renames = rename_some(&net.nodes[1].dev, 2, "after pruning").await;
@@ -293,7 +293,7 @@ async fn a_peer_away_beyond_the_horizon_resyncs_from_a_snapshot() {
     }
     write(&mut net, 0, 5, "b").await;
     let victim = tag::Entity::find()
-        .all(net.nodes[0].dev.engine.db())
+        .all(net.nodes[0].dev.engine.database())
         .await
         .unwrap()[0]
         .gid;
@@ -312,7 +312,7 @@ async fn a_peer_away_beyond_the_horizon_resyncs_from_a_snapshot() {
     net.run(10_000).await;
     net.nodes[0].dev.engine.prune().await.unwrap();
     assert_eq!(
-        net.nodes[0].dev.engine.log_len().await.unwrap(),
+        net.nodes[0].dev.engine.log_len(),
         0,
         "pruned without the expired peer"
     );
@@ -323,13 +323,13 @@ async fn a_peer_away_beyond_the_horizon_resyncs_from_a_snapshot() {
     assert!(net.settle(3).await);
     let c = &net.nodes[2].dev;
     assert!(
-        tag::Model::find_by_id(c.engine.db(), victim)
+        tag::Model::find_by_id(c.engine.database(), victim)
             .await
             .unwrap()
             .is_none()
     );
     assert_eq!(c.content().await.len(), 9);
-    let a_status = net.nodes[0].dev.engine.status().await.unwrap();
+    let a_status = net.nodes[0].dev.engine.status();
     assert!(
         a_status.peers.iter().all(|p| !p.expired),
         "{:?}",
@@ -398,7 +398,7 @@ async fn status_reports_peers_lag_and_phase() {
     net.partition(0, 1, true);
     write(&mut net, 0, 12, "a").await;
     net.run(1_000).await;
-    let s = net.nodes[0].dev.engine.status().await.unwrap();
+    let s = net.nodes[0].dev.engine.status();
     assert_eq!(s.peers.len(), 1);
     let p = &s.peers[0];
     assert!(p.connected);
@@ -406,7 +406,7 @@ async fn status_reports_peers_lag_and_phase() {
     assert_eq!(s.log_len, 12);
     net.partition(0, 1, false);
     assert!(net.settle(2).await);
-    let s = net.nodes[0].dev.engine.status().await.unwrap();
+    let s = net.nodes[0].dev.engine.status();
     assert_eq!(s.peers[0].behind, 0);
     assert_eq!(s.phase, Phase::Ready);
 }
@@ -432,22 +432,22 @@ async fn catch_up_resumes_after_a_restart_from_the_vector_it_reached() {
         net.step().await;
     }
     let a_id = net.nodes[0].dev.id;
-    let reached = net.nodes[1].dev.engine.vector().await.unwrap().get(a_id);
+    let reached = net.nodes[1].dev.engine.vector().get(a_id);
     assert!(reached > 0 && reached < 40, "mid catch-up: {reached}");
 
     net.disconnect(1);
-    let db = net.nodes[1].dev.engine.db().clone();
+    let db = net.nodes[1].dev.engine.database().clone();
     let time = net.nodes[1].dev.time.clone();
     net.nodes[1].dev = common::open_device(db, 2, time).await;
     net.nodes[1].online = true;
     assert_eq!(
-        net.nodes[1].dev.engine.vector().await.unwrap().get(a_id),
+        net.nodes[1].dev.engine.vector().get(a_id),
         reached
     );
     net.connect(1, 0).await;
     assert!(net.settle(2).await);
     assert_eq!(
-        net.nodes[1].dev.engine.vector().await.unwrap().get(a_id),
+        net.nodes[1].dev.engine.vector().get(a_id),
         40
     );
 }
@@ -479,7 +479,7 @@ async fn pages_and_pushes_of_large_rows_are_cut_to_fit_a_message() {
     assert!(net.settle(3).await);
     // A 9 MiB commit pushed live: cut into several pushes.
     let live = write_big(&net.nodes[0].dev, (30..60).map(big).collect()).await;
-    assert!(sync_core::push_of(&live).len() > 1);
+    assert!(sync_core::Push::of_commit(&live).unwrap().len() > 1);
     net.committed(0, live);
     assert!(net.settle(3).await);
     // And caught up by pull while apart: paged by size.

@@ -46,7 +46,7 @@ async fn restart(net: &mut Net, i: usize) {
     if net.nodes[i].online {
         return;
     }
-    let db = net.nodes[i].dev.engine.db().clone();
+    let db = net.nodes[i].dev.engine.database().clone();
     let time = net.nodes[i].dev.time.clone();
     net.nodes[i].dev = open_device(db, i as u128 + 1, time).await;
     net.nodes[i].online = true;
@@ -119,11 +119,11 @@ async fn run(n: usize, seed: u64, steps: Vec<Step>, faults: Faults) {
             eprintln!(
                 "device {i} online {} vector {:?} rows {} phase {:?} backfill {} parked {} sessions {states:?}",
                 node.online,
-                e.vector().await.unwrap(),
+                e.vector(),
                 node.dev.content().await.len(),
                 e.phase().await.unwrap(),
                 e.needs_backfill().await.unwrap(),
-                e.parked_len().await.unwrap(),
+                e.parked_len(),
             );
         }
         panic!("devices did not converge (seed {seed})");
@@ -131,7 +131,7 @@ async fn run(n: usize, seed: u64, steps: Vec<Step>, faults: Faults) {
     let vectors: Vec<_> = {
         let mut v = Vec::new();
         for node in &net.nodes {
-            v.push(node.dev.engine.vector().await.unwrap());
+            v.push(node.dev.engine.vector());
         }
         v
     };
@@ -155,7 +155,7 @@ async fn run(n: usize, seed: u64, steps: Vec<Step>, faults: Faults) {
     }
     for node in &net.nodes {
         assert_eq!(
-            node.dev.engine.parked_len().await.unwrap(),
+            node.dev.engine.parked_len(),
             0,
             "changes wait forever (seed {seed})"
         );

@@ -33,7 +33,7 @@ async fn create_label(d: &Device, slug: &str, title: &str) -> (Uuid, Vec<Change>
 async fn slugs(d: &Device) -> Vec<(Uuid, String)> {
     label::Entity::find()
         .order_by_asc(label::Column::Gid)
-        .all(d.engine.db())
+        .all(d.engine.database())
         .await
         .unwrap()
         .into_iter()
@@ -120,7 +120,7 @@ async fn a_catch_up_that_skips_an_owners_swap_still_reaches_its_final_state() {
     // Catch-up sends only the newest states: f2 = a.txt, f1 = b.txt, never
     // the state in which one of them was "tmp".
     let request = PullRequest {
-        vector: peer.engine.vector().await.unwrap(),
+        vector: peer.engine.vector(),
         limit: 100,
     };
     let response = owner.engine.serve_pull(&request).await.unwrap().unwrap();
@@ -132,7 +132,7 @@ async fn a_catch_up_that_skips_an_owners_swap_still_reaches_its_final_state() {
         "a transient collision is not a conflict"
     );
     let name = |id| {
-        let db = peer.engine.db().clone();
+        let db = peer.engine.database().clone();
         async move {
             file::Model::find_by_id(&db, id)
                 .await

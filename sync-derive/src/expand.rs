@@ -16,10 +16,9 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
         Ownership::DeviceOwned => quote!(__sync::Ownership::DeviceOwned),
     };
     let id_ident = model.id.ident;
-    let id_variant = model.id.column_variant();
     let pk_ident = model.primary_key.ident;
     let pk_name = model.primary_key.wire_name();
-    let pk_variant = model.primary_key.column_variant();
+    let pk_column = model.primary_key.column_name();
 
     // Type assertions carry the user's span, so a wrong type is reported at
     // the field, with the trait's `on_unimplemented` message.
@@ -53,24 +52,21 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
     };
 
     let mut target_assertions = Vec::new();
-    let mut referencing_arms = Vec::new();
-    let mut clear_arms = Vec::new();
     let mut field_metas = Vec::new();
     let mut changed_checks = Vec::new();
-    let mut capture_arms = Vec::new();
-    let mut slots = Vec::new();
-    let mut apply_arms = Vec::new();
-    let mut update_sets = Vec::new();
-    let mut insert_sets = Vec::new();
+    let mut wire_values = Vec::new();
+    let mut to_sql_arms = Vec::new();
+    let mut read_arms = Vec::new();
+    let mut nullable_arms = Vec::new();
 
-    for (field, role) in &model.synced {
+    for (index, (field, role)) in model.synced.iter().enumerate() {
         let f = field.ident;
         let ty = field.ty;
         let name = field.wire_name();
         let rust_type = quote!(#ty).to_string().replace(' ', "");
         let column = field.column_name();
-        let nullable = field.is_option();
-        let slot = format_ident!("__slot_{}", name);
+        let variant = field.column_variant();
+        let spelled_nullable = field.is_option();
         let role_tokens = match role {
             Role::Id => quote!(__sync::FieldRole::Id),
             Role::Owner => quote!(__sync::FieldRole::Owner),
@@ -80,6 +76,11 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
                     target: <<#target as __sync::SyncEntity>::SyncModel as __sync::SyncModel>::NAME,
                 })
             }
+        };
+        let nullable = match role {
+            // What the type says, aliases included.
+            Role::Reference(_) => quote!(<#ty as __sync::ForeignKeyType>::NULLABLE),
+            _ => quote!(#spelled_nullable),
         };
         field_metas.push(quote! {
             __sync::FieldMeta {
@@ -92,19 +93,14 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
         });
         changed_checks.push(quote! {
             if !__sync::field_eq(&old.#f, &new.#f) {
-                changed.push(#name);
+                changed.push(#index);
             }
         });
-        slots.push(quote!(let mut #slot: __sync::Option<#ty> = __sync::Option::None;));
-        let duplicate = quote! {
-            if #slot.is_some() {
-                return __sync::Result::Err(__sync::ApplyError::DuplicateField {
-                    model: MODEL,
-                    field: #name.into(),
-                });
-            }
-        };
-
+        nullable_arms.push(quote! {
+            #index => __sync::column_nullable(
+                <<Self as __sync::sea_orm::ModelTrait>::Entity as __sync::sea_orm::EntityTrait>::Column::#variant
+            ),
+        });
         if let Role::Reference(target) = role {
             assertions.push(quote_spanned! {ty.span()=>
                 #ty: __sync::ForeignKeyType,
@@ -115,93 +111,28 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
             target_assertions.push(quote_spanned! {target.span()=>
                 #target: __sync::SyncEntity,
             });
-            let variant = field.column_variant();
-            referencing_arms.push(quote! {
-                #name => Entity::find().filter(Column::#variant.eq(key)).all(db).await?,
-            });
-            if field.is_option() {
-                clear_arms.push(quote! {
-                    #name => {
-                        let null: __sync::sea_orm::Value =
-                            __sync::Option::<<#ty as __sync::NullableKey>::Inner>::None.into();
-                        Entity::update_many()
-                            .col_expr(Column::#variant, __sync::sea_orm::sea_query::Expr::value(null))
-                            .filter(Column::#variant.eq(key))
-                            .exec(db)
-                            .await?
-                            .rows_affected
-                    }
-                });
-            }
-            capture_arms.push(quote! {
-                #name => out.push(__sync::FieldValue::new(
-                    #name,
-                    __sync::capture_reference::<#target, #ty, C>(db, &self.#f, MODEL, #name).await?,
-                )),
-            });
-            apply_arms.push(quote! {
-                #name => {
-                    #duplicate
-                    #slot = __sync::Option::Some(
-                        __sync::resolve_reference::<#target, #ty, C>(
-                            db,
-                            &field.value,
-                            __sync::ReferenceSite { model: MODEL, id, field: #name },
-                            missing_parent,
-                            &mut deferred,
-                        )
-                        .await?,
-                    );
-                }
-            });
+            wire_values.push(quote!(__sync::encode_key(&self.#f)));
+            read_arms.push(quote!(#index => __sync::read_key(row, alias),));
         } else {
-            capture_arms.push(quote! {
-                #name => out.push(__sync::FieldValue::new(
-                    #name,
-                    __sync::encode_field::<#ty>(&self.#f, MODEL, #name)?,
-                )),
-            });
-            apply_arms.push(quote! {
-                #name => {
-                    #duplicate
-                    #slot = __sync::Option::Some(
-                        __sync::decode_field::<#ty>(&field.value, MODEL, #name)?,
-                    );
-                }
-            });
+            wire_values.push(quote!(__sync::encode_field::<#ty>(&self.#f, MODEL, #name)?));
+            to_sql_arms.push(quote!(#index => __sync::to_sql::<#ty>(value),));
+            read_arms.push(quote!(#index => __sync::read_field::<#ty>(row, alias),));
         }
-
-        if *role == Role::Id {
-            continue;
-        }
-        update_sets.push(quote! {
-            if let __sync::Option::Some(value) = #slot {
-                active.#f.set_if_not_equals(value);
-            }
-        });
-        insert_sets.push(quote! {
-            #f: __sync::sea_orm::ActiveValue::Set(#slot.ok_or(
-                __sync::ApplyError::Incomplete { model: MODEL, id, field: #name },
-            )?),
-        });
     }
 
     let local_only_names: Vec<String> = model.local_only.iter().map(|f| f.wire_name()).collect();
-    let local_inserts = model.local_only.iter().map(|f| {
-        let ident = f.ident;
+    let local_only_columns: Vec<String> =
+        model.local_only.iter().map(|f| f.column_name()).collect();
+    let local_defaults = model.local_only.iter().map(|f| {
         let ty = f.ty;
-        quote_spanned! {ty.span()=>
-            #ident: __sync::sea_orm::ActiveValue::Set(<#ty as ::core::default::Default>::default()),
-        }
+        quote_spanned! {ty.span()=> __sync::default_value::<#ty>() }
     });
-    let id_slot = format_ident!("__slot_{}", model.id.wire_name());
 
     quote! {
         #[doc(hidden)]
         #[allow(non_upper_case_globals, unused_qualifications, clippy::all)]
         const _: () = {
             use #core::__private as __sync;
-            use __sync::sea_orm::{ActiveModelTrait as _, EntityTrait as _, QueryFilter as _, ColumnTrait as _};
 
             const MODEL: &str = #wire_name;
 
@@ -214,9 +145,6 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
                 #(#assertions)*
                 #(#target_assertions)*
             {
-                type Entity = Entity;
-                type ActiveModel = ActiveModel;
-
                 const NAME: &'static str = #wire_name;
 
                 const META: __sync::ModelMeta = __sync::ModelMeta {
@@ -225,7 +153,9 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
                     ownership: #ownership,
                     fields: &[#(#field_metas),*],
                     local_key: #pk_name,
+                    local_key_column: #pk_column,
                     local_only: &[#(#local_only_names),*],
+                    local_only_columns: &[#(#local_only_columns),*],
                 };
 
                 fn sync_id(&self) -> __sync::Uuid {
@@ -238,219 +168,59 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
                     __sync::PrimaryKeyType::to_key(&self.#pk_ident)
                 }
 
-                fn changed_fields(old: &Self, new: &Self) -> ::std::vec::Vec<&'static str> {
+                fn changed_fields(old: &Self, new: &Self) -> ::std::vec::Vec<usize> {
                     let mut changed = ::std::vec::Vec::new();
                     #(#changed_checks)*
                     changed
                 }
 
-                fn capture<C: __sync::sea_orm::ConnectionTrait>(
-                    &self,
-                    db: &C,
-                ) -> impl __sync::Future<
-                    Output = __sync::Result<::std::vec::Vec<__sync::FieldValue>, __sync::CaptureError>,
-                > + Send {
-                    async move {
-                        let names = __sync::field_names(&<Self as __sync::SyncModel>::META);
-                        self.capture_fields(db, &names).await
+                fn wire(&self) -> __sync::Result<::std::vec::Vec<__sync::WireValue>, __sync::CaptureError> {
+                    __sync::Result::Ok(::std::vec![#(#wire_values),*])
+                }
+
+                fn to_sql(
+                    index: usize,
+                    value: &__sync::WireValue,
+                ) -> __sync::Result<__sync::Value, __sync::ValueError> {
+                    match index {
+                        #(#to_sql_arms)*
+                        _ => __sync::Result::Err(__sync::ValueError::Unsupported(
+                            ::std::format!("field {} of `{}` is not a data field", index, MODEL),
+                        )),
                     }
                 }
 
-                fn capture_fields<C: __sync::sea_orm::ConnectionTrait>(
-                    &self,
-                    db: &C,
-                    fields: &[&str],
-                ) -> impl __sync::Future<
-                    Output = __sync::Result<::std::vec::Vec<__sync::FieldValue>, __sync::CaptureError>,
-                > + Send {
-                    async move {
-                        let mut out = ::std::vec::Vec::with_capacity(fields.len());
-                        for &name in fields {
-                            match name {
-                                #(#capture_arms)*
-                                _ => {}
-                            }
-                        }
-                        __sync::Result::Ok(out)
+                fn read_field(
+                    index: usize,
+                    row: &__sync::sea_orm::QueryResult,
+                    alias: &str,
+                ) -> __sync::Result<__sync::WireValue, __sync::sea_orm::DbErr> {
+                    match index {
+                        #(#read_arms)*
+                        _ => __sync::Result::Err(__sync::sea_orm::DbErr::Custom(
+                            ::std::format!("`{}` has no synced field {}", MODEL, index),
+                        )),
                     }
                 }
 
-                fn apply<C: __sync::sea_orm::ConnectionTrait>(
-                    db: &C,
-                    id: __sync::Uuid,
-                    fields: &[__sync::FieldValue],
-                    missing_parent: __sync::MissingParent,
-                ) -> impl __sync::Future<
-                    Output = __sync::Result<__sync::Applied, __sync::ApplyError>,
-                > + Send {
-                    async move {
-                        #(#slots)*
-                        let mut deferred = ::std::vec::Vec::new();
-                        for field in fields {
-                            match field.name.as_str() {
-                                #(#apply_arms)*
-                                other => {
-                                    return __sync::Result::Err(__sync::ApplyError::UnknownField {
-                                        model: MODEL,
-                                        field: other.into(),
-                                    });
-                                }
-                            }
-                        }
-                        if let __sync::Option::Some(sent) = &#id_slot {
-                            if __sync::GlobalIdType::to_uuid(sent) != id {
-                                return __sync::Result::Err(__sync::ApplyError::IdMismatch { model: MODEL, id });
-                            }
-                        }
-                        let existing = Entity::find()
-                            .filter(Column::#id_variant.eq(id))
-                            .one(db)
-                            .await?;
-                        match existing {
-                            __sync::Option::Some(row) => {
-                                let mut active: ActiveModel =
-                                    __sync::sea_orm::IntoActiveModel::into_active_model(row);
-                                #(#update_sets)*
-                                if active.is_changed() {
-                                    let attempted = active.clone();
-                                    if let __sync::Result::Err(e) = active.update(db).await {
-                                        return __sync::Result::Err(
-                                            __sync::unique_or_db::<Entity, ActiveModel, C>(db, MODEL, id, &attempted, e).await,
-                                        );
-                                    }
-                                }
-                                __sync::Result::Ok(__sync::Applied { inserted: false, deferred })
-                            }
-                            __sync::Option::None => {
-                                let active = ActiveModel {
-                                    #pk_ident: __sync::sea_orm::ActiveValue::NotSet,
-                                    #id_ident: __sync::sea_orm::ActiveValue::Set(
-                                        __sync::GlobalIdType::from_uuid(id),
-                                    ),
-                                    #(#insert_sets)*
-                                    #(#local_inserts)*
-                                };
-                                let attempted = active.clone();
-                                if let __sync::Result::Err(e) = Entity::insert(active).exec_without_returning(db).await {
-                                    return __sync::Result::Err(
-                                        __sync::unique_or_db::<Entity, ActiveModel, C>(db, MODEL, id, &attempted, e).await,
-                                    );
-                                }
-                                __sync::Result::Ok(__sync::Applied { inserted: true, deferred })
-                            }
-                        }
+                fn local_defaults() -> ::std::vec::Vec<__sync::Value> {
+                    ::std::vec![#(#local_defaults),*]
+                }
+
+                fn column_nullable(index: usize) -> bool {
+                    match index {
+                        #(#nullable_arms)*
+                        _ => false,
                     }
-                }
-
-                fn delete_by_id<C: __sync::sea_orm::ConnectionTrait>(
-                    db: &C,
-                    id: __sync::Uuid,
-                ) -> impl __sync::Future<Output = __sync::Result<bool, __sync::sea_orm::DbErr>> + Send {
-                    async move {
-                        let result = Entity::delete_many()
-                            .filter(Column::#id_variant.eq(id))
-                            .exec(db)
-                            .await?;
-                        __sync::Result::Ok(result.rows_affected > 0)
-                    }
-                }
-
-                fn rows_referencing<C: __sync::sea_orm::ConnectionTrait>(
-                    db: &C,
-                    field: &str,
-                    key: i64,
-                ) -> impl __sync::Future<
-                    Output = __sync::Result<::std::vec::Vec<__sync::Uuid>, __sync::sea_orm::DbErr>,
-                > + Send {
-                    async move {
-                        #[allow(unreachable_code)]
-                        let rows: ::std::vec::Vec<Self> = match field {
-                            #(#referencing_arms)*
-                            _ => ::std::vec::Vec::new(),
-                        };
-                        __sync::Result::Ok(rows.iter().map(<Self as __sync::SyncModel>::sync_id).collect())
-                    }
-                }
-
-                fn clear_references<C: __sync::sea_orm::ConnectionTrait>(
-                    db: &C,
-                    field: &str,
-                    key: i64,
-                ) -> impl __sync::Future<
-                    Output = __sync::Result<u64, __sync::sea_orm::DbErr>,
-                > + Send {
-                    async move {
-                        #[allow(unreachable_code)]
-                        let changed: u64 = match field {
-                            #(#clear_arms)*
-                            _ => 0,
-                        };
-                        __sync::Result::Ok(changed)
-                    }
-                }
-
-                fn page<C: __sync::sea_orm::ConnectionTrait>(
-                    db: &C,
-                    after: i64,
-                    limit: u64,
-                ) -> impl __sync::Future<
-                    Output = __sync::Result<::std::vec::Vec<Self>, __sync::sea_orm::DbErr>,
-                > + Send {
-                    use __sync::sea_orm::QuerySelect as _;
-                    use __sync::sea_orm::QueryOrder as _;
-                    Entity::find()
-                        .filter(Column::#pk_variant.gt(after))
-                        .order_by_asc(Column::#pk_variant)
-                        .limit(limit)
-                        .all(db)
-                }
-
-                fn find_by_id<C: __sync::sea_orm::ConnectionTrait>(
-                    db: &C,
-                    id: __sync::Uuid,
-                ) -> impl __sync::Future<
-                    Output = __sync::Result<__sync::Option<Self>, __sync::sea_orm::DbErr>,
-                > + Send {
-                    Entity::find().filter(Column::#id_variant.eq(id)).one(db)
                 }
             }
 
             #[automatically_derived]
-            impl __sync::SyncEntity for Entity
+            impl __sync::SyncEntity for <#ident as __sync::sea_orm::ModelTrait>::Entity
             where
                 #(#assertions)*
             {
                 type SyncModel = #ident;
-
-                fn local_key_of<C: __sync::sea_orm::ConnectionTrait>(
-                    db: &C,
-                    id: __sync::Uuid,
-                ) -> impl __sync::Future<
-                    Output = __sync::Result<__sync::Option<i64>, __sync::sea_orm::DbErr>,
-                > + Send {
-                    async move {
-                        let row = Entity::find()
-                            .filter(Column::#id_variant.eq(id))
-                            .one(db)
-                            .await?;
-                        __sync::Result::Ok(row.map(|row| <#ident as __sync::SyncModel>::local_key(&row)))
-                    }
-                }
-
-                fn global_id_of<C: __sync::sea_orm::ConnectionTrait>(
-                    db: &C,
-                    key: i64,
-                ) -> impl __sync::Future<
-                    Output = __sync::Result<__sync::Option<__sync::Uuid>, __sync::sea_orm::DbErr>,
-                > + Send {
-                    async move {
-                        let row = Entity::find()
-                            .filter(Column::#pk_variant.eq(key))
-                            .one(db)
-                            .await?;
-                        __sync::Result::Ok(row.map(|row| <#ident as __sync::SyncModel>::sync_id(&row)))
-                    }
-                }
             }
 
             __sync::inventory::submit! {

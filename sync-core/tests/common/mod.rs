@@ -397,3 +397,17 @@ impl Device {
         self.engine.content().await.unwrap()
     }
 }
+
+/// A copy of `change` made to look as if `by` wrote it as its change `seq`:
+/// its device, origin and clock are `by`'s.
+pub fn forge(change: &Change, by: &Device, seq: u64) -> Change {
+    let mut forged = change.clone();
+    forged.device = by.id;
+    forged.origin = by.engine.origin();
+    forged.seq = seq;
+    forged.hlc = sync_core::clock::Timestamp::new(
+        *change.hlc.get_time(),
+        sync_core::clock::clock_id(by.engine.origin()).unwrap(),
+    );
+    forged
+}

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use sync_core::{Change, Message, Session, SessionConfig, push_of};
+use sync_core::{Change, Message, Session, SessionConfig, __private::push_of};
 use uuid::Uuid;
 
 use super::Device;
@@ -140,7 +140,7 @@ impl Net {
 
     /// Commits `changes` written on `a`: pushes them to its peers.
     pub fn committed(&mut self, a: usize, changes: Vec<Change>) {
-        for push in push_of(&changes) {
+        for push in push_of(&changes).unwrap() {
             let peers: Vec<usize> = self.nodes[a].sessions.keys().copied().collect();
             for p in peers {
                 self.send(a, p, &push);

@@ -62,9 +62,12 @@ pub fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
-pub async fn ids<M: SyncModel>(d: &Device) -> Vec<M> {
-    let mut rows: Vec<M> = <<M as SyncModel>::Entity as EntityTrait>::find()
-        .all(d.engine.db())
+pub async fn ids<M: SyncModel>(d: &Device) -> Vec<M>
+where
+    <M as sea_orm::ModelTrait>::Entity: EntityTrait<Model = M>,
+{
+    let mut rows: Vec<M> = <<M as sea_orm::ModelTrait>::Entity as EntityTrait>::find()
+        .all(d.engine.database())
         .await
         .unwrap();
     rows.sort_by_key(|r| r.sync_id());

@@ -1,0 +1,846 @@
+//! The receive path: changes and snapshot rows from peers are triaged, merged
+//! into record states in memory, projected onto the application's tables,
+//! and written in one transaction, a few statements per model.
+//!
+//! Every incoming change gets exactly one [`Outcome`], and each outcome has
+//! one effect on the log, the vector, the report and the conflict log:
+//!
+//! | outcome | state | log (shared) | vector |
+//! | --- | --- | --- | --- |
+//! | applied, waiting, settled, collided | merged | appended | passes it |
+//! | superseded | unchanged | appended | passes it |
+//! | duplicate | unchanged | - | already past it |
+//! | refused for good | unchanged, recorded once | - | passes it |
+//! | held back (refused for now) | unchanged | - | stops before it |
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+
+use uuid::Uuid;
+
+use crate::change::{Change, EncodedChange};
+use crate::clock::Timestamp;
+use crate::conflict::{ConflictKind, Write};
+use crate::engine::{Engine, META_CLOCK};
+use crate::error::EngineError;
+use crate::merge::{self, Invalid, Merged, NewConflict, Site};
+use crate::model::Ownership;
+use crate::project::{Facts, Input, Presence, RecordKey};
+use crate::protocol::{SnapshotCursor, SnapshotRow};
+use crate::state::{OwnedState, RecordState, SharedImage};
+use crate::store;
+use crate::vector::{Received, VersionVector};
+use crate::write;
+
+/// What became of one received change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Merged, and its record is shown.
+    Applied,
+    /// Merged; its record is not shown yet: it waits for a record that has
+    /// not arrived (or is incomplete).
+    Waiting,
+    /// Merged; its record is not shown by rule: a record it needs is gone.
+    Settled,
+    /// Merged; its record lost a unique collision and is shown renamed, or
+    /// not at all.
+    Collided,
+    /// Older than the state held: nothing to change.
+    Superseded,
+    /// Received before.
+    Duplicate,
+    /// Refused for good: it can never apply. The vector passes it.
+    Refused(RejectReason),
+    /// Refused for now: the vector stops before it, and it is fetched again.
+    HeldBack(RejectReason),
+}
+
+/// Why an incoming change was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The model is not registered here (for now: a newer version of the
+    /// application may know it).
+    UnknownModel,
+    /// Its timestamp is beyond the drift bound (for now: time will tell).
+    ClockAhead(String),
+    /// A device-owned record changed by a device that does not own it (for
+    /// good).
+    NotOwner {
+        /// The record's owner.
+        owner: Uuid,
+    },
+    /// The record does not fit the model (for good).
+    Malformed(String),
+}
+
+impl RejectReason {
+    /// Whether the change can never apply (rather than not yet).
+    pub fn is_final(&self) -> bool {
+        matches!(self, RejectReason::NotOwner { .. } | RejectReason::Malformed(_))
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejectReason::UnknownModel => f.write_str("model unknown here"),
+            RejectReason::ClockAhead(why) => write!(f, "clock ahead: {why}"),
+            RejectReason::NotOwner { owner } => write!(f, "not the owner (owned by {owner})"),
+            RejectReason::Malformed(why) => write!(f, "malformed: {why}"),
+        }
+    }
+}
+
+/// A refused change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The change's origin.
+    pub origin: Uuid,
+    /// Its number (0 for a snapshot row).
+    pub seq: u64,
+    /// The model it named.
+    pub model: String,
+    /// Why.
+    pub reason: RejectReason,
+}
+
+/// What applying a batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Changes (or snapshot rows) merged whose record is shown.
+    pub applied: u64,
+    /// Merged; the record waits for another before it is shown.
+    pub waiting: u64,
+    /// Merged; not shown by rule (a record it needs is gone).
+    pub settled: u64,
+    /// Merged; the record lost a unique collision.
+    pub collided: u64,
+    /// Older than what is held.
+    pub superseded: u64,
+    /// Received before.
+    pub duplicates: u64,
+    /// Entries added to the conflict log.
+    pub conflicts: u64,
+    /// Refused for good.
+    pub rejected: Vec<Rejection>,
+    /// Refused for now.
+    pub held_back: Vec<Rejection>,
+}
+
+impl ApplyReport {
+    fn count(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Applied => self.applied += 1,
+            Outcome::Waiting => self.waiting += 1,
+            Outcome::Settled => self.settled += 1,
+            Outcome::Collided => self.collided += 1,
+            Outcome::Superseded => self.superseded += 1,
+            Outcome::Duplicate => self.duplicates += 1,
+            Outcome::Refused(_) | Outcome::HeldBack(_) => {}
+        }
+    }
+
+    /// Changes that took effect, in any form (merged into their record).
+    pub fn merged(&self) -> u64 {
+        self.applied + self.waiting + self.settled + self.collided
+    }
+}
+
+/// Changes of one origin, with the sender's claim.
+#[derive(Debug, Clone)]
+pub(crate) struct InBatch {
+    pub(crate) origin: Uuid,
+    pub(crate) device: Uuid,
+    /// The sender holds every change of `origin` in `(after, upto]` and this
+    /// batch carries what the receiver lacks of them.
+    pub(crate) claim: Option<(u64, u64)>,
+    pub(crate) changes: Vec<EncodedChange>,
+}
+
+/// What a snapshot page does besides its rows.
+#[derive(Debug, Clone)]
+pub(crate) struct SnapshotStep {
+    /// Where the backfill resumes; `None` after the last page.
+    pub(crate) next: Option<SnapshotCursor>,
+    /// The vector the snapshot reflects, adopted after the last page.
+    pub(crate) vector: VersionVector,
+}
+
+/// What to receive.
+#[derive(Debug, Default)]
+pub(crate) struct Incoming {
+    pub(crate) batches: Vec<InBatch>,
+    pub(crate) rows: Vec<SnapshotRow>,
+    pub(crate) snapshot: Option<SnapshotStep>,
+    /// Held rows being retried (released when they apply).
+    pub(crate) retried: Vec<(String, Uuid)>,
+}
+
+enum Item {
+    Change {
+        change: Change,
+        bytes: EncodedChange,
+    },
+    Row {
+        model: String,
+        record: Uuid,
+        state: RecordState,
+    },
+}
+
+/// How far a batch's claim may move the received set.
+struct ClaimTrack {
+    valid: bool,
+    held_back: BTreeSet<u64>,
+}
+
+impl Engine {
+    /// Applies changes received from peers (in any order, any number of
+    /// times): merged per field (shared) or by owner state (device-owned),
+    /// shown once their parents are here, refused and reported when they
+    /// cannot apply. Each change's number counts as received once it took
+    /// effect or was refused for good.
+    pub async fn apply(&self, changes: Vec<Change>) -> Result<ApplyReport, EngineError> {
+        let mut by_origin: BTreeMap<(Uuid, Uuid), Vec<EncodedChange>> = BTreeMap::new();
+        for c in &changes {
+            let bytes = c
+                .encode()
+                .map_err(|e| EngineError::Malformed(e.to_string()))?;
+            by_origin.entry((c.origin, c.device)).or_default().push(bytes);
+        }
+        let batches = by_origin
+            .into_iter()
+            .map(|((origin, device), changes)| InBatch {
+                origin,
+                device,
+                claim: None,
+                changes,
+            })
+            .collect();
+        Ok(self
+            .receive(Incoming {
+                batches,
+                ..Incoming::default()
+            })
+            .await?
+            .0)
+    }
+
+    /// The receive path. Returns the report and each change's outcome.
+    #[tracing::instrument(skip_all, fields(device = %self.device()))]
+    pub(crate) async fn receive(
+        &self,
+        incoming: Incoming,
+    ) -> Result<(ApplyReport, Vec<(Uuid, u64, Outcome)>), EngineError> {
+        let started = std::time::Instant::now();
+        let received_count: usize = incoming.batches.iter().map(|b| b.changes.len()).sum();
+        metrics::counter!("syncable_changes_received_total").increment(received_count as u64);
+        let w = self.write_tx().await?;
+        let registry = &self.inner.registry;
+        let now = self.now();
+        let (mut received, known_origins) = {
+            let m = self.memory();
+            (m.received.clone(), m.origins.clone())
+        };
+        let mut report = ApplyReport::default();
+        let mut outcomes: Vec<(Uuid, u64, Outcome)> = Vec::new();
+        let mut items: Vec<Item> = Vec::new();
+        let mut claims: Vec<ClaimTrack> = Vec::new();
+        let mut final_seqs: Vec<(Uuid, u64)> = Vec::new();
+        let mut new_origins: BTreeMap<Uuid, Uuid> = BTreeMap::new();
+        let mut in_batch: BTreeSet<(Uuid, u64)> = BTreeSet::new();
+        let mut conflicts: Vec<NewConflict> = Vec::new();
+        let mut held_rows: Vec<store::HeldRow> = Vec::new();
+        {
+            let clock = self.clock();
+            for batch in &incoming.batches {
+                let mut track = ClaimTrack {
+                    valid: batch.claim.is_some_and(|(a, u)| a <= u),
+                    held_back: BTreeSet::new(),
+                };
+                for bytes in &batch.changes {
+                    let change = match bytes.decode() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            track.valid = false;
+                            let reason = RejectReason::Malformed(format!("does not decode: {e}"));
+                            report.rejected.push(Rejection {
+                                origin: batch.origin,
+                                seq: 0,
+                                model: String::new(),
+                                reason,
+                            });
+                            continue;
+                        }
+                    };
+                    let (origin, seq) = (change.origin, change.seq);
+                    let in_claim = batch.claim.is_none_or(|(a, u)| seq > a && seq <= u);
+                    if origin != batch.origin || change.device != batch.device || !in_claim {
+                        track.valid = false;
+                        let reason = RejectReason::Malformed(
+                            "a change outside its batch's origin or claim".into(),
+                        );
+                        outcomes.push((origin, seq, Outcome::Refused(reason.clone())));
+                        report.rejected.push(Rejection {
+                            origin,
+                            seq,
+                            model: change.model.clone(),
+                            reason,
+                        });
+                        continue;
+                    }
+                    if origin == self.inner.origin
+                        || received.contains(origin, seq)
+                        || !in_batch.insert((origin, seq))
+                    {
+                        report.duplicates += 1;
+                        outcomes.push((origin, seq, Outcome::Duplicate));
+                        continue;
+                    }
+                    let verdict = self.triage(&change, &known_origins, &new_origins, &clock, now);
+                    match verdict {
+                        Ok(()) => {
+                            new_origins.entry(origin).or_insert(change.device);
+                            items.push(Item::Change {
+                                change,
+                                bytes: bytes.clone(),
+                            });
+                        }
+                        Err(reason) if reason.is_final() => {
+                            final_seqs.push((origin, seq));
+                            outcomes.push((origin, seq, Outcome::Refused(reason.clone())));
+                            report.rejected.push(Rejection {
+                                origin,
+                                seq,
+                                model: change.model.clone(),
+                                reason,
+                            });
+                        }
+                        Err(reason) => {
+                            track.held_back.insert(seq);
+                            outcomes.push((origin, seq, Outcome::HeldBack(reason.clone())));
+                            report.held_back.push(Rejection {
+                                origin,
+                                seq,
+                                model: change.model.clone(),
+                                reason,
+                            });
+                        }
+                    }
+                }
+                claims.push(track);
+            }
+            for row in &incoming.rows {
+                match self.triage_row(row, &clock, now) {
+                    Ok(item) => items.push(item),
+                    Err((model, record, reason)) if !reason.is_final() => {
+                        held_rows.push(store::HeldRow {
+                            model: model.clone(),
+                            record,
+                            row: rmp_serde::to_vec(row).unwrap_or_default(),
+                            reason: reason.to_string(),
+                        });
+                        report.held_back.push(Rejection {
+                            origin: Uuid::nil(),
+                            seq: 0,
+                            model,
+                            reason,
+                        });
+                    }
+                    Err((model, _, reason)) => report.rejected.push(Rejection {
+                        origin: Uuid::nil(),
+                        seq: 0,
+                        model,
+                        reason,
+                    }),
+                }
+            }
+        }
+
+        // Merge, in memory.
+        let keys: BTreeSet<RecordKey> = items.iter().filter_map(|i| self.key_of(i)).collect();
+        let mut facts = Facts::default();
+        facts
+            .rows
+            .extend(store::load_rows(&w.tx, registry, &keys).await?);
+        let mut working: BTreeMap<RecordKey, Option<RecordState>> = keys
+            .iter()
+            .map(|k| {
+                let state = facts
+                    .rows
+                    .get(k)
+                    .and_then(|r| r.as_ref())
+                    .map(|r| r.state.clone());
+                (*k, state)
+            })
+            .collect();
+        let mut merged_items: Vec<(usize, RecordKey, Merged)> = Vec::new();
+        {
+            let mut clock = self.clock();
+            for (ix, item) in items.iter().enumerate() {
+                let Some(key) = self.key_of(item) else {
+                    continue;
+                };
+                let Some(desc) = registry.at(key.rank) else {
+                    continue;
+                };
+                let owner_field = desc.meta().owner_field().map(|f| f.name);
+                let site = Site {
+                    model: desc.name(),
+                    record: key.id,
+                };
+                let slot = working.entry(key).or_default();
+                let result = match item {
+                    Item::Change { change, bytes, .. } => match desc.meta().ownership {
+                        Ownership::Shared => {
+                            let mut state = match slot.take() {
+                                Some(RecordState::Shared(s)) => s,
+                                Some(other) => {
+                                    *slot = Some(other);
+                                    return Err(EngineError::Malformed(
+                                        "a shared record stored as device-owned".into(),
+                                    ));
+                                }
+                                None => Default::default(),
+                            };
+                            let m = merge::merge_shared_change(&mut state, change, site, &mut conflicts);
+                            *slot = Some(RecordState::Shared(state));
+                            Ok(m)
+                        }
+                        Ownership::DeviceOwned => merge::merge_state(
+                            slot,
+                            RecordState::Owned(OwnedState {
+                                change: change.clone(),
+                                bytes: bytes.clone(),
+                            }),
+                            owner_field,
+                            site,
+                            &mut conflicts,
+                        ),
+                    },
+                    Item::Row { state, .. } => {
+                        merge::merge_state(slot, state.clone(), owner_field, site, &mut conflicts)
+                    }
+                };
+                match result {
+                    Ok(m) => {
+                        for ts in item_clocks(item) {
+                            // Checked in triage: within the bound.
+                            let _ = clock.observe(&ts, now);
+                        }
+                        merged_items.push((ix, key, m));
+                    }
+                    Err(invalid) => {
+                        let reason = match invalid {
+                            Invalid::NotOwner { owner } => RejectReason::NotOwner { owner },
+                            Invalid::Malformed(why) => RejectReason::Malformed(why),
+                        };
+                        if let Item::Change { change, .. } = item {
+                            if let RejectReason::NotOwner { .. } = reason {
+                                conflicts.push(NewConflict {
+                                    kind: ConflictKind::NotOwner,
+                                    model: desc.name(),
+                                    record: key.id,
+                                    field: None,
+                                    loser: Write {
+                                        device: change.device,
+                                        hlc: change.hlc,
+                                        value: None,
+                                    },
+                                    winner: None,
+                                });
+                            }
+                            final_seqs.push((change.origin, change.seq));
+                            outcomes.push((change.origin, change.seq, Outcome::Refused(reason.clone())));
+                            report.rejected.push(Rejection {
+                                origin: change.origin,
+                                seq: change.seq,
+                                model: change.model.clone(),
+                                reason,
+                            });
+                        } else {
+                            report.rejected.push(Rejection {
+                                origin: Uuid::nil(),
+                                seq: 0,
+                                model: desc.name().to_owned(),
+                                reason,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let changed: BTreeMap<RecordKey, RecordState> = working
+            .into_iter()
+            .filter_map(|(k, state)| {
+                let state = state?;
+                let stored = facts.rows.get(&k).and_then(|r| r.as_ref()).map(|r| &r.state);
+                (stored != Some(&state)).then_some((k, state))
+            })
+            .collect();
+
+        // Project, in memory, loading what the plan asks for.
+        let input = Input {
+            changed,
+            ..Input::default()
+        };
+        let projection =
+            write::project(&w.tx, registry, &self.inner.tables, &input, &mut facts).await?;
+        let mut writes = write::build(
+            registry,
+            &self.inner.tables,
+            &input.changed,
+            &facts,
+            projection,
+        )?;
+        writes.conflicts.extend(conflicts);
+
+        // Outcomes, log entries, the received set.
+        let mut applied_changes: Vec<Change> = Vec::new();
+        for (ix, key, m) in &merged_items {
+            let shown = writes.shown.get(key).copied();
+            let outcome = match m {
+                Merged::Superseded => Outcome::Superseded,
+                Merged::Changed => match shown {
+                    Some(Presence::Present) | Some(Presence::Deleted) | None => Outcome::Applied,
+                    Some(Presence::Waiting) | Some(Presence::Refused) | Some(Presence::Absent) => {
+                        Outcome::Waiting
+                    }
+                    Some(Presence::Hidden) => Outcome::Settled,
+                    Some(Presence::Collided) => Outcome::Collided,
+                },
+            };
+            let outcome = if outcome == Outcome::Applied
+                && writes.asides.iter().any(|(k, _)| k == key)
+            {
+                Outcome::Collided
+            } else {
+                outcome
+            };
+            report.count(&outcome);
+            if let Item::Change { change, bytes, .. } = &items[*ix] {
+                if registry.at(key.rank).map(|d| d.meta().ownership) == Some(Ownership::Shared) {
+                    writes.log.push((change.origin, change.seq, bytes.clone()));
+                }
+                if *m == Merged::Changed {
+                    applied_changes.push(change.clone());
+                }
+                outcomes.push((change.origin, change.seq, outcome));
+            }
+        }
+        let mut touched_origins: BTreeSet<Uuid> = BTreeSet::new();
+        for (batch, track) in incoming.batches.iter().zip(&claims) {
+            touched_origins.insert(batch.origin);
+            if let (true, Some((after, upto))) = (track.valid, batch.claim) {
+                let mut start = after.saturating_add(1);
+                for held in &track.held_back {
+                    received.insert(batch.origin, start, held.saturating_sub(1));
+                    start = held.saturating_add(1);
+                }
+                received.insert(batch.origin, start, upto);
+            }
+        }
+        for item in &items {
+            if let Item::Change { change, .. } = item {
+                received.insert(change.origin, change.seq, change.seq);
+                touched_origins.insert(change.origin);
+            }
+        }
+        for (origin, seq) in &final_seqs {
+            received.insert(*origin, *seq, *seq);
+            touched_origins.insert(*origin);
+        }
+        if let Some(step) = &incoming.snapshot
+            && step.next.is_none()
+        {
+            // The last page: the snapshot's vector is held now. Its changes
+            // came as states and cannot be served as changes: a peer that
+            // lacks them must resync from a snapshot too.
+            for (origin, seq) in step.vector.iter() {
+                if origin != self.inner.origin {
+                    received.insert(origin, 1, seq);
+                    touched_origins.insert(origin);
+                }
+            }
+        }
+
+        // Write it all.
+        write::execute(&w.tx, registry, &writes).await?;
+        store::save_received(&w.tx, &received, &touched_origins).await?;
+        let fresh: Vec<(Uuid, Uuid)> = new_origins
+            .iter()
+            .filter(|(o, _)| !known_origins.contains_key(o))
+            .map(|(o, d)| (*o, *d))
+            .collect();
+        store::save_origins(&w.tx, &fresh).await?;
+        if !held_rows.is_empty() {
+            store::hold_rows(&w.tx, &held_rows).await?;
+        }
+        let released: Vec<(String, Uuid)> = incoming
+            .retried
+            .iter()
+            .filter(|(m, r)| !held_rows.iter().any(|h| &h.model == m && h.record == *r))
+            .cloned()
+            .collect();
+        if !released.is_empty() {
+            store::release_held(&w.tx, &released).await?;
+        }
+        let mut pruned_floor = VersionVector::new();
+        if let Some(step) = &incoming.snapshot {
+            crate::snapshot::save_backfill_step(&w.tx, step).await?;
+            if step.next.is_none() {
+                for (origin, seq) in step.vector.iter() {
+                    if origin != self.inner.origin {
+                        pruned_floor.advance(origin, seq);
+                    }
+                }
+                store::raise_pruned(&w.tx, &pruned_floor).await?;
+            }
+        }
+        store::set_meta_u64(&w.tx, META_CLOCK, self.clock().last().0).await?;
+        w.tx.commit().await?;
+
+        // Memory follows what committed.
+        let conflicts_added = writes.conflicts.len() as u64;
+        report.conflicts = conflicts_added;
+        {
+            let mut m = self.memory();
+            m.received = received;
+            m.origins.extend(fresh);
+            m.log_len += writes.log.len() as u64;
+            m.waiting = m.waiting.saturating_add_signed(writes.waiting_delta);
+            m.conflicts += conflicts_added;
+            for (model, n) in &writes.new_rows {
+                *m.rows.entry((*model).to_owned()).or_default() += n;
+            }
+            m.pruned.merge(&pruned_floor);
+            m.held_rows = m
+                .held_rows
+                .saturating_add(held_rows.len() as u64)
+                .saturating_sub(released.len() as u64);
+            let mut new_holds = 0;
+            for r in &report.held_back {
+                if r.seq > 0
+                    && m
+                        .held_back
+                        .insert((r.origin, r.seq), r.reason.to_string())
+                        .is_none()
+                {
+                    new_holds += 1;
+                }
+            }
+            let vector = m.received.vector.clone();
+            m.held_back
+                .retain(|(o, s), _| *s > vector.get(*o));
+            if m.held_back.len() > 100_000
+                && let Some(first) = m.held_back.keys().next().copied()
+            {
+                m.held_back.remove(&first);
+            }
+            if let Some(step) = &incoming.snapshot {
+                m.backfill.step(step);
+            }
+            self.inner
+                .counters
+                .held_back
+                .fetch_add(new_holds, Ordering::Relaxed);
+        }
+        let c = &self.inner.counters;
+        c.applied.fetch_add(report.merged(), Ordering::Relaxed);
+        c.rejected
+            .fetch_add(report.rejected.len() as u64, Ordering::Relaxed);
+        c.parked.fetch_add(report.waiting, Ordering::Relaxed);
+        c.conflicts.fetch_add(conflicts_added, Ordering::Relaxed);
+        metrics::counter!("syncable_changes_applied_total").increment(report.merged());
+        metrics::counter!("syncable_changes_parked_total").increment(report.waiting);
+        metrics::counter!("syncable_changes_rejected_total").increment(report.rejected.len() as u64);
+        metrics::counter!("syncable_conflicts_total").increment(conflicts_added);
+        metrics::histogram!("syncable_apply_seconds").record(started.elapsed().as_secs_f64());
+        metrics::gauge!("syncable_log_entries").set(self.memory().log_len as f64);
+        if !report.rejected.is_empty() || !report.held_back.is_empty() {
+            tracing::warn!(
+                refused = report.rejected.len(),
+                held_back = report.held_back.len(),
+                "received changes refused"
+            );
+        }
+        if !applied_changes.is_empty() {
+            // Nobody listening is fine: the database has every change.
+            let _ = self.inner.applied.send(applied_changes.into());
+        }
+        Ok((report, outcomes))
+    }
+
+    fn key_of(&self, item: &Item) -> Option<RecordKey> {
+        let (model, id) = match item {
+            Item::Change { change, .. } => (change.model.as_str(), change.id),
+            Item::Row { model, record, .. } => (model.as_str(), *record),
+        };
+        Some(RecordKey {
+            rank: self.inner.registry.rank(model)?,
+            id,
+        })
+    }
+
+    /// Whether a change may be merged now.
+    fn triage(
+        &self,
+        change: &Change,
+        known: &std::collections::HashMap<Uuid, Uuid>,
+        fresh: &BTreeMap<Uuid, Uuid>,
+        clock: &crate::clock::Hlc,
+        now: crate::clock::NTP64,
+    ) -> Result<(), RejectReason> {
+        let Some(desc) = self.inner.registry.get(&change.model) else {
+            return Err(RejectReason::UnknownModel);
+        };
+        if let Some(device) = known.get(&change.origin).or(fresh.get(&change.origin))
+            && *device != change.device
+        {
+            return Err(RejectReason::Malformed(format!(
+                "origin {} is an incarnation of {device}, not {}",
+                change.origin, change.device
+            )));
+        }
+        merge::validate(desc, change).map_err(|e| match e {
+            Invalid::NotOwner { owner } => RejectReason::NotOwner { owner },
+            Invalid::Malformed(why) => RejectReason::Malformed(why),
+        })?;
+        clock
+            .check(&change.hlc, now)
+            .map_err(|e| RejectReason::ClockAhead(e.to_string()))
+    }
+
+    /// Whether a snapshot row may be merged now.
+    fn triage_row(
+        &self,
+        row: &SnapshotRow,
+        clock: &crate::clock::Hlc,
+        now: crate::clock::NTP64,
+    ) -> Result<Item, (String, Uuid, RejectReason)> {
+        match row {
+            SnapshotRow::Owned(bytes) => {
+                let change = bytes.decode().map_err(|e| {
+                    (
+                        String::new(),
+                        Uuid::nil(),
+                        RejectReason::Malformed(e.to_string()),
+                    )
+                })?;
+                let fail = |r| (change.model.clone(), change.id, r);
+                let desc = self
+                    .inner
+                    .registry
+                    .get(&change.model)
+                    .ok_or_else(|| fail(RejectReason::UnknownModel))?;
+                if desc.meta().ownership != Ownership::DeviceOwned {
+                    return Err(fail(RejectReason::Malformed(
+                        "a device-owned row of a shared model".into(),
+                    )));
+                }
+                merge::validate(desc, &change).map_err(|e| {
+                    fail(match e {
+                        Invalid::NotOwner { owner } => RejectReason::NotOwner { owner },
+                        Invalid::Malformed(why) => RejectReason::Malformed(why),
+                    })
+                })?;
+                clock
+                    .check(&change.hlc, now)
+                    .map_err(|e| fail(RejectReason::ClockAhead(e.to_string())))?;
+                Ok(Item::Row {
+                    model: change.model.clone(),
+                    record: change.id,
+                    state: RecordState::Owned(OwnedState {
+                        change,
+                        bytes: bytes.clone(),
+                    }),
+                })
+            }
+            SnapshotRow::Shared { model, id, image } => {
+                let fail = |r| (model.clone(), *id, r);
+                let desc = self
+                    .inner
+                    .registry
+                    .get(model)
+                    .ok_or_else(|| fail(RejectReason::UnknownModel))?;
+                if desc.meta().ownership != Ownership::Shared {
+                    return Err(fail(RejectReason::Malformed(
+                        "a shared row of a device-owned model".into(),
+                    )));
+                }
+                let state = rmp_serde::from_slice::<SharedImage>(image)
+                    .map_err(|e| e.to_string())
+                    .and_then(SharedImage::into_state)
+                    .map_err(|e| fail(RejectReason::Malformed(e)))?;
+                for (name, f) in &state.fields {
+                    if let Some(index) = desc.meta().field_index(name) {
+                        merge::check_value(desc, index, &f.value, *id).map_err(|e| {
+                            fail(match e {
+                                Invalid::NotOwner { owner } => RejectReason::NotOwner { owner },
+                                Invalid::Malformed(why) => RejectReason::Malformed(why),
+                            })
+                        })?;
+                    }
+                    clock
+                        .check(&f.hlc, now)
+                        .map_err(|e| fail(RejectReason::ClockAhead(e.to_string())))?;
+                }
+                if let Some(t) = &state.tombstone {
+                    clock
+                        .check(&t.hlc, now)
+                        .map_err(|e| fail(RejectReason::ClockAhead(e.to_string())))?;
+                }
+                Ok(Item::Row {
+                    model: model.clone(),
+                    record: *id,
+                    state: RecordState::Shared(state),
+                })
+            }
+        }
+    }
+
+    /// Tries the snapshot rows held back for now again.
+    pub(crate) async fn retry_held(&self) -> Result<ApplyReport, EngineError> {
+        if self.memory().held_rows == 0 {
+            return Ok(ApplyReport::default());
+        }
+        let held = store::held_rows(self.db()).await?;
+        let mut rows = Vec::with_capacity(held.len());
+        let mut retried = Vec::with_capacity(held.len());
+        for h in held {
+            if let Ok(row) = rmp_serde::from_slice::<SnapshotRow>(&h.row) {
+                rows.push(row);
+            }
+            retried.push((h.model, h.record));
+        }
+        Ok(self
+            .receive(Incoming {
+                rows,
+                retried,
+                ..Incoming::default()
+            })
+            .await?
+            .0)
+    }
+
+    /// The received set (vector and ranges held beyond it).
+    pub(crate) fn received(&self) -> Received {
+        self.memory().received.clone()
+    }
+}
+
+/// Every clock an item carries, for the clock to observe.
+fn item_clocks(item: &Item) -> Vec<Timestamp> {
+    match item {
+        Item::Change { change, .. } => vec![change.hlc],
+        Item::Row { state, .. } => match state {
+            RecordState::Owned(o) => vec![o.change.hlc],
+            RecordState::Shared(s) => s
+                .fields
+                .values()
+                .map(|f| f.hlc)
+                .chain(s.tombstone.map(|t| t.hlc))
+                .collect(),
+        },
+    }
+}

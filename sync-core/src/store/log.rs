@@ -1,0 +1,95 @@
+//! `_sync_log`: shared changes as their origin encoded them, kept until
+//! every peer has them.
+
+use sea_orm::ConnectionTrait;
+use uuid::Uuid;
+
+use super::{StoreError, blob, count, get_u64, insert_many, int, stmt, uuid_value};
+use crate::change::EncodedChange;
+
+const TABLE: &str = "_sync_log";
+
+/// Appends changes (origin, number, bytes); one already there is kept.
+pub(crate) async fn append_log<C: ConnectionTrait>(
+    db: &C,
+    entries: &[(Uuid, u64, &EncodedChange)],
+) -> Result<u64, StoreError> {
+    let mut values = Vec::with_capacity(entries.len() * 3);
+    for (origin, seq, bytes) in entries {
+        values.push(uuid_value(*origin));
+        values.push(int(*seq)?);
+        values.push(blob(bytes.0.clone()));
+    }
+    insert_many(
+        db,
+        "INSERT OR IGNORE INTO _sync_log (origin, seq, change)",
+        3,
+        "",
+        values,
+    )
+    .await
+}
+
+/// The log entries of `origin` with numbers in `(after, upto]`, by number.
+pub(crate) async fn log_since<C: ConnectionTrait>(
+    db: &C,
+    origin: Uuid,
+    after: u64,
+    upto: u64,
+    limit: u64,
+) -> Result<Vec<(u64, EncodedChange)>, StoreError> {
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT seq, change FROM _sync_log WHERE origin = ? AND seq > ? AND seq <= ?
+             ORDER BY seq LIMIT ?",
+            vec![uuid_value(origin), int(after)?, int(upto)?, int(limit)?],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                get_u64(row, "seq", TABLE)?,
+                EncodedChange(row.try_get("", "change")?),
+            ))
+        })
+        .collect()
+}
+
+/// Every log entry, by origin and number.
+pub(crate) async fn log_all<C: ConnectionTrait>(db: &C) -> Result<Vec<EncodedChange>, StoreError> {
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT change FROM _sync_log ORDER BY origin, seq",
+            vec![],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| Ok(EncodedChange(row.try_get("", "change")?)))
+        .collect()
+}
+
+/// The number of log entries.
+pub(crate) async fn log_len<C: ConnectionTrait>(db: &C) -> Result<u64, StoreError> {
+    count(db, "SELECT COUNT(*) AS n FROM _sync_log", vec![]).await
+}
+
+/// Drops the log entries of `origin` up to `seq`, and records the floor.
+pub(crate) async fn prune_log<C: ConnectionTrait>(
+    db: &C,
+    origin: Uuid,
+    seq: u64,
+) -> Result<u64, StoreError> {
+    let result = db
+        .execute_raw(stmt(
+            "DELETE FROM _sync_log WHERE origin = ? AND seq <= ?",
+            vec![uuid_value(origin), int(seq)?],
+        ))
+        .await?;
+    db.execute_raw(stmt(
+        "INSERT INTO _sync_pruned (origin, seq) VALUES (?, ?)
+         ON CONFLICT (origin) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+        vec![uuid_value(origin), int(seq)?],
+    ))
+    .await?;
+    Ok(result.rows_affected())
+}

@@ -1,0 +1,320 @@
+//! Executing what was decided in memory: record states, what the tables
+//! show, waits and asides, log entries and conflicts, written model by model
+//! in multi-row statements.
+//!
+//! Order matters only to the database's own checks. Foreign keys are checked
+//! at commit (`defer_foreign_keys`), so references may point at rows written
+//! later in the same transaction. Unique indexes are checked row by row, so
+//! rows that leave free their keys first, rows that change a unique key
+//! move it to a placeholder before any row takes its new key, and the new
+//! rows and values come last.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sea_orm::{ConnectionTrait, Value};
+use uuid::Uuid;
+
+use crate::change::EncodedChange;
+use crate::error::EngineError;
+use crate::merge::NewConflict;
+use crate::model::FieldRole;
+use crate::project::{
+    Decision, Facts, Presence, Projection, Rank, RecordKey, Stored, TableInfo,
+    unique_key_of,
+};
+use crate::registry::Registry;
+use crate::state::RecordState;
+use crate::store::{self, bind};
+use crate::value::WireValue;
+
+/// What one table gets.
+#[derive(Debug, Default)]
+pub(crate) struct TableWrites {
+    pub(crate) deletes: Vec<i64>,
+    /// Columns moved to placeholders, and the rows with their placeholders.
+    pub(crate) temps: Vec<(Vec<&'static str>, Vec<(i64, Vec<Value>)>)>,
+    pub(crate) upserts: Vec<(i64, Vec<Value>)>,
+}
+
+/// Everything a plan writes.
+#[derive(Debug, Default)]
+pub(crate) struct Writes {
+    pub(crate) rows: Vec<(RecordKey, Stored)>,
+    pub(crate) decided: BTreeSet<RecordKey>,
+    pub(crate) waits: Vec<(RecordKey, RecordKey)>,
+    pub(crate) asides: Vec<(RecordKey, u64)>,
+    pub(crate) log: Vec<(Uuid, u64, EncodedChange)>,
+    pub(crate) conflicts: Vec<NewConflict>,
+    pub(crate) tables: BTreeMap<Rank, TableWrites>,
+    /// Change in the number of records waiting or refused.
+    pub(crate) waiting_delta: i64,
+    /// Records stored for the first time, per model.
+    pub(crate) new_rows: BTreeMap<&'static str, u64>,
+    /// What each decided record shows now.
+    pub(crate) shown: BTreeMap<RecordKey, Presence>,
+}
+
+fn waits_or_refused(p: Presence) -> bool {
+    matches!(p, Presence::Waiting | Presence::Refused)
+}
+
+/// Turns a projection into writes. `changed` are the records whose state
+/// changed; every other decided record keeps its stored state.
+pub(crate) fn build(
+    registry: &Registry,
+    tables: &[TableInfo],
+    changed: &BTreeMap<RecordKey, RecordState>,
+    facts: &Facts,
+    projection: Projection,
+) -> Result<Writes, EngineError> {
+    let mut w = Writes {
+        conflicts: projection.conflicts,
+        ..Writes::default()
+    };
+    // States that changed but were not decided (cannot happen: every
+    // changed record is queued) are still written.
+    for (key, state) in changed {
+        if projection.decisions.contains_key(key) {
+            continue;
+        }
+        let stored = facts.rows.get(key).and_then(|r| r.as_ref());
+        let (presence, local_key, aside) =
+            stored.map_or((Presence::Absent, None, false), |s| (s.presence, s.key, s.aside));
+        if stored.is_none()
+            && let Some(d) = registry.at(key.rank)
+        {
+            *w.new_rows.entry(d.name()).or_default() += 1;
+        }
+        w.rows.push((
+            *key,
+            Stored {
+                state: state.clone(),
+                presence,
+                key: local_key,
+                aside,
+            },
+        ));
+    }
+    for (key, d) in projection.decisions {
+        let Some(desc) = registry.at(key.rank) else {
+            continue;
+        };
+        let stored = facts.rows.get(&key).and_then(|r| r.as_ref());
+        let state = match (changed.get(&key), stored) {
+            (Some(s), _) => s.clone(),
+            (None, Some(s)) => s.state.clone(),
+            (None, None) => continue,
+        };
+        if stored.is_none() {
+            *w.new_rows.entry(desc.name()).or_default() += 1;
+        }
+        let before = d.before;
+        w.waiting_delta += i64::from(waits_or_refused(d.presence)) - i64::from(waits_or_refused(before.0));
+        w.shown.insert(key, d.presence);
+        let row = Stored {
+            state,
+            presence: d.presence,
+            key: if d.presence == Presence::Present { d.key } else { None },
+            aside: d.aside.is_some(),
+        };
+        if stored != Some(&row) {
+            w.rows.push((key, row));
+        }
+        w.decided.insert(key);
+        w.waits.extend(d.waits.iter().map(|p| (key, *p)));
+        if let Some(hash) = d.aside {
+            w.asides.push((key, hash));
+        }
+        table_writes(registry, tables, facts, key, &d, &mut w)?;
+    }
+    Ok(w)
+}
+
+fn table_writes(
+    registry: &Registry,
+    tables: &[TableInfo],
+    facts: &Facts,
+    key: RecordKey,
+    d: &Decision,
+    w: &mut Writes,
+) -> Result<(), EngineError> {
+    let Some(desc) = registry.at(key.rank) else {
+        return Ok(());
+    };
+    let t = w.tables.entry(key.rank).or_default();
+    let (was, old_key) = d.before;
+    let now_key = (d.presence == Presence::Present).then_some(d.key).flatten();
+    if was == Presence::Present
+        && let Some(old) = old_key
+        && now_key != Some(old)
+    {
+        t.deletes.push(old);
+    }
+    let Some(values) = &d.values else {
+        return Ok(());
+    };
+    let Some(k) = now_key else {
+        return Ok(());
+    };
+    // A row that stays and changes a unique key moves it aside first, so
+    // that rows swapping keys never meet.
+    if was == Presence::Present
+        && old_key == Some(k)
+        && let Some(info) = tables.get(key.rank)
+        && let Some(old) = facts.old_unique.get(&(key.rank, k))
+    {
+        for (index, old_values) in info.unique.iter().zip(old) {
+            let new = unique_key_of(values, index);
+            if new.as_ref() == Some(old_values) || old_values.iter().any(WireValue::is_null) {
+                continue;
+            }
+            let mut columns = Vec::new();
+            let mut temp = Vec::new();
+            for f in &index.fields {
+                let field = &desc.meta().fields[*f];
+                columns.push(field.column);
+                temp.push(placeholder(desc, *f, old_values, index, key.id, k));
+            }
+            t.temps.push((columns, vec![(k, temp)]));
+        }
+    }
+    let mut row = Vec::with_capacity(values.len());
+    for (i, v) in values.iter().enumerate() {
+        row.push(bind(desc, i, v)?);
+    }
+    t.upserts.push((k, row));
+    Ok(())
+}
+
+/// A value no other row holds, for a unique column on its way to a new
+/// value: a marked text, a null, or an integer below any key.
+fn placeholder(
+    desc: &crate::registry::ModelDescriptor,
+    field: usize,
+    old_values: &[WireValue],
+    index: &crate::project::UniqueIndex,
+    id: Uuid,
+    key: i64,
+) -> Value {
+    let meta = desc.meta();
+    let position = index.fields.iter().position(|f| *f == field).unwrap_or(0);
+    let nullable = match meta.fields[field].role {
+        FieldRole::Reference { .. } => meta.fields[field].nullable,
+        _ => desc.column_nullable(field),
+    };
+    match old_values.get(position) {
+        Some(WireValue::String(_)) => {
+            Value::String(Some(format!("\u{1}syncable:{}:{field}", id.simple())))
+        }
+        _ if nullable => Value::BigInt(None),
+        Some(WireValue::I8(_) | WireValue::I16(_) | WireValue::I32(_) | WireValue::U8(_) | WireValue::U16(_)) => {
+            // Narrow integers: the negated key fits most columns.
+            Value::BigInt(Some(-key))
+        }
+        _ => Value::BigInt(Some(i64::MIN.saturating_add(key))),
+    }
+}
+
+/// Writes everything, inside the caller's transaction.
+pub(crate) async fn execute<C: ConnectionTrait>(
+    db: &C,
+    registry: &Registry,
+    writes: &Writes,
+) -> Result<(), EngineError> {
+    let touches_tables = writes
+        .tables
+        .values()
+        .any(|t| !t.deletes.is_empty() || !t.upserts.is_empty() || !t.temps.is_empty());
+    if touches_tables {
+        // Foreign keys of the application's tables are checked at commit,
+        // when every row of the plan is in place.
+        db.execute_unprepared("PRAGMA defer_foreign_keys = ON").await?;
+    }
+    for (rank, t) in writes.tables.iter().rev() {
+        if let Some(desc) = registry.at(*rank) {
+            store::delete_rows(db, desc, &t.deletes).await?;
+        }
+    }
+    for (rank, t) in &writes.tables {
+        if let Some(desc) = registry.at(*rank) {
+            for (columns, rows) in &t.temps {
+                store::update_columns(db, desc, columns, rows).await?;
+            }
+        }
+    }
+    for (rank, t) in &writes.tables {
+        if let Some(desc) = registry.at(*rank) {
+            store::upsert_rows(db, desc, &t.upserts).await?;
+        }
+    }
+    let rows: Vec<(RecordKey, &Stored)> = writes.rows.iter().map(|(k, s)| (*k, s)).collect();
+    store::write_rows(db, registry, &rows).await?;
+    if !writes.decided.is_empty() {
+        store::replace_waits(db, registry, &writes.decided, &writes.waits).await?;
+        store::replace_asides(db, registry, &writes.decided, &writes.asides).await?;
+    }
+    let log: Vec<(Uuid, u64, &EncodedChange)> =
+        writes.log.iter().map(|(o, s, b)| (*o, *s, b)).collect();
+    store::append_log(db, &log).await?;
+    store::record_conflicts(db, &writes.conflicts).await?;
+    Ok(())
+}
+
+/// Loads what the planner asks for, and asks again, until it can answer.
+pub(crate) async fn project<C: ConnectionTrait>(
+    db: &C,
+    registry: &Registry,
+    tables: &[TableInfo],
+    input: &crate::project::Input,
+    facts: &mut Facts,
+) -> Result<Projection, EngineError> {
+    use crate::project::Unfinished;
+    // Each round loads at least one missing fact, and the facts a plan can
+    // need are finite; the bound only guards against a planner bug.
+    for _ in 0..10_000 {
+        match crate::project::plan(registry, tables, input, facts) {
+            Ok(p) => return Ok(p),
+            Err(Unfinished::Unsettled(why)) => return Err(EngineError::Unsettled(why)),
+            Err(Unfinished::Needs(needs)) => {
+                if !needs.rows.is_empty() {
+                    facts
+                        .rows
+                        .extend(store::load_rows(db, registry, &needs.rows).await?);
+                }
+                if !needs.children.is_empty() {
+                    facts
+                        .children
+                        .extend(store::load_children(db, registry, &needs.children).await?);
+                }
+                if !needs.waiters.is_empty() {
+                    facts
+                        .waiters
+                        .extend(store::load_waiters(db, registry, &needs.waiters).await?);
+                }
+                if !needs.holders.is_empty() {
+                    facts
+                        .holders
+                        .extend(store::load_holders(db, registry, tables, &needs.holders).await?);
+                }
+                if !needs.asides.is_empty() {
+                    facts
+                        .asides
+                        .extend(store::load_asides(db, registry, &needs.asides).await?);
+                }
+                if !needs.old_unique.is_empty() {
+                    facts.old_unique.extend(
+                        store::load_old_unique(db, registry, tables, &needs.old_unique).await?,
+                    );
+                }
+                for rank in needs.max_key {
+                    if let Some(desc) = registry.at(rank) {
+                        facts.max_key.insert(rank, store::max_key(db, desc).await?);
+                    }
+                }
+            }
+        }
+    }
+    Err(EngineError::Unsettled(
+        "the projection kept asking for facts".into(),
+    ))
+}
