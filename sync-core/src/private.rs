@@ -192,3 +192,70 @@ pub struct Faults {
 }
 
 pub use crate::session::push_of;
+
+/// Protocol steps a session takes, for tests that drive them one by one.
+pub mod steps {
+    use crate::engine::Engine;
+    use crate::error::EngineError;
+    use crate::protocol::{
+        Batch, ErrorMessage, PullRequest, PullResponse, SnapshotRequest, SnapshotResponse,
+    };
+    use crate::receive::{ApplyReport, InBatch, Incoming};
+
+    /// What a peer with this request lacks, one page of it.
+    pub async fn serve_pull(
+        engine: &Engine,
+        request: &PullRequest,
+    ) -> Result<Result<PullResponse, ErrorMessage>, EngineError> {
+        engine.serve_pull(request).await
+    }
+
+    /// One page of a snapshot.
+    pub async fn serve_snapshot(
+        engine: &Engine,
+        request: &SnapshotRequest,
+    ) -> Result<Result<SnapshotResponse, ErrorMessage>, EngineError> {
+        engine.serve_snapshot(request).await
+    }
+
+    /// The request that continues this device's backfill.
+    pub fn backfill_request(engine: &Engine, limit: u32) -> SnapshotRequest {
+        engine.backfill_request(limit)
+    }
+
+    /// Applies a snapshot page; whether the backfill is complete.
+    pub async fn apply_snapshot(
+        engine: &Engine,
+        page: SnapshotResponse,
+    ) -> Result<(ApplyReport, bool), EngineError> {
+        engine.apply_snapshot(page).await
+    }
+
+    /// Applies batches with their claims, as a session does.
+    pub async fn apply_batches(
+        engine: &Engine,
+        batches: Vec<Batch>,
+    ) -> Result<ApplyReport, EngineError> {
+        let batches = batches
+            .into_iter()
+            .map(|b| InBatch {
+                origin: b.origin,
+                device: b.device,
+                claim: Some((b.after, b.upto)),
+                changes: b.changes,
+            })
+            .collect();
+        Ok(engine
+            .receive(Incoming {
+                batches,
+                ..Incoming::default()
+            })
+            .await?
+            .0)
+    }
+
+    /// Starts the device's backfill over.
+    pub async fn restart_backfill(engine: &Engine) -> Result<(), EngineError> {
+        engine.restart_backfill().await
+    }
+}

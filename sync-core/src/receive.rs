@@ -654,6 +654,8 @@ impl Engine {
         metrics::counter!("syncable_changes_applied_total").increment(report.merged());
         metrics::counter!("syncable_changes_parked_total").increment(report.waiting);
         metrics::counter!("syncable_changes_rejected_total").increment(report.rejected.len() as u64);
+        metrics::counter!("syncable_changes_held_back_total")
+            .increment(report.held_back.len() as u64);
         metrics::counter!("syncable_conflicts_total").increment(conflicts_added);
         metrics::histogram!("syncable_apply_seconds").record(started.elapsed().as_secs_f64());
         metrics::gauge!("syncable_log_entries").set(self.memory().log_len as f64);

@@ -55,7 +55,12 @@ fn writes_applies_rejections_and_conflicts_are_counted() {
             let mut unknown = changes[0].clone();
             unknown.model = "nope".into();
             unknown.seq = 99;
-            b.engine.apply(vec![unknown]).await.unwrap();
+            let mut malformed = changes[0].clone();
+            malformed.seq = 100;
+            if let sync_core::Op::Upsert(fields) = &mut malformed.op {
+                fields[1].value = sync_core::WireValue::Bool(Some(true));
+            }
+            b.engine.apply(vec![unknown, malformed]).await.unwrap();
         });
     });
     let snapshot: Vec<_> = snapshotter
@@ -65,9 +70,10 @@ fn writes_applies_rejections_and_conflicts_are_counted() {
         .map(|(k, _, _, v)| (k, v))
         .collect();
     assert_eq!(counter(&snapshot, "syncable_changes_written_total"), 3);
-    assert_eq!(counter(&snapshot, "syncable_changes_received_total"), 4);
+    assert_eq!(counter(&snapshot, "syncable_changes_received_total"), 5);
     assert_eq!(counter(&snapshot, "syncable_changes_applied_total"), 3);
     assert_eq!(counter(&snapshot, "syncable_changes_rejected_total"), 1);
+    assert_eq!(counter(&snapshot, "syncable_changes_held_back_total"), 1);
     assert!(
         snapshot
             .iter()

@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use common::sim::{LIBRARY, Net};
 use common::{Device, device, tag};
+use sync_core::__private::steps;
 use sea_orm::ActiveValue::Set;
 use sync_core::{
-    Change, ErrorCode, Hello, Message, Phase, Session, SessionConfig, SessionState, SyncModel,
+    Change, ErrorCode, Hello, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Phase, Session,
+    SessionConfig, SessionState, SyncModel,
 };
 use uuid::Uuid;
 
@@ -75,7 +77,7 @@ async fn devices_that_connect_catch_up_both_ways() {
     let v0 = net.nodes[0].dev.engine.vector();
     let v1 = net.nodes[1].dev.engine.vector();
     assert_eq!(v0, v1);
-    assert_eq!(v0.get(net.nodes[0].dev.id), 30);
+    assert_eq!(v0.get(net.nodes[0].dev.engine.origin()), 30);
     assert_eq!(net.nodes[0].dev.content().await.len(), 50);
 }
 
@@ -121,7 +123,7 @@ async fn changes_relay_between_devices_that_never_meet() {
     net.run(10_000).await;
     net.partition(1, 2, false);
     assert!(net.settle(3).await);
-    let c = net.nodes[2].dev.id;
+    let c = net.nodes[2].dev.engine.origin();
     assert_eq!(net.nodes[0].dev.engine.vector().get(c), 7);
     assert_eq!(net.nodes[0].dev.content().await.len(), 12);
 }
@@ -132,20 +134,19 @@ async fn a_gap_from_a_third_device_is_never_skipped() {
     net.connect(0, 1).await;
     net.run(1_000).await;
     // c writes 1, 2, 3; b only ever hears 3 (pushed), never 1 and 2.
-    let c_id = net.nodes[2].dev.id;
+    let c_id = net.nodes[2].dev.engine.origin();
     let first = write_tags(&net.nodes[2].dev, 1, "one").await;
     let second = write_tags(&net.nodes[2].dev, 1, "two").await;
     let third = write_tags(&net.nodes[2].dev, 1, "three").await;
     let b = &net.nodes[1].dev;
-    let claim = sync_core::Claim {
+    let batch = sync_core::Batch {
         origin: c_id,
+        device: net.nodes[2].dev.id,
         after: 2,
         upto: 3,
+        changes: third.iter().map(|c| c.encode().unwrap()).collect(),
     };
-    b.engine
-        .apply_claimed(third.clone(), &[claim])
-        .await
-        .unwrap();
+    steps::apply_batches(&b.engine, vec![batch]).await.unwrap();
     assert_eq!(
         b.engine.vector().get(c_id),
         0,
@@ -187,7 +188,7 @@ async fn a_new_device_backfills_while_others_keep_writing() {
     net.committed(0, del);
     net.run(10_000).await;
 
-    assert!(net.nodes[2].dev.engine.needs_backfill().await.unwrap());
+    assert!(net.nodes[2].dev.engine.needs_backfill());
     net.connect(2, 0).await;
     // Interleave: a few messages of the backfill, then new writes.
     for round in 0..5 {
@@ -199,7 +200,7 @@ async fn a_new_device_backfills_while_others_keep_writing() {
     net.connect(2, 1).await;
     assert!(net.settle(4).await);
     let d = &net.nodes[2].dev;
-    assert!(!d.engine.needs_backfill().await.unwrap());
+    assert!(!d.engine.needs_backfill());
     assert!(
         tag::Model::find_by_id(d.engine.database(), victim)
             .await
@@ -232,7 +233,7 @@ async fn a_backfill_resumes_after_a_restart() {
     let time = net.nodes[1].dev.time.clone();
     net.nodes[1].dev = common::open_device(db, 2, time).await;
     net.nodes[1].online = true;
-    let request = net.nodes[1].dev.engine.backfill_request(8).await.unwrap();
+    let request = steps::backfill_request(&net.nodes[1].dev.engine, 8);
     let resumed_at = request.cursor.as_ref().map(|c| c.done);
     assert_eq!(resumed_at, Some(done), "it resumes where it stopped");
     net.connect(1, 0).await;
@@ -353,7 +354,7 @@ async fn unpaired_devices_other_libraries_and_other_versions_are_refused() {
         })
     };
     let out = session
-        .handle(hello(stranger.id, LIBRARY, 1, 1))
+        .handle(hello(stranger.id, LIBRARY, PROTOCOL_VERSION, PROTOCOL_VERSION))
         .await
         .unwrap();
     assert!(out.close.is_some());
@@ -363,7 +364,7 @@ async fn unpaired_devices_other_libraries_and_other_versions_are_refused() {
     a.engine.pair(stranger.id).await.unwrap();
     let mut session = Session::new(a.engine.clone(), SessionConfig::new(LIBRARY));
     let out = session
-        .handle(hello(stranger.id, Uuid::from_u128(5), 1, 1))
+        .handle(hello(stranger.id, Uuid::from_u128(5), PROTOCOL_VERSION, PROTOCOL_VERSION))
         .await
         .unwrap();
     assert!(matches!(&out.send[0], Message::Error(e) if e.code == ErrorCode::WrongLibrary));
@@ -374,7 +375,7 @@ async fn unpaired_devices_other_libraries_and_other_versions_are_refused() {
         .await
         .unwrap();
     assert!(
-        matches!(&out.send[0], Message::Error(e) if e.code == ErrorCode::UnsupportedVersion { min: 1, max: 1 })
+        matches!(&out.send[0], Message::Error(e) if e.code == ErrorCode::UnsupportedVersion { min: MIN_PROTOCOL_VERSION, max: PROTOCOL_VERSION })
     );
 
     // Anything before hello is refused too.
@@ -431,7 +432,7 @@ async fn catch_up_resumes_after_a_restart_from_the_vector_it_reached() {
     for _ in 0..6 {
         net.step().await;
     }
-    let a_id = net.nodes[0].dev.id;
+    let a_id = net.nodes[0].dev.engine.origin();
     let reached = net.nodes[1].dev.engine.vector().get(a_id);
     assert!(reached > 0 && reached < 40, "mid catch-up: {reached}");
 

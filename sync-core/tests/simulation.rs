@@ -121,8 +121,8 @@ async fn run(n: usize, seed: u64, steps: Vec<Step>, faults: Faults) {
                 node.online,
                 e.vector(),
                 node.dev.content().await.len(),
-                e.phase().await.unwrap(),
-                e.needs_backfill().await.unwrap(),
+                e.status().phase,
+                e.needs_backfill(),
                 e.parked_len(),
             );
         }

@@ -123,9 +123,16 @@ async fn a_catch_up_that_skips_an_owners_swap_still_reaches_its_final_state() {
         vector: peer.engine.vector(),
         limit: 100,
     };
-    let response = owner.engine.serve_pull(&request).await.unwrap().unwrap();
-    assert_eq!(response.changes.len(), 2);
-    peer.receive(&response.changes).await;
+    let response = sync_core::__private::steps::serve_pull(&owner.engine, &request)
+        .await
+        .unwrap()
+        .unwrap();
+    let sent: usize = response.batches.iter().map(|b| b.changes.len()).sum();
+    assert_eq!(sent, 2);
+    let report = sync_core::__private::steps::apply_batches(&peer.engine, response.batches)
+        .await
+        .unwrap();
+    assert!(report.rejected.is_empty() && report.held_back.is_empty());
     assert_eq!(owner.content().await, peer.content().await);
     assert!(
         peer.engine.conflicts().await.unwrap().is_empty(),
