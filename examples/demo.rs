@@ -365,12 +365,12 @@ async fn main() -> Result<(), Error> {
     let pb = bar(&multi, total, "tablet");
     pb.set_message("backfilling");
     loop {
-        match tablet.engine().phase().await? {
+        match tablet.engine().status().phase {
             Phase::Backfilling { done, total } => {
                 pb.set_length(total.max(1));
                 pb.set_position(done);
             }
-            _ if !tablet.engine().needs_backfill().await? => break,
+            _ if !tablet.engine().needs_backfill() => break,
             _ => {}
         }
         if join.elapsed() > Duration::from_secs(60) {
@@ -470,7 +470,7 @@ async fn main() -> Result<(), Error> {
         .flat_map(|n| n.link_stats().into_values())
         .map(|s| s.bytes_sent)
         .sum();
-    let conflicts = nodes[0].engine().conflicts_len().await?;
+    let conflicts = nodes[0].engine().conflicts_len();
     println!("\nchanges written (this run's processes): {written}");
     println!(
         "entries indexed: {indexed}; rows per device: {}",
@@ -489,7 +489,9 @@ async fn main() -> Result<(), Error> {
     );
     println!("bytes sent between devices: {bytes}");
     println!("total time: {:.1} s", started.elapsed().as_secs_f64());
-    let entries = entry::Entity::find().count(nodes[0].engine().db()).await?;
+    let entries = entry::Entity::find()
+        .count(nodes[0].engine().database())
+        .await?;
     for node in &nodes {
         node.shutdown().await;
     }

@@ -150,7 +150,10 @@ async fn command(node: &Node, line: &str) -> Result<bool, Error> {
             println!("indexed {n} entries");
         }
         "tags" => {
-            for t in library::tag::Entity::find().all(node.engine().db()).await? {
+            for t in library::tag::Entity::find()
+                .all(node.engine().database())
+                .await?
+            {
                 println!("  {} {}", t.gid, t.display_name);
             }
         }

@@ -94,12 +94,13 @@ fn new_tag(name: &str) -> tag::ActiveModel {
 /// Applies changes one by one, as they would trickle in.
 async fn deliver_one_by_one(engine: &Engine, changes: Vec<Change>) -> Result<(), Error> {
     for change in changes {
+        let waiting = engine.parked_len();
         let report = engine.apply(vec![change]).await?;
-        if report.parked > 0 {
+        if report.waiting > 0 {
             println!("  laptop: a tagging arrived before its tag; it waits");
         }
-        if report.unparked > 0 {
-            println!("  laptop: the tag arrived; the waiting tagging is applied");
+        if engine.parked_len() < waiting {
+            println!("  laptop: the tag arrived; the waiting tagging is shown");
         }
     }
     Ok(())
@@ -189,7 +190,7 @@ async fn main() -> Result<(), Error> {
             c.model,
             c.field.as_deref().unwrap_or("*"),
             value(c.loser.value),
-            c.loser.origin,
+            c.loser.device,
             value(c.winner.and_then(|w| w.value))
         );
     }

@@ -98,7 +98,7 @@ impl Devices {
     /// Waits until `check` holds on every device.
     async fn everywhere<M: SyncModel>(&self, id: Uuid, check: impl Fn(Option<M>) -> bool) {
         for n in &self.nodes {
-            let db = n.engine().db().clone();
+            let db = n.engine().database().clone();
             self.eventually(&format!("{} {id} on {}", M::NAME, n.device()), || {
                 let db = db.clone();
                 let ok = &check;
@@ -125,11 +125,7 @@ macro_rules! write {
     }};
 }
 
-async fn update<M>(node: &Node, id: Uuid, change: impl FnOnce(&mut M))
-where
-    M: SyncModel + sea_orm::IntoActiveModel<M::ActiveModel>,
-    <M::Entity as EntityTrait>::Model: sea_orm::IntoActiveModel<M::ActiveModel>,
-{
+async fn update<M: SyncModel>(node: &Node, id: Uuid, change: impl FnOnce(&mut M)) {
     let mut tx = node.engine().begin().await.unwrap();
     let mut row = M::find_by_id(tx.connection(), id).await.unwrap().unwrap();
     change(&mut row);
@@ -326,14 +322,14 @@ async fn device_owned_models_and_joins_sync_and_follow_their_owner() {
     .await;
     d.settle().await;
     let cat = entry::Entity::find()
-        .all(b.engine().db())
+        .all(b.engine().database())
         .await
         .unwrap()
         .into_iter()
         .find(|e| e.name == "cat")
         .unwrap();
     let vol = volume::Entity::find()
-        .one(c.engine().db())
+        .one(c.engine().database())
         .await
         .unwrap()
         .unwrap();
@@ -383,7 +379,7 @@ async fn device_owned_models_and_joins_sync_and_follow_their_owner() {
     for n in &d.nodes {
         assert_eq!(
             entry::Entity::find()
-                .all(n.engine().db())
+                .all(n.engine().database())
                 .await
                 .unwrap()
                 .len(),
@@ -425,7 +421,7 @@ async fn the_location_entry_cycle_arrives_in_any_order() {
         b.engine().content().await.unwrap()
     );
     let loc = location::Entity::find()
-        .one(b.engine().db())
+        .one(b.engine().database())
         .await
         .unwrap()
         .unwrap();
@@ -456,7 +452,7 @@ async fn unique_columns_are_settled_alike_on_every_device() {
     };
     d2.settle().await;
     let slug = |n: &Node, id: Uuid| {
-        let db = n.engine().db().clone();
+        let db = n.engine().database().clone();
         async move {
             device::Model::find_by_id(&db, id)
                 .await
@@ -493,7 +489,10 @@ async fn unique_columns_are_settled_alike_on_every_device() {
         .unwrap();
     d2.settle().await;
     b.shutdown().await;
-    let files: Vec<entry::Model> = entry::Entity::find().all(a.engine().db()).await.unwrap();
+    let files: Vec<entry::Model> = entry::Entity::find()
+        .all(a.engine().database())
+        .await
+        .unwrap();
     let left = files.iter().find(|e| e.name == "left").unwrap().gid;
     let right = files.iter().find(|e| e.name == "right").unwrap().gid;
     update::<entry::Model>(&a, left, |e| e.name = "swap".into()).await;
@@ -512,7 +511,7 @@ async fn unique_columns_are_settled_alike_on_every_device() {
     };
     pair_ab.settle().await;
     let name = |id| {
-        let db = b2.engine().db().clone();
+        let db = b2.engine().database().clone();
         async move {
             entry::Model::find_by_id(&db, id)
                 .await

@@ -29,7 +29,11 @@ impl Engine {
     ) -> Result<Result<PullResponse, ErrorMessage>, EngineError> {
         let (mine, pruned, origins) = {
             let m = self.memory();
-            (m.received.vector.clone(), m.pruned.clone(), m.origins.clone())
+            (
+                m.received.vector.clone(),
+                m.pruned.clone(),
+                m.origins.clone(),
+            )
         };
         // The vector was read first: everything it names is in what the
         // read below sees.

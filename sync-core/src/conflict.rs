@@ -7,7 +7,7 @@ use crate::clock::Timestamp;
 use crate::value::WireValue;
 
 /// Why a write did not (fully) take effect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ConflictKind {
     /// A field's value here was overwritten by a concurrent write with a
     /// higher clock. The loser is the value that was here.

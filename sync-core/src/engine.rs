@@ -215,7 +215,8 @@ impl Engine {
         store::migrate(&tx).await?;
         match store::get_meta(&tx, META_DEVICE).await? {
             Some(bytes) => {
-                let stored = Uuid::from_slice(&bytes).map_err(|e| store::corrupt("_sync_meta", e))?;
+                let stored =
+                    Uuid::from_slice(&bytes).map_err(|e| store::corrupt("_sync_meta", e))?;
                 if stored != config.device {
                     return Err(EngineError::WrongDevice {
                         stored,
@@ -465,8 +466,7 @@ impl Engine {
                 rows.extend(page);
             }
             // References: local keys to global ids, per target model.
-            let mut keys: BTreeMap<&'static str, std::collections::BTreeSet<i64>> =
-                BTreeMap::new();
+            let mut keys: BTreeMap<&'static str, std::collections::BTreeSet<i64>> = BTreeMap::new();
             for r in meta.references() {
                 for (_, _, values) in &rows {
                     if let Some(crate::value::WireValue::I64(Some(k))) = values.get(r.index) {

@@ -50,9 +50,8 @@ pub use model::{
 pub use peers::{PeerStatus, Phase, Status};
 pub use protocol::{
     Ack, Batch, DecodeError, ErrorCode, ErrorMessage, Heartbeat, HeldBack, Hello,
-    MAX_MESSAGE_BYTES, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, PullRequest,
-    PullResponse, Push, SnapshotCursor, SnapshotRequest, SnapshotResponse, SnapshotRow, decode,
-    encode,
+    MAX_MESSAGE_BYTES, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, PullRequest, PullResponse,
+    Push, SnapshotCursor, SnapshotRequest, SnapshotResponse, SnapshotRow, decode, encode,
 };
 pub use receive::{ApplyReport, Outcome, RejectReason, Rejection};
 pub use registry::{ModelDescriptor, Registry, RegistryError, dependency_order};

@@ -6,7 +6,9 @@
 use std::future::Future;
 
 use sea_orm::sea_query::Value;
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, ModelTrait, QueryFilter, QueryResult};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, ModelTrait, QueryFilter, QueryResult,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -210,7 +212,14 @@ pub trait SyncEntity: EntityTrait<Model = <Self as SyncEntity>::SyncModel> {
 ///
 /// Field positions (`index`) are positions in [`ModelMeta::fields`].
 pub trait SyncModel:
-    ModelTrait + sea_orm::FromQueryResult + Clone + Send + Sync + Sized + 'static
+    ModelTrait<Entity: EntityTrait<Model = Self, ActiveModel: sea_orm::ActiveModelBehavior + Send>>
+    + sea_orm::IntoActiveModel<<Self::Entity as EntityTrait>::ActiveModel>
+    + sea_orm::FromQueryResult
+    + Clone
+    + Send
+    + Sync
+    + Sized
+    + 'static
 {
     /// The model's wire name (the same as `META.name`; a separate constant so
     /// that models referencing each other do not make their metadata
@@ -258,14 +267,10 @@ pub trait SyncModel:
     fn find_by_id<C: ConnectionTrait>(
         db: &C,
         id: Uuid,
-    ) -> impl Future<Output = Result<Option<Self>, DbErr>> + Send
-    where
-        Self::Entity: EntityTrait<Model = Self>,
-    {
+    ) -> impl Future<Output = Result<Option<Self>, DbErr>> + Send {
         let column = Self::META.id_field().map(|f| f.column).unwrap_or_default();
-        let column =
-            <<Self::Entity as EntityTrait>::Column as std::str::FromStr>::from_str(column)
-                .map_err(|_| DbErr::Custom(format!("`{}` has no id column", Self::NAME)));
+        let column = <<Self::Entity as EntityTrait>::Column as std::str::FromStr>::from_str(column)
+            .map_err(|_| DbErr::Custom(format!("`{}` has no id column", Self::NAME)));
         async move {
             let column = column?;
             <Self::Entity as EntityTrait>::find()

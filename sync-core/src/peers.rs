@@ -435,7 +435,10 @@ impl Engine {
         store::log_all(self.db())
             .await?
             .iter()
-            .map(|b| b.decode().map_err(|e| EngineError::Malformed(e.to_string())))
+            .map(|b| {
+                b.decode()
+                    .map_err(|e| EngineError::Malformed(e.to_string()))
+            })
             .collect()
     }
 }

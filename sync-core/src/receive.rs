@@ -55,6 +55,9 @@ pub enum Outcome {
     HeldBack(RejectReason),
 }
 
+/// What became of the change `seq` of `origin`.
+pub(crate) type ChangeOutcome = (Uuid, u64, Outcome);
+
 /// Why an incoming change was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RejectReason {
@@ -76,7 +79,10 @@ pub enum RejectReason {
 impl RejectReason {
     /// Whether the change can never apply (rather than not yet).
     pub fn is_final(&self) -> bool {
-        matches!(self, RejectReason::NotOwner { .. } | RejectReason::Malformed(_))
+        matches!(
+            self,
+            RejectReason::NotOwner { .. } | RejectReason::Malformed(_)
+        )
     }
 }
 
@@ -206,7 +212,10 @@ impl Engine {
             let bytes = c
                 .encode()
                 .map_err(|e| EngineError::Malformed(e.to_string()))?;
-            by_origin.entry((c.origin, c.device)).or_default().push(bytes);
+            by_origin
+                .entry((c.origin, c.device))
+                .or_default()
+                .push(bytes);
         }
         let batches = by_origin
             .into_iter()
@@ -231,7 +240,7 @@ impl Engine {
     pub(crate) async fn receive(
         &self,
         incoming: Incoming,
-    ) -> Result<(ApplyReport, Vec<(Uuid, u64, Outcome)>), EngineError> {
+    ) -> Result<(ApplyReport, Vec<ChangeOutcome>), EngineError> {
         let started = std::time::Instant::now();
         let received_count: usize = incoming.batches.iter().map(|b| b.changes.len()).sum();
         metrics::counter!("syncable_changes_received_total").increment(received_count as u64);
@@ -403,7 +412,12 @@ impl Engine {
                                 }
                                 None => Default::default(),
                             };
-                            let m = merge::merge_shared_change(&mut state, change, site, &mut conflicts);
+                            let m = merge::merge_shared_change(
+                                &mut state,
+                                change,
+                                site,
+                                &mut conflicts,
+                            );
                             *slot = Some(RecordState::Shared(state));
                             Ok(m)
                         }
@@ -451,7 +465,11 @@ impl Engine {
                                 });
                             }
                             final_seqs.push((change.origin, change.seq));
-                            outcomes.push((change.origin, change.seq, Outcome::Refused(reason.clone())));
+                            outcomes.push((
+                                change.origin,
+                                change.seq,
+                                Outcome::Refused(reason.clone()),
+                            ));
                             report.rejected.push(Rejection {
                                 origin: change.origin,
                                 seq: change.seq,
@@ -474,7 +492,11 @@ impl Engine {
             .into_iter()
             .filter_map(|(k, state)| {
                 let state = state?;
-                let stored = facts.rows.get(&k).and_then(|r| r.as_ref()).map(|r| &r.state);
+                let stored = facts
+                    .rows
+                    .get(&k)
+                    .and_then(|r| r.as_ref())
+                    .map(|r| &r.state);
                 (stored != Some(&state)).then_some((k, state))
             })
             .collect();
@@ -510,13 +532,12 @@ impl Engine {
                     Some(Presence::Collided) => Outcome::Collided,
                 },
             };
-            let outcome = if outcome == Outcome::Applied
-                && writes.asides.iter().any(|(k, _)| k == key)
-            {
-                Outcome::Collided
-            } else {
-                outcome
-            };
+            let outcome =
+                if outcome == Outcome::Applied && writes.asides.iter().any(|(k, _)| k == key) {
+                    Outcome::Collided
+                } else {
+                    outcome
+                };
             report.count(&outcome);
             if let Item::Change { change, bytes, .. } = &items[*ix] {
                 if registry.at(key.rank).map(|d| d.meta().ownership) == Some(Ownership::Shared) {
@@ -565,7 +586,7 @@ impl Engine {
         }
 
         // Write it all.
-        write::execute(&w.tx, registry, &writes).await?;
+        let conflicts_added = write::execute(&w.tx, registry, &writes).await?;
         store::save_received(&w.tx, &received, &touched_origins).await?;
         let fresh: Vec<(Uuid, Uuid)> = new_origins
             .iter()
@@ -597,11 +618,11 @@ impl Engine {
                 store::raise_pruned(&w.tx, &pruned_floor).await?;
             }
         }
-        store::set_meta_u64(&w.tx, META_CLOCK, self.clock().last().0).await?;
+        let last = self.clock_time().0;
+        store::set_meta_u64(&w.tx, META_CLOCK, last).await?;
         w.tx.commit().await?;
 
         // Memory follows what committed.
-        let conflicts_added = writes.conflicts.len() as u64;
         report.conflicts = conflicts_added;
         {
             let mut m = self.memory();
@@ -621,8 +642,7 @@ impl Engine {
             let mut new_holds = 0;
             for r in &report.held_back {
                 if r.seq > 0
-                    && m
-                        .held_back
+                    && m.held_back
                         .insert((r.origin, r.seq), r.reason.to_string())
                         .is_none()
                 {
@@ -630,8 +650,7 @@ impl Engine {
                 }
             }
             let vector = m.received.vector.clone();
-            m.held_back
-                .retain(|(o, s), _| *s > vector.get(*o));
+            m.held_back.retain(|(o, s), _| *s > vector.get(*o));
             if m.held_back.len() > 100_000
                 && let Some(first) = m.held_back.keys().next().copied()
             {
@@ -653,7 +672,8 @@ impl Engine {
         c.conflicts.fetch_add(conflicts_added, Ordering::Relaxed);
         metrics::counter!("syncable_changes_applied_total").increment(report.merged());
         metrics::counter!("syncable_changes_parked_total").increment(report.waiting);
-        metrics::counter!("syncable_changes_rejected_total").increment(report.rejected.len() as u64);
+        metrics::counter!("syncable_changes_rejected_total")
+            .increment(report.rejected.len() as u64);
         metrics::counter!("syncable_changes_held_back_total")
             .increment(report.held_back.len() as u64);
         metrics::counter!("syncable_conflicts_total").increment(conflicts_added);

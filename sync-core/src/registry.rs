@@ -60,7 +60,12 @@ impl ModelDescriptor {
     }
 
     /// [`SyncModel::read_field`] for this model.
-    pub fn read_field(&self, index: usize, row: &QueryResult, alias: &str) -> Result<WireValue, DbErr> {
+    pub fn read_field(
+        &self,
+        index: usize,
+        row: &QueryResult,
+        alias: &str,
+    ) -> Result<WireValue, DbErr> {
         (self.read_field)(index, row, alias)
     }
 

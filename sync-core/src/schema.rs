@@ -78,7 +78,10 @@ async fn unique_indexes<C: ConnectionTrait>(
         }
         let name: String = row.try_get("", "name")?;
         let info = db
-            .query_all_raw(stmt(&format!("PRAGMA index_info({})", ident(&name)), vec![]))
+            .query_all_raw(stmt(
+                &format!("PRAGMA index_info({})", ident(&name)),
+                vec![],
+            ))
             .await?;
         let mut cols = Vec::new();
         let mut expression = false;
@@ -200,7 +203,9 @@ async fn inspect_one<C: ConnectionTrait>(
             .map(|c| meta.fields.iter().position(|f| f.column == c))
             .collect();
         match fields {
-            Some(fields) if seen.insert(fields.clone()) => unique.push(UniqueIndex { name, fields }),
+            Some(fields) if seen.insert(fields.clone()) => {
+                unique.push(UniqueIndex { name, fields })
+            }
             Some(_) => {}
             None => tracing::warn!(
                 model = meta.name,

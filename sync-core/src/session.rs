@@ -12,7 +12,7 @@ use crate::protocol::{
     Ack, Batch, ErrorCode, ErrorMessage, Heartbeat, Hello, MIN_PROTOCOL_VERSION, Message,
     PROTOCOL_VERSION, PullRequest, PullResponse, Push, SnapshotResponse,
 };
-use crate::receive::{Incoming, InBatch, Outcome};
+use crate::receive::{InBatch, Incoming, Outcome};
 use crate::vector::VersionVector;
 
 /// How a session behaves.
@@ -299,7 +299,10 @@ impl Session {
         })
     }
 
-    async fn receive(&mut self, batches: Vec<Batch>) -> Result<Vec<(Uuid, u64, Outcome)>, EngineError> {
+    async fn receive(
+        &mut self,
+        batches: Vec<Batch>,
+    ) -> Result<Vec<crate::receive::ChangeOutcome>, EngineError> {
         let (report, outcomes) = self
             .engine
             .receive(Incoming {
@@ -336,10 +339,7 @@ impl Session {
 
     async fn pushed(&mut self, push: Push) -> Result<Output, EngineError> {
         let before = self.engine.vector();
-        let gap = push
-            .batches
-            .iter()
-            .any(|b| before.get(b.origin) < b.after);
+        let gap = push.batches.iter().any(|b| before.get(b.origin) < b.after);
         let outcomes = self.receive(push.batches.clone()).await?;
         // Relay what was new here: another peer may lack it too.
         let relay: Vec<Batch> = push

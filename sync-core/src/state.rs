@@ -163,8 +163,7 @@ impl RecordState {
     pub(crate) fn decode(ownership: Ownership, bytes: &[u8]) -> Result<Self, String> {
         match ownership {
             Ownership::Shared => {
-                let image: SharedImage =
-                    rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+                let image: SharedImage = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
                 image.into_state().map(RecordState::Shared)
             }
             Ownership::DeviceOwned => {

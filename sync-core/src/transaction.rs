@@ -75,13 +75,8 @@ impl std::fmt::Debug for SyncTransaction<'_> {
     }
 }
 
-fn find_by_id<M: SyncModel>(
-    id: Uuid,
-) -> Result<sea_orm::Select<M::Entity>, EngineError> {
-    let column = M::META
-        .id_field()
-        .map(|f| f.column)
-        .unwrap_or_default();
+fn find_by_id<M: SyncModel>(id: Uuid) -> Result<sea_orm::Select<M::Entity>, EngineError> {
+    let column = M::META.id_field().map(|f| f.column).unwrap_or_default();
     let column = <<M::Entity as EntityTrait>::Column as std::str::FromStr>::from_str(column)
         .map_err(|_| EngineError::UnknownModel(M::NAME.to_owned()))?;
     Ok(<M::Entity as EntityTrait>::find().filter(column.eq(id)))
@@ -158,7 +153,8 @@ impl<'e> SyncTransaction<'e> {
     ) -> Result<<A::Entity as EntityTrait>::Model, EngineError>
     where
         A: ActiveModelTrait + ActiveModelBehavior + Send,
-        <A::Entity as EntityTrait>::Model: SyncModel + IntoActiveModel<A>,
+        A::Entity: crate::model::SyncEntity,
+        <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
     {
         self.check()?;
         let result = self.insert_inner(row).await;
@@ -171,9 +167,10 @@ impl<'e> SyncTransaction<'e> {
     ) -> Result<<A::Entity as EntityTrait>::Model, EngineError>
     where
         A: ActiveModelTrait + ActiveModelBehavior + Send,
-        <A::Entity as EntityTrait>::Model: SyncModel + IntoActiveModel<A>,
+        A::Entity: crate::model::SyncEntity,
+        <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
     {
-        let (rank, _) = self.descriptor::<<A::Entity as EntityTrait>::Model>()?;
+        let (rank, _) = self.descriptor::<<A::Entity as crate::model::SyncEntity>::SyncModel>()?;
         let model = row.insert(&self.w.tx).await?;
         let meta = model_meta(&model);
         let id = model.sync_id();
@@ -204,25 +201,13 @@ impl<'e> SyncTransaction<'e> {
     /// Writes a row's new state (found by its global id). Only the columns
     /// that differ from the stored row are written; only the synced fields
     /// among them make a change (local-only fields are written without one).
-    pub async fn update<M>(&mut self, row: M) -> Result<M, EngineError>
-    where
-        M: SyncModel,
-        M::Entity: EntityTrait<Model = M>,
-        M: IntoActiveModel<<M::Entity as EntityTrait>::ActiveModel>,
-        <M::Entity as EntityTrait>::ActiveModel: ActiveModelBehavior + Send,
-    {
+    pub async fn update<M: SyncModel>(&mut self, row: M) -> Result<M, EngineError> {
         self.check()?;
         let result = self.update_inner(row).await;
         self.poison(result)
     }
 
-    async fn update_inner<M>(&mut self, row: M) -> Result<M, EngineError>
-    where
-        M: SyncModel,
-        M::Entity: EntityTrait<Model = M>,
-        M: IntoActiveModel<<M::Entity as EntityTrait>::ActiveModel>,
-        <M::Entity as EntityTrait>::ActiveModel: ActiveModelBehavior + Send,
-    {
+    async fn update_inner<M: SyncModel>(&mut self, row: M) -> Result<M, EngineError> {
         let (rank, _) = self.descriptor::<M>()?;
         let meta = &M::META;
         let id = row.sync_id();
@@ -304,21 +289,13 @@ impl<'e> SyncTransaction<'e> {
     /// that reference it through a nullable key get null; rows that need it
     /// are no longer shown (and this device's own device-owned rows that
     /// need it are deleted with it). `false` if there was no such row.
-    pub async fn delete<M>(&mut self, id: Uuid) -> Result<bool, EngineError>
-    where
-        M: SyncModel,
-        M::Entity: EntityTrait<Model = M>,
-    {
+    pub async fn delete<M: SyncModel>(&mut self, id: Uuid) -> Result<bool, EngineError> {
         self.check()?;
         let result = self.delete_inner::<M>(id).await;
         self.poison(result)
     }
 
-    async fn delete_inner<M>(&mut self, id: Uuid) -> Result<bool, EngineError>
-    where
-        M: SyncModel,
-        M::Entity: EntityTrait<Model = M>,
-    {
+    async fn delete_inner<M: SyncModel>(&mut self, id: Uuid) -> Result<bool, EngineError> {
         let (rank, desc) = self.descriptor::<M>()?;
         let meta = &M::META;
         let Some(row) = find_by_id::<M>(id)?.one(&self.w.tx).await? else {
@@ -396,7 +373,9 @@ impl<'e> SyncTransaction<'e> {
             })
             .collect();
         let mut facts = Facts::default();
-        facts.rows.extend(store::load_rows(&w.tx, registry, &keys).await?);
+        facts
+            .rows
+            .extend(store::load_rows(&w.tx, registry, &keys).await?);
         let mut working: BTreeMap<RecordKey, Option<RecordState>> = keys
             .iter()
             .map(|k| {
@@ -435,7 +414,11 @@ impl<'e> SyncTransaction<'e> {
                 PendingWrite::Delete => Op::Delete {
                     seen: slot.as_ref().and_then(RecordState::latest),
                 },
-                PendingWrite::Upsert { values, fields, key: local } => {
+                PendingWrite::Upsert {
+                    values,
+                    fields,
+                    key: local,
+                } => {
                     fixed.insert(key, *local);
                     let mut out = Vec::with_capacity(fields.len());
                     for i in fields {
@@ -539,7 +522,7 @@ impl<'e> SyncTransaction<'e> {
         )?;
         writes.conflicts.extend(conflicts);
         writes.log = log;
-        write::execute(&w.tx, registry, &writes).await?;
+        let conflicts_added = write::execute(&w.tx, registry, &writes).await?;
         let mut received = engine.received();
         received.insert(origin, 1, next_seq.saturating_sub(1));
         store::save_received(&w.tx, &received, &BTreeSet::from([origin])).await?;
@@ -551,16 +534,15 @@ impl<'e> SyncTransaction<'e> {
             m.next_seq = next_seq;
             m.log_len += writes.log.len() as u64;
             m.waiting = m.waiting.saturating_add_signed(writes.waiting_delta);
-            m.conflicts += writes.conflicts.len() as u64;
+            m.conflicts += conflicts_added;
             for (model, n) in &writes.new_rows {
                 *m.rows.entry((*model).to_owned()).or_default() += n;
             }
         }
-        engine
-            .inner
-            .counters
-            .conflicts
-            .fetch_add(writes.conflicts.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        engine.inner.counters.conflicts.fetch_add(
+            writes.conflicts.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         engine.publish(changes.clone());
         Ok(changes)
     }

@@ -19,20 +19,27 @@ use crate::error::EngineError;
 use crate::merge::NewConflict;
 use crate::model::FieldRole;
 use crate::project::{
-    Decision, Facts, Presence, Projection, Rank, RecordKey, Stored, TableInfo,
-    unique_key_of,
+    Decision, Facts, Presence, Projection, Rank, RecordKey, Stored, TableInfo, unique_key_of,
 };
 use crate::registry::Registry;
 use crate::state::RecordState;
 use crate::store::{self, bind};
 use crate::value::WireValue;
 
+/// Columns of some rows set to placeholders: (local key, a value per
+/// column).
+#[derive(Debug, Default)]
+pub(crate) struct Placeholders {
+    pub(crate) columns: Vec<&'static str>,
+    pub(crate) rows: Vec<(i64, Vec<Value>)>,
+}
+
 /// What one table gets.
 #[derive(Debug, Default)]
 pub(crate) struct TableWrites {
     pub(crate) deletes: Vec<i64>,
-    /// Columns moved to placeholders, and the rows with their placeholders.
-    pub(crate) temps: Vec<(Vec<&'static str>, Vec<(i64, Vec<Value>)>)>,
+    /// Unique columns moved to placeholders first.
+    pub(crate) temps: Vec<Placeholders>,
     pub(crate) upserts: Vec<(i64, Vec<Value>)>,
 }
 
@@ -78,8 +85,9 @@ pub(crate) fn build(
             continue;
         }
         let stored = facts.rows.get(key).and_then(|r| r.as_ref());
-        let (presence, local_key, aside) =
-            stored.map_or((Presence::Absent, None, false), |s| (s.presence, s.key, s.aside));
+        let (presence, local_key, aside) = stored.map_or((Presence::Absent, None, false), |s| {
+            (s.presence, s.key, s.aside)
+        });
         if stored.is_none()
             && let Some(d) = registry.at(key.rank)
         {
@@ -109,12 +117,17 @@ pub(crate) fn build(
             *w.new_rows.entry(desc.name()).or_default() += 1;
         }
         let before = d.before;
-        w.waiting_delta += i64::from(waits_or_refused(d.presence)) - i64::from(waits_or_refused(before.0));
+        w.waiting_delta +=
+            i64::from(waits_or_refused(d.presence)) - i64::from(waits_or_refused(before.0));
         w.shown.insert(key, d.presence);
         let row = Stored {
             state,
             presence: d.presence,
-            key: if d.presence == Presence::Present { d.key } else { None },
+            key: if d.presence == Presence::Present {
+                d.key
+            } else {
+                None
+            },
             aside: d.aside.is_some(),
         };
         if stored != Some(&row) {
@@ -175,7 +188,10 @@ fn table_writes(
                 columns.push(field.column);
                 temp.push(placeholder(desc, *f, old_values, index, key.id, k));
             }
-            t.temps.push((columns, vec![(k, temp)]));
+            t.temps.push(Placeholders {
+                columns,
+                rows: vec![(k, temp)],
+            });
         }
     }
     let mut row = Vec::with_capacity(values.len());
@@ -207,7 +223,13 @@ fn placeholder(
             Value::String(Some(format!("\u{1}syncable:{}:{field}", id.simple())))
         }
         _ if nullable => Value::BigInt(None),
-        Some(WireValue::I8(_) | WireValue::I16(_) | WireValue::I32(_) | WireValue::U8(_) | WireValue::U16(_)) => {
+        Some(
+            WireValue::I8(_)
+            | WireValue::I16(_)
+            | WireValue::I32(_)
+            | WireValue::U8(_)
+            | WireValue::U16(_),
+        ) => {
             // Narrow integers: the negated key fits most columns.
             Value::BigInt(Some(-key))
         }
@@ -220,7 +242,7 @@ pub(crate) async fn execute<C: ConnectionTrait>(
     db: &C,
     registry: &Registry,
     writes: &Writes,
-) -> Result<(), EngineError> {
+) -> Result<u64, EngineError> {
     let touches_tables = writes
         .tables
         .values()
@@ -228,7 +250,8 @@ pub(crate) async fn execute<C: ConnectionTrait>(
     if touches_tables {
         // Foreign keys of the application's tables are checked at commit,
         // when every row of the plan is in place.
-        db.execute_unprepared("PRAGMA defer_foreign_keys = ON").await?;
+        db.execute_unprepared("PRAGMA defer_foreign_keys = ON")
+            .await?;
     }
     for (rank, t) in writes.tables.iter().rev() {
         if let Some(desc) = registry.at(*rank) {
@@ -237,8 +260,8 @@ pub(crate) async fn execute<C: ConnectionTrait>(
     }
     for (rank, t) in &writes.tables {
         if let Some(desc) = registry.at(*rank) {
-            for (columns, rows) in &t.temps {
-                store::update_columns(db, desc, columns, rows).await?;
+            for p in &t.temps {
+                store::update_columns(db, desc, &p.columns, &p.rows).await?;
             }
         }
     }
@@ -256,8 +279,7 @@ pub(crate) async fn execute<C: ConnectionTrait>(
     let log: Vec<(Uuid, u64, &EncodedChange)> =
         writes.log.iter().map(|(o, s, b)| (*o, *s, b)).collect();
     store::append_log(db, &log).await?;
-    store::record_conflicts(db, &writes.conflicts).await?;
-    Ok(())
+    Ok(store::record_conflicts(db, &writes.conflicts).await?)
 }
 
 /// Loads what the planner asks for, and asks again, until it can answer.
@@ -306,10 +328,33 @@ pub(crate) async fn project<C: ConnectionTrait>(
                         store::load_old_unique(db, registry, tables, &needs.old_unique).await?,
                     );
                 }
-                for rank in needs.max_key {
-                    if let Some(desc) = registry.at(rank) {
-                        facts.max_key.insert(rank, store::max_key(db, desc).await?);
+                for rank in &needs.max_key {
+                    if let Some(desc) = registry.at(*rank) {
+                        facts.max_key.insert(*rank, store::max_key(db, desc).await?);
                     }
+                }
+                // Whatever was asked and not found is known now to be
+                // absent: the planner never asks for the same fact twice.
+                for k in needs.rows {
+                    facts.rows.entry(k).or_insert(None);
+                }
+                for k in needs.children {
+                    facts.children.entry(k).or_default();
+                }
+                for k in needs.waiters {
+                    facts.waiters.entry(k).or_default();
+                }
+                for k in needs.holders.into_keys() {
+                    facts.holders.entry(k).or_default();
+                }
+                for k in needs.asides {
+                    facts.asides.entry(k).or_default();
+                }
+                for k in needs.old_unique {
+                    facts.old_unique.entry(k).or_default();
+                }
+                for k in needs.max_key {
+                    facts.max_key.entry(k).or_insert(0);
                 }
             }
         }

@@ -220,15 +220,24 @@ async fn malformed_records_are_refused_without_writing() {
         }
     };
     let cases = vec![
-        with(2, &set("i8_v", sync_core::WireValue::String(Some("seven".into())))),
+        with(
+            2,
+            &set("i8_v", sync_core::WireValue::String(Some("seven".into()))),
+        ),
         with(3, &set("text", sync_core::WireValue::String(None))),
         with(4, &|f: &mut Vec<FieldChange>| {
             let first = f[0].clone();
             f.push(first);
         }),
-        with(5, &set("gid", sync_core::WireValue::Uuid(Some(Uuid::new_v4())))),
+        with(
+            5,
+            &set("gid", sync_core::WireValue::Uuid(Some(Uuid::new_v4()))),
+        ),
         with(6, &set("u32_v", sync_core::WireValue::U64(Some(u64::MAX)))),
-        with(7, &set("json", sync_core::WireValue::Json(Some("{not json".into())))),
+        with(
+            7,
+            &set("json", sync_core::WireValue::Json(Some("{not json".into()))),
+        ),
     ];
     let report = b.engine.apply(cases).await.unwrap();
     assert_eq!(report.rejected.len(), 6, "{report:?}");
@@ -241,7 +250,15 @@ async fn malformed_records_are_refused_without_writing() {
     assert!(b.content().await.is_empty(), "nothing was written");
 }
 
-async fn seed_tree(d: &Device) -> (volume::Model, location::Model, entry::Model, entry::Model, Vec<Change>) {
+async fn seed_tree(
+    d: &Device,
+) -> (
+    volume::Model,
+    location::Model,
+    entry::Model,
+    entry::Model,
+    Vec<Change>,
+) {
     let device = d.id;
     let mut tx = d.engine.begin().await.unwrap();
     let vol = tx

@@ -51,7 +51,9 @@ async fn delete_tag(d: &Device, id: Uuid) -> Vec<Change> {
 }
 
 async fn get_tag(d: &Device, id: Uuid) -> Option<tag::Model> {
-    tag::Model::find_by_id(d.engine.database(), id).await.unwrap()
+    tag::Model::find_by_id(d.engine.database(), id)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -61,7 +63,11 @@ async fn a_write_commits_its_row_state_and_log_entry_together() {
     assert_eq!(changes.len(), 1);
     let change = &changes[0];
     assert_eq!((change.device, change.seq, change.id), (a.id, 1, row.gid));
-    assert_eq!(change.origin, a.engine.origin(), "numbered by this incarnation");
+    assert_eq!(
+        change.origin,
+        a.engine.origin(),
+        "numbered by this incarnation"
+    );
     let Op::Upsert(fields) = &change.op else {
         panic!("an insert is an upsert")
     };
@@ -426,10 +432,7 @@ async fn parked_changes_survive_a_restart() {
         );
     }
     let b = common::device_at(&path, 2, sync_core::clock::ManualTime::new(common::EPOCH)).await;
-    assert!(
-        b.engine.parked_len() > 0,
-        "still parked after the restart"
-    );
+    assert!(b.engine.parked_len() > 0, "still parked after the restart");
     b.receive(&parents).await;
     assert_eq!(b.engine.parked_len(), 0);
     for id in [vol, loc, d, f] {
@@ -647,11 +650,7 @@ async fn a_clock_too_far_ahead_is_refused_counted_and_changes_nothing() {
     ));
     assert_eq!(b.engine.stats().held_back, 1);
     assert!(get_tag(&b, row.gid).await.is_none());
-    assert_eq!(
-        b.engine.log_len(),
-        0,
-        "refused, not recorded as received"
-    );
+    assert_eq!(b.engine.log_len(), 0, "refused, not recorded as received");
     let clock_before = b.engine.clock_time();
     assert!(clock_before < *changes[0].hlc.get_time());
 
@@ -710,7 +709,10 @@ async fn an_injected_failure_between_the_row_and_the_log_leaves_neither() {
             .unwrap()
             .is_none()
     );
-    assert_eq!(tag::Entity::find().count(engine.database()).await.unwrap(), 0);
+    assert_eq!(
+        tag::Entity::find().count(engine.database()).await.unwrap(),
+        0
+    );
     assert_eq!(engine.log_len(), 0);
 
     faults

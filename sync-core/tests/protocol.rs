@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use common::sim::{LIBRARY, Net};
 use common::{Device, device, tag};
-use sync_core::__private::steps;
 use sea_orm::ActiveValue::Set;
+use sync_core::__private::steps;
 use sync_core::{
     Change, ErrorCode, Hello, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Phase, Session,
     SessionConfig, SessionState, SyncModel,
@@ -251,11 +251,7 @@ async fn pruning_waits_for_every_paired_peer_including_a_silent_one() {
     net.run(10_000).await;
     let a = &net.nodes[0].dev.engine;
     assert_eq!(a.prune().await.unwrap(), 0);
-    assert_eq!(
-        a.log_len(),
-        10,
-        "c never acknowledged: nothing is pruned"
-    );
+    assert_eq!(a.log_len(), 10, "c never acknowledged: nothing is pruned");
 
     // c shows up and acknowledges: now the log can go.
     net.nodes[2].online = true;
@@ -268,12 +264,7 @@ async fn pruning_waits_for_every_paired_peer_including_a_silent_one() {
     // Acknowledgements prune at most once a second and this clock stands
     // still: prune now.
     a.prune().await.unwrap();
-    assert_eq!(
-        a.log_len(),
-        0,
-        "{:?}",
-        a.status().peers
-    );
+    assert_eq!(a.log_len(), 0, "{:?}", a.status().peers);
     // Merging still works after pruning: field versions live beside the data.
     let renames = rename_some(&net.nodes[1].dev, 2, "after pruning").await;
     net.committed(1, renames);
@@ -354,7 +345,12 @@ async fn unpaired_devices_other_libraries_and_other_versions_are_refused() {
         })
     };
     let out = session
-        .handle(hello(stranger.id, LIBRARY, PROTOCOL_VERSION, PROTOCOL_VERSION))
+        .handle(hello(
+            stranger.id,
+            LIBRARY,
+            PROTOCOL_VERSION,
+            PROTOCOL_VERSION,
+        ))
         .await
         .unwrap();
     assert!(out.close.is_some());
@@ -364,7 +360,12 @@ async fn unpaired_devices_other_libraries_and_other_versions_are_refused() {
     a.engine.pair(stranger.id).await.unwrap();
     let mut session = Session::new(a.engine.clone(), SessionConfig::new(LIBRARY));
     let out = session
-        .handle(hello(stranger.id, Uuid::from_u128(5), PROTOCOL_VERSION, PROTOCOL_VERSION))
+        .handle(hello(
+            stranger.id,
+            Uuid::from_u128(5),
+            PROTOCOL_VERSION,
+            PROTOCOL_VERSION,
+        ))
         .await
         .unwrap();
     assert!(matches!(&out.send[0], Message::Error(e) if e.code == ErrorCode::WrongLibrary));
@@ -441,16 +442,10 @@ async fn catch_up_resumes_after_a_restart_from_the_vector_it_reached() {
     let time = net.nodes[1].dev.time.clone();
     net.nodes[1].dev = common::open_device(db, 2, time).await;
     net.nodes[1].online = true;
-    assert_eq!(
-        net.nodes[1].dev.engine.vector().get(a_id),
-        reached
-    );
+    assert_eq!(net.nodes[1].dev.engine.vector().get(a_id), reached);
     net.connect(1, 0).await;
     assert!(net.settle(2).await);
-    assert_eq!(
-        net.nodes[1].dev.engine.vector().get(a_id),
-        40
-    );
+    assert_eq!(net.nodes[1].dev.engine.vector().get(a_id), 40);
 }
 
 #[tokio::test]

@@ -168,9 +168,14 @@ mod tests {
     #[tokio::test]
     async fn large_payloads_are_compressed_and_restored() {
         let big = Message::PullResponse(PullResponse {
-            changes: Vec::new(),
-            complete: (0..5_000u128)
-                .map(|i| (uuid::Uuid::from_u128(i + 1), 7))
+            batches: (0..2_000u128)
+                .map(|i| sync_core::Batch {
+                    origin: uuid::Uuid::from_u128(i + 1),
+                    device: uuid::Uuid::from_u128(7),
+                    after: 0,
+                    upto: 7,
+                    changes: Vec::new(),
+                })
                 .collect(),
             has_more: false,
         });

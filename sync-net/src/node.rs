@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sea_orm::DatabaseConnection;
-use sync_core::{Engine, EngineConfig, Message, Push, Session, SessionConfig, Status, push_of};
+use sync_core::{Engine, EngineConfig, Message, Push, Session, SessionConfig, Status};
 use tokio::sync::{Barrier, mpsc, watch};
 use uuid::Uuid;
 
@@ -205,7 +205,7 @@ impl Node {
 
     /// The engine's status, with which peers are connected.
     pub async fn status(&self) -> Result<Status, NetError> {
-        Ok(self.inner.engine.status().await?)
+        Ok(self.inner.engine.status())
     }
 
     /// The peers with an open session.
@@ -637,7 +637,7 @@ impl Node {
                 }
                 _ = heartbeat.tick() => {
                     if session.peer().is_some() {
-                        let m = session.heartbeat().await?;
+                        let m = session.heartbeat();
                         self.send_to(peer, &mut send, &m).await?;
                     }
                 }
@@ -739,11 +739,17 @@ impl Node {
                 _ = shutdown.changed() => return,
             };
             match batch {
-                Ok(changes) => {
-                    for push in push_of(&changes) {
-                        self.broadcast_except(Uuid::nil(), push);
+                Ok(changes) => match Push::of_commit(&changes) {
+                    Ok(pushes) => {
+                        for push in pushes {
+                            self.broadcast_except(Uuid::nil(), push);
+                        }
                     }
-                }
+                    // The log has them: the next pull sends them.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a commit could not be encoded for its push")
+                    }
+                },
                 // Missed batches are in the log: the next pull sends them.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(

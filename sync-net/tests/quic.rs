@@ -199,7 +199,7 @@ async fn three_nodes_converge_and_a_fourth_backfills() {
         converged(&[&a, &b, &c]).await
     })
     .await;
-    let name = tag::Model::find_by_id(a.engine().db(), shared[0])
+    let name = tag::Model::find_by_id(a.engine().database(), shared[0])
         .await
         .unwrap()
         .unwrap()
@@ -211,11 +211,14 @@ async fn three_nodes_converge_and_a_fourth_backfills() {
     let d = start(&dir.path().join("d")).await;
     pair(&a, &d).await;
     eventually("the new device backfilled", || async {
-        !d.engine().needs_backfill().await.unwrap() && converged(&[&a, &d]).await
+        !d.engine().needs_backfill() && converged(&[&a, &d]).await
     })
     .await;
     assert_eq!(
-        volume::Entity::find().count(d.engine().db()).await.unwrap(),
+        volume::Entity::find()
+            .count(d.engine().database())
+            .await
+            .unwrap(),
         3
     );
     for n in [&a, &b, &c, &d] {
@@ -238,7 +241,10 @@ async fn a_restarted_node_catches_up_from_its_data_directory_without_duplicates(
     let b = start(&dir.path().join("b")).await;
     eventually("b caught up", || async { converged(&[&a, &b]).await }).await;
     assert_eq!(
-        tag::Entity::find().count(b.engine().db()).await.unwrap(),
+        tag::Entity::find()
+            .count(b.engine().database())
+            .await
+            .unwrap(),
         12
     );
     let log = b.engine().log().await.unwrap();
@@ -275,7 +281,10 @@ async fn an_unpaired_device_is_refused_at_the_handshake() {
     .await;
     assert!(a.connected().is_empty());
     assert_eq!(
-        tag::Entity::find().count(a.engine().db()).await.unwrap(),
+        tag::Entity::find()
+            .count(a.engine().database())
+            .await
+            .unwrap(),
         0,
         "nothing reached a's database"
     );
@@ -307,8 +316,8 @@ async fn hostile_frames_get_errors_while_the_node_keeps_serving() {
     let hello = Message::Hello(sync_core::Hello {
         device: hostile.device(),
         library: LIBRARY,
-        min_version: 1,
-        max_version: 1,
+        min_version: sync_core::MIN_PROTOCOL_VERSION,
+        max_version: sync_core::PROTOCOL_VERSION,
         vector: Default::default(),
         needs_backfill: false,
     });
@@ -342,7 +351,12 @@ async fn hostile_frames_get_errors_while_the_node_keeps_serving() {
         // Another protocol version.
         (
             [&[0u8, 42][..], &[8, 0], &0u32.to_be_bytes()[..]].concat(),
-            |c| *c == ErrorCode::UnsupportedVersion { min: 1, max: 1 },
+            |c| {
+                *c == ErrorCode::UnsupportedVersion {
+                    min: sync_core::MIN_PROTOCOL_VERSION,
+                    max: sync_core::PROTOCOL_VERSION,
+                }
+            },
         ),
     ];
     for (bytes, expected) in cases {
@@ -376,7 +390,13 @@ async fn hostile_frames_get_errors_while_the_node_keeps_serving() {
         converged(&[&a, &b]).await
     })
     .await;
-    assert_eq!(tag::Entity::find().count(a.engine().db()).await.unwrap(), 2);
+    assert_eq!(
+        tag::Entity::find()
+            .count(a.engine().database())
+            .await
+            .unwrap(),
+        2
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -409,7 +429,7 @@ async fn a_broadcast_to_ten_peers_has_every_send_in_flight_at_once() {
     for p in &peers {
         let id = ids[0];
         eventually("every peer has the broadcast", || async {
-            tag::Model::find_by_id(p.engine().db(), id)
+            tag::Model::find_by_id(p.engine().database(), id)
                 .await
                 .unwrap()
                 .is_some()

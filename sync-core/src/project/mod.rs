@@ -55,6 +55,15 @@ pub(crate) struct RecordKey {
     pub(crate) id: Uuid,
 }
 
+/// A unique key sought: (model, index, key hash).
+pub(crate) type HolderKey = (Rank, usize, u64);
+
+/// A row holding a unique key: (local key, global id, the key's values).
+pub(crate) type Holder = (i64, Uuid, Vec<WireValue>);
+
+/// What a record shows and under which key.
+type Shown = (Presence, Option<i64>);
+
 /// What a record is in the application's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Presence {
@@ -177,8 +186,8 @@ pub(crate) struct Facts {
     /// `_sync_waiting`, by the record waited for.
     pub(crate) waiters: HashMap<RecordKey, Vec<RecordKey>>,
     /// Rows of the application's tables holding a unique key, by (model,
-    /// index, key hash): (local key, global id, the key's values).
-    pub(crate) holders: HashMap<(Rank, usize, u64), Vec<(i64, Uuid, Vec<WireValue>)>>,
+    /// index, key hash).
+    pub(crate) holders: HashMap<HolderKey, Vec<Holder>>,
     /// `_sync_aside`, by (model, key hash).
     pub(crate) asides: HashMap<(Rank, u64), Vec<RecordKey>>,
     /// The values of a shown row's unique columns as they are in the table:
@@ -223,7 +232,7 @@ pub(crate) struct Projection {
 #[derive(Debug)]
 pub(crate) enum Unfinished {
     /// Load these and ask again.
-    Needs(Needs),
+    Needs(Box<Needs>),
     /// The projection did not settle (a bug, or states no projection can
     /// satisfy); nothing is written.
     Unsettled(String),
@@ -270,7 +279,7 @@ pub(crate) fn plan(
         let wave = std::mem::take(&mut queue);
         planner.wave(&wave, &mut queue);
         if !planner.needs.is_empty() {
-            return Err(Unfinished::Needs(planner.needs));
+            return Err(Unfinished::Needs(Box::new(planner.needs)));
         }
     }
     let mut conflicts = planner.conflicts;
@@ -356,7 +365,7 @@ impl<'a> Planner<'a> {
         for key in wave {
             by_rank.entry(key.rank).or_default().push(*key);
         }
-        let mut decided: Vec<(RecordKey, Option<(Presence, Option<i64>)>)> = Vec::new();
+        let mut decided: Vec<(RecordKey, Option<Shown>)> = Vec::new();
         for (rank, keys) in by_rank {
             let mut shown = Vec::new();
             for key in &keys {
@@ -364,10 +373,7 @@ impl<'a> Planner<'a> {
                     if d.presence == Presence::Present && !self.input.fixed.contains_key(key) {
                         shown.push(*key);
                     }
-                    let previous = self
-                        .decisions
-                        .insert(*key, d)
-                        .map(|p| (p.presence, p.key));
+                    let previous = self.decisions.insert(*key, d).map(|p| (p.presence, p.key));
                     decided.push((*key, previous));
                 }
             }
@@ -546,7 +552,10 @@ impl<'a> Planner<'a> {
         let mut waits = Vec::new();
         let mut missing = false;
         for field in meta.fields {
-            let value = state.value(field.name).cloned().unwrap_or(WireValue::Uuid(None));
+            let value = state
+                .value(field.name)
+                .cloned()
+                .unwrap_or(WireValue::Uuid(None));
             let FieldRole::Reference { target } = field.role else {
                 values.push(Projected::Value(value));
                 continue;
@@ -593,7 +602,7 @@ impl<'a> Planner<'a> {
     fn propagate(
         &mut self,
         key: RecordKey,
-        previous: Option<(Presence, Option<i64>)>,
+        previous: Option<Shown>,
         queue: &mut BTreeSet<RecordKey>,
     ) {
         let Some(d) = self.decisions.get(&key) else {

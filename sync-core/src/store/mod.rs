@@ -14,7 +14,6 @@ mod table;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, Value};
 use uuid::Uuid;
 
-
 pub(crate) use log::*;
 pub(crate) use rows::*;
 pub(crate) use side::*;
@@ -81,15 +80,28 @@ pub(crate) fn uuid_value(id: Uuid) -> Value {
 pub(crate) fn int(v: u64) -> Result<Value, StoreError> {
     i64::try_from(v)
         .map(|v| Value::BigInt(Some(v)))
-        .map_err(|_| corrupt("_sync_*", format!("{v} does not fit a 64-bit signed integer")))
+        .map_err(|_| {
+            corrupt(
+                "_sync_*",
+                format!("{v} does not fit a 64-bit signed integer"),
+            )
+        })
 }
 
-pub(crate) fn get_uuid(row: &QueryResult, col: &str, table: &'static str) -> Result<Uuid, StoreError> {
+pub(crate) fn get_uuid(
+    row: &QueryResult,
+    col: &str,
+    table: &'static str,
+) -> Result<Uuid, StoreError> {
     let bytes: Vec<u8> = row.try_get("", col)?;
     Uuid::from_slice(&bytes).map_err(|e| corrupt(table, e))
 }
 
-pub(crate) fn get_u64(row: &QueryResult, col: &str, table: &'static str) -> Result<u64, StoreError> {
+pub(crate) fn get_u64(
+    row: &QueryResult,
+    col: &str,
+    table: &'static str,
+) -> Result<u64, StoreError> {
     let v: i64 = row.try_get("", col)?;
     u64::try_from(v).map_err(|e| corrupt(table, e))
 }
@@ -278,15 +290,21 @@ const TABLES: &[&str] = &[
         last_seen INTEGER,
         expired INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID",
+    // Every write that lost, once: the same loss met again (a replayed
+    // snapshot row, or the loser arriving after its winner where it was
+    // once the other way round) is not recorded twice.
     "CREATE TABLE IF NOT EXISTS _sync_conflicts (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         kind TEXT NOT NULL,
         model TEXT NOT NULL,
         record BLOB NOT NULL,
         field TEXT,
+        loser_hlc BLOB NOT NULL,
         loser BLOB NOT NULL,
         winner BLOB
     )",
+    "CREATE UNIQUE INDEX IF NOT EXISTS _sync_conflicts_once
+        ON _sync_conflicts (model, record, coalesce(field, ''), loser_hlc)",
 ];
 
 /// Creates the `_sync_*` tables, or checks the ones there.

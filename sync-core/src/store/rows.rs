@@ -60,7 +60,10 @@ pub(crate) async fn load_rows<C: ConnectionTrait>(
         .await?;
         for row in &rows {
             let id = get_uuid(row, "record", TABLE)?;
-            out.insert(RecordKey { rank, id }, Some(stored_of(registry, rank, row)?));
+            out.insert(
+                RecordKey { rank, id },
+                Some(stored_of(registry, rank, row)?),
+            );
         }
     }
     Ok(out)

@@ -215,7 +215,9 @@ pub(crate) async fn save_peers<C: ConnectionTrait>(
             Some(v) => blob(rmp_serde::to_vec(v).map_err(|e| corrupt("_sync_peers", e))?),
             None => Value::Bytes(None),
         });
-        values.push(Value::BigInt(p.last_seen.map(|t| t.min(i64::MAX as u64) as i64)));
+        values.push(Value::BigInt(
+            p.last_seen.map(|t| t.min(i64::MAX as u64) as i64),
+        ));
         values.push(Value::BigInt(Some(i64::from(p.expired))));
     }
     insert_many(
@@ -240,20 +242,22 @@ pub(crate) async fn remove_peer<C: ConnectionTrait>(db: &C, peer: Uuid) -> Resul
     Ok(())
 }
 
-/// Appends to the conflict log.
+/// Appends to the conflict log what it does not hold yet; the number of
+/// entries added.
 pub(crate) async fn record_conflicts<C: ConnectionTrait>(
     db: &C,
     conflicts: &[NewConflict],
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let encode = |w: &crate::conflict::Write| {
         rmp_serde::to_vec(w).map_err(|e| corrupt("_sync_conflicts", e))
     };
-    let mut values = Vec::with_capacity(conflicts.len() * 6);
+    let mut values = Vec::with_capacity(conflicts.len() * 7);
     for c in conflicts {
         values.push(c.kind.as_str().into());
         values.push(c.model.into());
         values.push(uuid_value(c.record));
         values.push(Value::String(c.field.clone()));
+        values.push(blob(timestamp_key(&c.loser.hlc)));
         values.push(blob(encode(&c.loser)?));
         values.push(match &c.winner {
             Some(w) => blob(encode(w)?),
@@ -262,13 +266,20 @@ pub(crate) async fn record_conflicts<C: ConnectionTrait>(
     }
     insert_many(
         db,
-        "INSERT INTO _sync_conflicts (kind, model, record, field, loser, winner)",
-        6,
+        "INSERT OR IGNORE INTO _sync_conflicts (kind, model, record, field, loser_hlc, loser, winner)",
+        7,
         "",
         values,
     )
-    .await?;
-    Ok(())
+    .await
+}
+
+/// A timestamp as sortable bytes: the time big-endian, then the id.
+fn timestamp_key(ts: &crate::clock::Timestamp) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24);
+    out.extend_from_slice(&ts.get_time().0.to_be_bytes());
+    out.extend_from_slice(&ts.get_id().to_le_bytes());
+    out
 }
 
 /// The conflict log, oldest first, from `after` on, at most `limit`.

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{StoreError, chunk_rows, exec_chunks, ident, in_chunks, placeholders, stmt};
 use crate::model::FieldRole;
-use crate::project::{Projected, Rank, RecordKey, TableInfo};
+use crate::project::{Holder, HolderKey, Projected, Rank, RecordKey, TableInfo};
 use crate::registry::{ModelDescriptor, Registry};
 use crate::value::WireValue;
 
@@ -64,11 +64,7 @@ pub(crate) async fn upsert_rows<C: ConnectionTrait>(
         .iter()
         .map(|f| format!("{0} = excluded.{0}", ident(f.column)))
         .collect();
-    let head = format!(
-        "INSERT INTO {} ({})",
-        ident(meta.table),
-        columns.join(", ")
-    );
+    let head = format!("INSERT INTO {} ({})", ident(meta.table), columns.join(", "));
     let suffix = format!(
         "ON CONFLICT ({}) DO UPDATE SET {}",
         ident(meta.local_key_column),
@@ -192,10 +188,12 @@ pub(crate) async fn load_children<C: ConnectionTrait>(
                 let parent: Option<i64> = row.try_get("", "parent")?;
                 let Some(parent) = parent else { continue };
                 let id = read_uuid(child, row, "gid")?;
-                out.entry((target_rank, parent)).or_default().push(RecordKey {
-                    rank: child_rank,
-                    id,
-                });
+                out.entry((target_rank, parent))
+                    .or_default()
+                    .push(RecordKey {
+                        rank: child_rank,
+                        id,
+                    });
             }
         }
     }
@@ -208,16 +206,18 @@ pub(crate) async fn load_holders<C: ConnectionTrait>(
     registry: &Registry,
     tables: &[TableInfo],
     wanted: &BTreeMap<(Rank, usize, u64), Vec<WireValue>>,
-) -> Result<HashMap<(Rank, usize, u64), Vec<(i64, Uuid, Vec<WireValue>)>>, StoreError> {
-    let mut out: HashMap<(Rank, usize, u64), Vec<(i64, Uuid, Vec<WireValue>)>> =
+) -> Result<HashMap<HolderKey, Vec<Holder>>, StoreError> {
+    let mut out: HashMap<HolderKey, Vec<Holder>> =
         wanted.keys().map(|k| (*k, Vec::new())).collect();
     let mut grouped: BTreeMap<(Rank, usize), Vec<&Vec<WireValue>>> = BTreeMap::new();
     for ((rank, ix, _), values) in wanted {
         grouped.entry((*rank, *ix)).or_default().push(values);
     }
     for ((rank, ix), keys) in grouped {
-        let (Some(desc), Some(index)) = (registry.at(rank), tables.get(rank).and_then(|t| t.unique.get(ix)))
-        else {
+        let (Some(desc), Some(index)) = (
+            registry.at(rank),
+            tables.get(rank).and_then(|t| t.unique.get(ix)),
+        ) else {
             continue;
         };
         let meta = desc.meta();
@@ -289,13 +289,16 @@ pub(crate) async fn load_old_unique<C: ConnectionTrait>(
     tables: &[TableInfo],
     wanted: &BTreeSet<(Rank, i64)>,
 ) -> Result<HashMap<(Rank, i64), Vec<Vec<WireValue>>>, StoreError> {
-    let mut out = HashMap::new();
+    // A row not in the table (deleted by this transaction) holds no key.
+    let mut out: HashMap<(Rank, i64), Vec<Vec<WireValue>>> =
+        wanted.iter().map(|w| (*w, Vec::new())).collect();
     let mut by_rank: BTreeMap<Rank, Vec<i64>> = BTreeMap::new();
     for (rank, key) in wanted {
         by_rank.entry(*rank).or_default().push(*key);
     }
     for (rank, keys) in by_rank {
-        let (Some(desc), Some(indexes)) = (registry.at(rank), tables.get(rank).map(|t| &t.unique)) else {
+        let (Some(desc), Some(indexes)) = (registry.at(rank), tables.get(rank).map(|t| &t.unique))
+        else {
             continue;
         };
         let meta = desc.meta();

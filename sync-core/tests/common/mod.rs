@@ -405,8 +405,9 @@ pub fn forge(change: &Change, by: &Device, seq: u64) -> Change {
     forged.device = by.id;
     forged.origin = by.engine.origin();
     forged.seq = seq;
+    // One clock names one write: each forgery gets its own.
     forged.hlc = sync_core::clock::Timestamp::new(
-        *change.hlc.get_time(),
+        sync_core::clock::NTP64(change.hlc.get_time().0 + (seq << 4)),
         sync_core::clock::clock_id(by.engine.origin()).unwrap(),
     );
     forged

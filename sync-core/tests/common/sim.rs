@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use sync_core::{Change, Message, Session, SessionConfig, __private::push_of};
+use sync_core::{__private::push_of, Change, Message, Session, SessionConfig};
 use uuid::Uuid;
 
 use super::Device;
