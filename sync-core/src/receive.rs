@@ -152,6 +152,44 @@ impl ApplyReport {
     }
 }
 
+/// Wall time of the receive path's phases, reported through `tracing`
+/// (debug) and the `syncable_apply_phase_seconds` histogram: where a batch's
+/// time goes, without a profiler.
+pub(crate) struct Phases {
+    last: std::time::Instant,
+    spent: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Phases {
+    pub(crate) fn start() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            spent: Vec::new(),
+        }
+    }
+
+    pub(crate) fn mark(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.spent.push((phase, now - self.last));
+        self.last = now;
+    }
+
+    pub(crate) fn report(&self, what: &'static str, items: usize) {
+        for (phase, d) in &self.spent {
+            metrics::histogram!("syncable_apply_phase_seconds", "phase" => *phase)
+                .record(d.as_secs_f64());
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let phases: Vec<String> = self
+                .spent
+                .iter()
+                .map(|(p, d)| format!("{p}={}us", d.as_micros()))
+                .collect();
+            tracing::debug!(what, items, phases = %phases.join(" "), "timings");
+        }
+    }
+}
+
 /// Changes of one origin, with the sender's claim.
 #[derive(Debug, Clone)]
 pub(crate) struct InBatch {
@@ -243,6 +281,7 @@ impl Engine {
     ) -> Result<(ApplyReport, Vec<ChangeOutcome>), EngineError> {
         let started = std::time::Instant::now();
         let received_count: usize = incoming.batches.iter().map(|b| b.changes.len()).sum();
+        let mut phases = Phases::start();
         metrics::counter!("syncable_changes_received_total").increment(received_count as u64);
         let w = self.write_tx().await?;
         let registry = &self.inner.registry;
@@ -366,12 +405,14 @@ impl Engine {
             }
         }
 
+        phases.mark("triage");
         // Merge, in memory.
         let keys: BTreeSet<RecordKey> = items.iter().filter_map(|i| self.key_of(i)).collect();
         let mut facts = Facts::default();
         facts
             .rows
             .extend(store::load_rows(&w.tx, registry, &keys).await?);
+        phases.mark("load");
         let mut working: BTreeMap<RecordKey, Option<RecordState>> = keys
             .iter()
             .map(|k| {
@@ -501,6 +542,7 @@ impl Engine {
             })
             .collect();
 
+        phases.mark("merge");
         // Project, in memory, loading what the plan asks for.
         let input = Input {
             changed,
@@ -508,17 +550,20 @@ impl Engine {
         };
         let projection =
             write::project(&w.tx, registry, &self.inner.tables, &input, &mut facts).await?;
+        phases.mark("plan");
         let mut writes = write::build(
             registry,
             &self.inner.tables,
-            &input.changed,
-            &facts,
+            input.changed,
+            facts,
             projection,
         )?;
         writes.conflicts.extend(conflicts);
+        phases.mark("build");
 
         // Outcomes, log entries, the received set.
         let mut applied_changes: Vec<Change> = Vec::new();
+        let publish = self.inner.applied.receiver_count() > 0;
         for (ix, key, m) in &merged_items {
             let shown = writes.shown.get(key).copied();
             let outcome = match m {
@@ -543,7 +588,7 @@ impl Engine {
                 if registry.at(key.rank).map(|d| d.meta().ownership) == Some(Ownership::Shared) {
                     writes.log.push((change.origin, change.seq, bytes.clone()));
                 }
-                if *m == Merged::Changed {
+                if *m == Merged::Changed && publish {
                     applied_changes.push(change.clone());
                 }
                 outcomes.push((change.origin, change.seq, outcome));
@@ -586,7 +631,9 @@ impl Engine {
         }
 
         // Write it all.
+        phases.mark("outcomes");
         let conflicts_added = write::execute(&w.tx, registry, &writes).await?;
+        phases.mark("write");
         store::save_received(&w.tx, &received, &touched_origins).await?;
         let fresh: Vec<(Uuid, Uuid)> = new_origins
             .iter()
@@ -620,7 +667,10 @@ impl Engine {
         }
         let last = self.clock_time().0;
         store::set_meta_u64(&w.tx, META_CLOCK, last).await?;
+        phases.mark("bookkeeping");
         w.tx.commit().await?;
+        phases.mark("commit");
+        phases.report("receive", items.len());
 
         // Memory follows what committed.
         report.conflicts = conflicts_added;

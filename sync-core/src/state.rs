@@ -153,7 +153,7 @@ impl RecordState {
     pub(crate) fn encode(&self) -> Result<Vec<u8>, String> {
         match self {
             RecordState::Shared(s) => {
-                rmp_serde::to_vec(&SharedImage::of(s)).map_err(|e| e.to_string())
+                rmp_serde::to_vec(&ImageRef::of(s)).map_err(|e| e.to_string())
             }
             RecordState::Owned(o) => Ok(o.bytes.0.clone()),
         }
@@ -192,22 +192,70 @@ pub struct SharedImage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ImageField(String, WireValue, u32, Option<u32>, u32);
 
+/// A [`SharedImage`] serialized straight from the state it images: the same
+/// bytes, without copying the values.
+#[derive(Serialize)]
+struct ImageRef<'a> {
+    devices: Vec<Uuid>,
+    clocks: Vec<Timestamp>,
+    fields: Vec<ImageFieldRef<'a>>,
+    tombstone: Option<ImageTombstone>,
+}
+
+#[derive(Serialize)]
+struct ImageFieldRef<'a>(&'a str, &'a WireValue, u32, Option<u32>, u32);
+
+fn position<T: PartialEq + Copy>(list: &mut Vec<T>, item: T) -> u32 {
+    match list.iter().position(|x| *x == item) {
+        Some(i) => i as u32,
+        None => {
+            list.push(item);
+            (list.len() - 1) as u32
+        }
+    }
+}
+
+impl<'a> ImageRef<'a> {
+    fn of(state: &'a SharedState) -> Self {
+        let mut devices = Vec::new();
+        let mut clocks = Vec::new();
+        let fields = state
+            .fields
+            .iter()
+            .map(|(name, f)| {
+                ImageFieldRef(
+                    name,
+                    &f.value,
+                    position(&mut clocks, f.hlc),
+                    f.base.map(|b| position(&mut clocks, b)),
+                    position(&mut devices, f.device),
+                )
+            })
+            .collect();
+        let tombstone = state.tombstone.map(|t| {
+            ImageTombstone(
+                position(&mut devices, t.device),
+                position(&mut clocks, t.hlc),
+                t.seen.map(|s| position(&mut clocks, s)),
+            )
+        });
+        Self {
+            devices,
+            clocks,
+            fields,
+            tombstone,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ImageTombstone(u32, u32, Option<u32>);
 
 impl SharedImage {
+    #[cfg(test)]
     pub(crate) fn of(state: &SharedState) -> Self {
         let mut devices: Vec<Uuid> = Vec::new();
         let mut clocks: Vec<Timestamp> = Vec::new();
-        fn index<T: PartialEq + Copy>(list: &mut Vec<T>, item: T) -> u32 {
-            match list.iter().position(|x| *x == item) {
-                Some(i) => i as u32,
-                None => {
-                    list.push(item);
-                    (list.len() - 1) as u32
-                }
-            }
-        }
         let fields = state
             .fields
             .iter()
@@ -215,17 +263,17 @@ impl SharedImage {
                 ImageField(
                     name.clone(),
                     f.value.clone(),
-                    index(&mut clocks, f.hlc),
-                    f.base.map(|b| index(&mut clocks, b)),
-                    index(&mut devices, f.device),
+                    position(&mut clocks, f.hlc),
+                    f.base.map(|b| position(&mut clocks, b)),
+                    position(&mut devices, f.device),
                 )
             })
             .collect();
         let tombstone = state.tombstone.map(|t| {
             ImageTombstone(
-                index(&mut devices, t.device),
-                index(&mut clocks, t.hlc),
-                t.seen.map(|s| index(&mut clocks, s)),
+                position(&mut devices, t.device),
+                position(&mut clocks, t.hlc),
+                t.seen.map(|s| position(&mut clocks, s)),
             )
         });
         Self {
@@ -302,6 +350,8 @@ mod tests {
         let image = SharedImage::of(&s);
         assert_eq!(image.clocks.len(), 1);
         assert_eq!(image.devices.len(), 1);
+        let stored = RecordState::Shared(s.clone()).encode().unwrap();
+        assert_eq!(stored, rmp_serde::to_vec(&image).unwrap(), "same bytes");
         assert_eq!(image.into_state().unwrap(), s);
     }
 

@@ -516,8 +516,8 @@ impl<'e> SyncTransaction<'e> {
         let mut writes = write::build(
             registry,
             &engine.inner.tables,
-            &input.changed,
-            &facts,
+            input.changed,
+            facts,
             projection,
         )?;
         writes.conflicts.extend(conflicts);

@@ -237,6 +237,12 @@ impl WireValue {
         })
     }
 
+    /// The sea-query value of a wire value already checked against its
+    /// column (what `into_sea` gives, without consuming it).
+    pub fn to_sea(&self) -> Result<Value, ValueError> {
+        self.clone().into_sea()
+    }
+
     /// Reads a wire value back into a model field's Rust type.
     pub fn decode<T: sea_query::ValueType>(self) -> Result<T, ValueError> {
         let found = self.kind();

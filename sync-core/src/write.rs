@@ -59,6 +59,9 @@ pub(crate) struct Writes {
     pub(crate) new_rows: BTreeMap<&'static str, u64>,
     /// What each decided record shows now.
     pub(crate) shown: BTreeMap<RecordKey, Presence>,
+    /// Decided records that were stored before (only they can hold waits
+    /// or asides to replace).
+    pub(crate) existing: BTreeSet<RecordKey>,
 }
 
 fn waits_or_refused(p: Presence) -> bool {
@@ -70,52 +73,24 @@ fn waits_or_refused(p: Presence) -> bool {
 pub(crate) fn build(
     registry: &Registry,
     tables: &[TableInfo],
-    changed: &BTreeMap<RecordKey, RecordState>,
-    facts: &Facts,
+    mut changed: BTreeMap<RecordKey, RecordState>,
+    mut facts: Facts,
     projection: Projection,
 ) -> Result<Writes, EngineError> {
     let mut w = Writes {
         conflicts: projection.conflicts,
         ..Writes::default()
     };
-    // States that changed but were not decided (cannot happen: every
-    // changed record is queued) are still written.
-    for (key, state) in changed {
-        if projection.decisions.contains_key(key) {
-            continue;
-        }
-        let stored = facts.rows.get(key).and_then(|r| r.as_ref());
-        let (presence, local_key, aside) = stored.map_or((Presence::Absent, None, false), |s| {
-            (s.presence, s.key, s.aside)
-        });
-        if stored.is_none()
-            && let Some(d) = registry.at(key.rank)
-        {
-            *w.new_rows.entry(d.name()).or_default() += 1;
-        }
-        w.rows.push((
-            *key,
-            Stored {
-                state: state.clone(),
-                presence,
-                key: local_key,
-                aside,
-            },
-        ));
-    }
     for (key, d) in projection.decisions {
         let Some(desc) = registry.at(key.rank) else {
             continue;
         };
-        let stored = facts.rows.get(&key).and_then(|r| r.as_ref());
-        let state = match (changed.get(&key), stored) {
-            (Some(s), _) => s.clone(),
-            (None, Some(s)) => s.state.clone(),
+        let stored = facts.rows.remove(&key).flatten();
+        let (state, state_changed) = match (changed.remove(&key), &stored) {
+            (Some(s), _) => (s, true),
+            (None, Some(s)) => (s.state.clone(), false),
             (None, None) => continue,
         };
-        if stored.is_none() {
-            *w.new_rows.entry(desc.name()).or_default() += 1;
-        }
         let before = d.before;
         w.waiting_delta +=
             i64::from(waits_or_refused(d.presence)) - i64::from(waits_or_refused(before.0));
@@ -130,15 +105,46 @@ pub(crate) fn build(
             },
             aside: d.aside.is_some(),
         };
-        if stored != Some(&row) {
-            w.rows.push((key, row));
-        }
+        table_writes(registry, tables, &facts, key, &d, &row.state, &mut w)?;
         w.decided.insert(key);
+        match &stored {
+            None => *w.new_rows.entry(desc.name()).or_default() += 1,
+            Some(_) => {
+                w.existing.insert(key);
+            }
+        }
+        let moved = stored
+            .as_ref()
+            .is_none_or(|s| (s.presence, s.key, s.aside) != (row.presence, row.key, row.aside));
         w.waits.extend(d.waits.iter().map(|p| (key, *p)));
         if let Some(hash) = d.aside {
             w.asides.push((key, hash));
         }
-        table_writes(registry, tables, facts, key, &d, &mut w)?;
+        if state_changed || moved {
+            w.rows.push((key, row));
+        }
+    }
+    // A changed state the planner did not decide (it decides every one it
+    // is given) is still stored, as it was shown.
+    for (key, state) in changed {
+        let stored = facts.rows.remove(&key).flatten();
+        if stored.is_none()
+            && let Some(d) = registry.at(key.rank)
+        {
+            *w.new_rows.entry(d.name()).or_default() += 1;
+        }
+        let (presence, local_key, aside) = stored.map_or((Presence::Absent, None, false), |s| {
+            (s.presence, s.key, s.aside)
+        });
+        w.rows.push((
+            key,
+            Stored {
+                state,
+                presence,
+                key: local_key,
+                aside,
+            },
+        ));
     }
     Ok(w)
 }
@@ -149,6 +155,7 @@ fn table_writes(
     facts: &Facts,
     key: RecordKey,
     d: &Decision,
+    state: &RecordState,
     w: &mut Writes,
 ) -> Result<(), EngineError> {
     let Some(desc) = registry.at(key.rank) else {
@@ -177,7 +184,7 @@ fn table_writes(
         && let Some(old) = facts.old_unique.get(&(key.rank, k))
     {
         for (index, old_values) in info.unique.iter().zip(old) {
-            let new = unique_key_of(values, index);
+            let new = unique_key_of(desc.meta(), state, values, index);
             if new.as_ref() == Some(old_values) || old_values.iter().any(WireValue::is_null) {
                 continue;
             }
@@ -196,7 +203,7 @@ fn table_writes(
     }
     let mut row = Vec::with_capacity(values.len());
     for (i, v) in values.iter().enumerate() {
-        row.push(bind(desc, i, v)?);
+        row.push(bind(desc, i, v, state)?);
     }
     t.upserts.push((k, row));
     Ok(())
@@ -265,21 +272,90 @@ pub(crate) async fn execute<C: ConnectionTrait>(
             }
         }
     }
+    let mut phases = crate::receive::Phases::start();
     for (rank, t) in &writes.tables {
         if let Some(desc) = registry.at(*rank) {
             store::upsert_rows(db, desc, &t.upserts).await?;
         }
     }
+    phases.mark("tables");
     let rows: Vec<(RecordKey, &Stored)> = writes.rows.iter().map(|(k, s)| (*k, s)).collect();
     store::write_rows(db, registry, &rows).await?;
+    phases.mark("states");
     if !writes.decided.is_empty() {
-        store::replace_waits(db, registry, &writes.decided, &writes.waits).await?;
-        store::replace_asides(db, registry, &writes.decided, &writes.asides).await?;
+        store::replace_waits(db, registry, &writes.existing, &writes.waits).await?;
+        store::replace_asides(db, registry, &writes.existing, &writes.asides).await?;
     }
+    phases.mark("waits");
     let log: Vec<(Uuid, u64, &EncodedChange)> =
         writes.log.iter().map(|(o, s, b)| (*o, *s, b)).collect();
     store::append_log(db, &log).await?;
-    Ok(store::record_conflicts(db, &writes.conflicts).await?)
+    phases.mark("log");
+    let added = store::record_conflicts(db, &writes.conflicts).await?;
+    phases.mark("conflicts");
+    phases.report("write", writes.rows.len());
+    Ok(added)
+}
+
+/// Loads, before the first plan, what a plan of these changes almost
+/// always needs: the stored rows of the records they reference, the
+/// records waiting for them, and the highest keys of their tables. The
+/// planner then usually answers at once instead of asking round by round.
+async fn prefetch<C: ConnectionTrait>(
+    db: &C,
+    registry: &Registry,
+    tables: &[TableInfo],
+    input: &crate::project::Input,
+    facts: &mut Facts,
+) -> Result<(), EngineError> {
+    let mut rows = BTreeSet::new();
+    let mut waiters = BTreeSet::new();
+    let mut ranks = BTreeSet::new();
+    let mut created = false;
+    for (key, state) in &input.changed {
+        let stored = facts.rows.get(key).and_then(|r| r.as_ref());
+        if stored.is_none_or(|s| s.presence != Presence::Present) {
+            // It may be shown now: whoever waited for it looks again.
+            waiters.insert(*key);
+            ranks.insert(key.rank);
+            created = true;
+        }
+        let Some(desc) = registry.at(key.rank) else {
+            continue;
+        };
+        for r in desc.meta().references() {
+            if let (Some(WireValue::Uuid(Some(parent))), Some(rank)) =
+                (state.value(r.field), registry.rank(r.target))
+            {
+                let target = RecordKey { rank, id: *parent };
+                if !input.changed.contains_key(&target) && !facts.rows.contains_key(&target) {
+                    rows.insert(target);
+                }
+            }
+        }
+    }
+    for (key, _) in input.fixed.iter() {
+        ranks.remove(&key.rank);
+    }
+    if !rows.is_empty() {
+        facts
+            .rows
+            .extend(store::load_rows(db, registry, &rows).await?);
+    }
+    if !waiters.is_empty() {
+        facts
+            .waiters
+            .extend(store::load_waiters(db, registry, &waiters).await?);
+    }
+    if created {
+        for rank in ranks {
+            if let (Some(desc), false) = (registry.at(rank), facts.max_key.contains_key(&rank)) {
+                facts.max_key.insert(rank, store::max_key(db, desc).await?);
+            }
+        }
+    }
+    let _ = tables;
+    Ok(())
 }
 
 /// Loads what the planner asks for, and asks again, until it can answer.
@@ -291,11 +367,15 @@ pub(crate) async fn project<C: ConnectionTrait>(
     facts: &mut Facts,
 ) -> Result<Projection, EngineError> {
     use crate::project::Unfinished;
+    prefetch(db, registry, tables, input, facts).await?;
     // Each round loads at least one missing fact, and the facts a plan can
     // need are finite; the bound only guards against a planner bug.
-    for _ in 0..10_000 {
+    for round in 0..10_000 {
         match crate::project::plan(registry, tables, input, facts) {
-            Ok(p) => return Ok(p),
+            Ok(p) => {
+                metrics::histogram!("syncable_projection_rounds").record(f64::from(round + 1));
+                return Ok(p);
+            }
             Err(Unfinished::Unsettled(why)) => return Err(EngineError::Unsettled(why)),
             Err(Unfinished::Needs(needs)) => {
                 if !needs.rows.is_empty() {

@@ -135,8 +135,11 @@ pub(crate) struct Stored {
 /// One column of a projected row.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Projected {
-    /// A data value (the id, the owner, or any other column).
-    Value(WireValue),
+    /// The field's value as the record's state holds it (the id, the owner,
+    /// or any other column).
+    Data,
+    /// A unique text value shown renamed, instead of the state's.
+    Text(String),
     /// A reference's local key.
     Key(i64),
     /// A null reference.
@@ -258,6 +261,8 @@ pub(crate) fn plan(
         next_key: BTreeMap::new(),
         conflicts: Vec::new(),
         waves: 0,
+        waiting_on: HashMap::new(),
+        referencing: HashMap::new(),
     };
     let mut queue: BTreeSet<RecordKey> = input
         .changed
@@ -310,6 +315,11 @@ struct Planner<'a> {
     next_key: BTreeMap<Rank, i64>,
     conflicts: Vec<NewConflict>,
     waves: usize,
+    /// Records of the plan that wait for a record (may hold stale entries:
+    /// a record queued for nothing decides the same again and stops).
+    waiting_on: HashMap<RecordKey, BTreeSet<RecordKey>>,
+    /// Records of the plan whose row references a (model, local key).
+    referencing: HashMap<(Rank, i64), BTreeSet<RecordKey>>,
 }
 
 /// How a reference resolves.
@@ -451,6 +461,9 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+        for target in &decision.waits {
+            self.waiting_on.entry(*target).or_default().insert(key);
+        }
         if missing {
             return None;
         }
@@ -552,18 +565,15 @@ impl<'a> Planner<'a> {
         let mut waits = Vec::new();
         let mut missing = false;
         for field in meta.fields {
-            let value = state
-                .value(field.name)
-                .cloned()
-                .unwrap_or(WireValue::Uuid(None));
             let FieldRole::Reference { target } = field.role else {
-                values.push(Projected::Value(value));
+                values.push(Projected::Data);
                 continue;
             };
-            let WireValue::Uuid(Some(parent)) = value else {
+            let Some(WireValue::Uuid(Some(parent))) = state.value(field.name) else {
                 values.push(Projected::Null);
                 continue;
             };
+            let parent = *parent;
             let Some(rank) = self.registry.rank(target) else {
                 values.push(Projected::Null);
                 continue;
@@ -574,7 +584,10 @@ impl<'a> Planner<'a> {
                     missing = true;
                     values.push(Projected::Null);
                 }
-                Some(Target::Shown(k)) => values.push(Projected::Key(k)),
+                Some(Target::Shown(k)) => {
+                    self.referencing.entry((rank, k)).or_default().insert(key);
+                    values.push(Projected::Key(k));
+                }
                 Some(Target::Gone) => {
                     if self.presence(target_key).map(|p| p.0) != Some(Presence::Deleted) {
                         waits.push(target_key);
@@ -589,6 +602,9 @@ impl<'a> Planner<'a> {
         }
         if missing {
             return;
+        }
+        for target in &waits {
+            self.waiting_on.entry(*target).or_default().insert(key);
         }
         if let Some(d) = self.decisions.get_mut(&key) {
             d.values = Some(values);
@@ -618,13 +634,9 @@ impl<'a> Planner<'a> {
                     self.needs.waiters.insert(key);
                 }
             }
-            let in_plan: Vec<RecordKey> = self
-                .decisions
-                .iter()
-                .filter(|(k, d)| **k != key && d.waits.contains(&key))
-                .map(|(k, _)| *k)
-                .collect();
-            queue.extend(in_plan);
+            if let Some(waiting) = self.waiting_on.get(&key) {
+                queue.extend(waiting.iter().filter(|w| **w != key));
+            }
         }
         if let (Presence::Present, Some(old)) = before
             && now != before
@@ -639,16 +651,10 @@ impl<'a> Planner<'a> {
             }
             // Rows this plan shows that reference it under its old key.
             let candidates: Vec<RecordKey> = self
-                .decisions
-                .iter()
-                .filter(|(k, d)| {
-                    **k != key
-                        && d.values
-                            .as_ref()
-                            .is_some_and(|v| v.contains(&Projected::Key(old)))
-                })
-                .map(|(k, _)| *k)
-                .collect();
+                .referencing
+                .get(&(key.rank, old))
+                .map(|s| s.iter().copied().filter(|k| *k != key).collect())
+                .unwrap_or_default();
             for c in candidates {
                 if self.references(c, key) {
                     queue.insert(c);

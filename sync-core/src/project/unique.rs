@@ -36,14 +36,23 @@ pub(crate) fn key_hash(values: &[WireValue]) -> u64 {
 
 /// A projected row's value of a unique index; `None` if any column is
 /// null (SQLite lets nulls repeat).
-pub(crate) fn unique_key(values: &[Projected], index: &UniqueIndex) -> Option<Vec<WireValue>> {
+pub(crate) fn unique_key(
+    meta: &crate::model::ModelMeta,
+    state: &crate::state::RecordState,
+    values: &[Projected],
+    index: &UniqueIndex,
+) -> Option<Vec<WireValue>> {
     index
         .fields
         .iter()
         .map(|i| match values.get(*i)? {
-            Projected::Value(v) if !v.is_null() => Some(v.clone()),
+            Projected::Data => state
+                .value(meta.fields.get(*i)?.name)
+                .filter(|v| !v.is_null())
+                .cloned(),
+            Projected::Text(s) => Some(WireValue::String(Some(s.clone()))),
             Projected::Key(k) => Some(WireValue::I64(Some(*k))),
-            _ => None,
+            Projected::Null => None,
         })
         .collect()
 }
@@ -98,6 +107,9 @@ impl Planner<'_> {
         queue: &mut BTreeSet<RecordKey>,
     ) -> bool {
         let mut groups: BTreeMap<u64, (Vec<WireValue>, Vec<RecordKey>, bool)> = BTreeMap::new();
+        let Some(meta) = self.registry.at(rank).map(|d| d.meta()) else {
+            return false;
+        };
         for (key, d) in self.decisions.range(
             RecordKey {
                 rank,
@@ -111,7 +123,14 @@ impl Planner<'_> {
                 continue;
             }
             let Some(values) = &d.values else { continue };
-            let Some(ukey) = unique_key(values, index) else {
+            let state = match self.input.changed.get(key) {
+                Some(s) => s,
+                None => match self.facts.rows.get(key) {
+                    Some(Some(stored)) => &stored.state,
+                    _ => continue,
+                },
+            };
+            let Some(ukey) = unique_key(meta, state, values, index) else {
                 continue;
             };
             let entry = groups
@@ -224,27 +243,41 @@ impl Planner<'_> {
             Some(Some(state)) => names.first().and_then(|n| state.field_writer(n)),
             _ => None,
         };
+        let current = match self.input.changed.get(&key) {
+            Some(s) => Some(s.clone()),
+            None => match self.facts.rows.get(&key) {
+                Some(Some(stored)) => Some(stored.state.clone()),
+                _ => None,
+            },
+        };
         let Some(d) = self.decisions.get_mut(&key) else {
             return;
         };
         let Some(values) = d.values.as_mut() else {
             return;
         };
-        let text = index
-            .fields
-            .iter()
-            .enumerate()
-            .find_map(|(p, i)| match values.get(*i) {
-                Some(Projected::Value(WireValue::String(Some(s)))) => Some((p, *i, s.clone())),
-                _ => None,
-            });
+        let text =
+            index
+                .fields
+                .iter()
+                .enumerate()
+                .find_map(|(p, i)| match (values.get(*i), &current) {
+                    (Some(Projected::Text(s)), _) => Some((p, *i, s.clone())),
+                    (Some(Projected::Data), Some(state)) => {
+                        match names.get(p).and_then(|n| state.value(n)) {
+                            Some(WireValue::String(Some(s))) => Some((p, *i, s.clone())),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                });
         let field = text.as_ref().and_then(|(p, _, _)| names.get(*p).copied());
         let lost_value = text
             .as_ref()
             .map(|(_, _, s)| WireValue::String(Some(s.clone())));
         match text {
             Some((_, i, s)) => {
-                values[i] = Projected::Value(WireValue::String(Some(renamed(&s, key.id))));
+                values[i] = Projected::Text(renamed(&s, key.id));
             }
             None => {
                 let old = d.key;
@@ -252,18 +285,10 @@ impl Planner<'_> {
                 d.key = None;
                 d.values = None;
                 // Rows of the plan that took its key must look again.
-                if let Some(old) = old {
-                    let referencing: Vec<RecordKey> = self
-                        .decisions
-                        .iter()
-                        .filter(|(_, d)| {
-                            d.values
-                                .as_ref()
-                                .is_some_and(|v| v.contains(&Projected::Key(old)))
-                        })
-                        .map(|(k, _)| *k)
-                        .collect();
-                    queue.extend(referencing);
+                if let Some(old) = old
+                    && let Some(referencing) = self.referencing.get(&(key.rank, old))
+                {
+                    queue.extend(referencing.iter().copied());
                 }
             }
         }
@@ -316,6 +341,16 @@ impl Planner<'_> {
         let new_values = (d.presence == Presence::Present)
             .then(|| d.values.clone())
             .flatten();
+        let Some(meta) = self.registry.at(key.rank).map(|d| d.meta()) else {
+            return;
+        };
+        let state = match self.input.changed.get(&key) {
+            Some(s) => Some(s),
+            None => match self.facts.rows.get(&key) {
+                Some(Some(stored)) => Some(&stored.state),
+                _ => None,
+            },
+        };
         let Some(old) = self.facts.old_unique.get(&(key.rank, old_key)) else {
             self.needs.old_unique.insert((key.rank, old_key));
             return;
@@ -325,7 +360,10 @@ impl Planner<'_> {
             if old_values.iter().any(WireValue::is_null) {
                 continue;
             }
-            let new = new_values.as_ref().and_then(|v| unique_key(v, index));
+            let new = match (&new_values, state) {
+                (Some(v), Some(state)) => unique_key(meta, state, v, index),
+                _ => None,
+            };
             if new.as_ref() != Some(&old_values) {
                 self.queue_asides(key.rank, super::key_hash(&old_values), queue);
             }

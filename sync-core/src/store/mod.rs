@@ -214,6 +214,9 @@ const TABLES: &[&str] = &[
     // application's table shows of it (see `project::Presence`), `local_key`
     // its row there. Device-owned states keep their change's number, for
     // catch-up by origin.
+    // A rowid table: its rows hold a state blob of a few hundred bytes,
+    // which a WITHOUT ROWID table would move around on every page split of
+    // its (random) key; the unique index holds the key alone.
     "CREATE TABLE IF NOT EXISTS _sync_rows (
         model TEXT NOT NULL,
         record BLOB NOT NULL,
@@ -223,8 +226,8 @@ const TABLES: &[&str] = &[
         origin BLOB,
         seq INTEGER,
         state BLOB NOT NULL,
-        PRIMARY KEY (model, record)
-    ) WITHOUT ROWID",
+        UNIQUE (model, record)
+    )",
     "CREATE INDEX IF NOT EXISTS _sync_rows_origin ON _sync_rows (origin, seq) WHERE origin IS NOT NULL",
     // Shared changes as their origin encoded them, for catch-up and relay
     // until every peer has them.
@@ -232,8 +235,8 @@ const TABLES: &[&str] = &[
         origin BLOB NOT NULL,
         seq INTEGER NOT NULL,
         change BLOB NOT NULL,
-        PRIMARY KEY (origin, seq)
-    ) WITHOUT ROWID",
+        UNIQUE (origin, seq)
+    )",
     // Records not shown (or shown with a null reference) until another
     // record's presence changes.
     "CREATE TABLE IF NOT EXISTS _sync_waiting (

@@ -26,19 +26,34 @@ fn read_uuid(desc: &ModelDescriptor, row: &QueryResult, alias: &str) -> Result<U
     }
 }
 
-/// The value bound for a projected column.
+/// The value bound for a projected column of a record whose state is
+/// `state` (checked against the model when it was received).
 pub(crate) fn bind(
     desc: &ModelDescriptor,
     index: usize,
     value: &Projected,
+    state: &crate::state::RecordState,
 ) -> Result<Value, StoreError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        super::corrupt(
+            "_sync_rows",
+            format!("`{}` field {index}: {e}", desc.name()),
+        )
+    };
     Ok(match value {
-        Projected::Value(v) => desc.to_sql(index, v).map_err(|e| {
-            super::corrupt(
-                "_sync_rows",
-                format!("`{}` field {index}: {e}", desc.name()),
-            )
-        })?,
+        Projected::Data => {
+            let field = desc
+                .meta()
+                .fields
+                .get(index)
+                .ok_or_else(|| bad(&"no such field"))?;
+            state
+                .value(field.name)
+                .ok_or_else(|| bad(&"a shown record without the field"))?
+                .to_sea()
+                .map_err(|e| bad(&e))?
+        }
+        Projected::Text(s) => Value::String(Some(s.clone())),
         Projected::Key(k) => Value::BigInt(Some(*k)),
         Projected::Null => Value::BigInt(None),
     })
@@ -278,7 +293,9 @@ fn bind_unique(desc: &ModelDescriptor, field: usize, v: &WireValue) -> Result<Va
                 format!("a reference key as {}", other.kind()),
             )),
         },
-        _ => bind(desc, field, &Projected::Value(v.clone())),
+        _ => v
+            .to_sea()
+            .map_err(|e| super::corrupt(desc.meta().table, format!("a unique key value: {e}"))),
     }
 }
 

@@ -1,0 +1,495 @@
+//! Benchmarks of the engine against plain sea-orm on the same rows, in the
+//! same run, on the same machine: only the ratios are stable on a shared
+//! machine, so every figure is printed beside its baseline.
+//!
+//! ```sh
+//! cargo run --release --example bench                 # every section
+//! cargo run --release --example bench -- write apply  # some of them
+//! cargo run --release --example bench -- --synchronous normal --reps 7
+//! ```
+//!
+//! Sections: `write` (local writes: batched, one-row transactions, updates),
+//! `apply` (received shared inserts and one-field updates), `catchup` (a
+//! device that missed changes catches up through the protocol, in memory).
+//! Databases are SQLite files in WAL mode, on disk.
+
+#[path = "library/mod.rs"]
+mod library;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use library::tag;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ConnectOptions, ConnectionTrait, Database,
+    DatabaseConnection, IntoActiveModel, TransactionTrait,
+};
+use syncable::core::{Change, Engine, EngineConfig, Message, Session, SessionConfig, SyncModel};
+use uuid::Uuid;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Parser, Debug)]
+#[command(about = "Syncable against plain sea-orm, same rows, same run")]
+struct Args {
+    /// Sections to run: write, apply, catchup (all when none is named).
+    sections: Vec<String>,
+    /// Repetitions of each measurement (min and median are printed).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// SQLite synchronous mode: full or normal.
+    #[arg(long, default_value = "full")]
+    synchronous: String,
+    /// Rows in a batched write.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// One-row transactions in a run.
+    #[arg(long, default_value_t = 200)]
+    single: usize,
+    /// Received inserts in the apply section.
+    #[arg(long, default_value_t = 10_000)]
+    inserts: usize,
+    /// Received one-field updates in the apply section.
+    #[arg(long, default_value_t = 1_000)]
+    updates: usize,
+    /// Missed changes in the catch-up section.
+    #[arg(long, default_value_t = 1_000)]
+    missed: usize,
+}
+
+async fn open(path: &Path, synchronous: &str) -> Result<DatabaseConnection, Error> {
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut options = ConnectOptions::new(url);
+    options.max_connections(1).sqlx_logging(false);
+    let db = Database::connect(options).await?;
+    db.execute_unprepared(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous};"
+    ))
+    .await?;
+    library::create_schema(&db).await?;
+    Ok(db)
+}
+
+fn new_tag(i: usize) -> tag::ActiveModel {
+    tag::ActiveModel {
+        gid: Set(Uuid::new_v4()),
+        canonical_name: Set(format!("tag-{i}")),
+        display_name: Set(format!("Tag {i}")),
+        namespace: Set(Some("bench".into())),
+        tag_type: Set("user".into()),
+        color: Set(None),
+        aliases: Set(None),
+        ..Default::default()
+    }
+}
+
+/// Min and median of a measurement.
+#[derive(Clone, Copy)]
+struct Figure {
+    min: Duration,
+    median: Duration,
+}
+
+async fn measure<F, Fut>(reps: usize, mut run: F) -> Result<Figure, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Duration, Error>>,
+{
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        times.push(run().await?);
+    }
+    times.sort();
+    Ok(Figure {
+        min: times[0],
+        median: times[times.len() / 2],
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn row(what: &str, n: usize, ours: Figure, base: Figure) {
+    let per_sec = |d: Duration| n as f64 / d.as_secs_f64();
+    println!(
+        "{what:<44} {:>9.2} {:>9.2} {:>10.0} | {:>9.2} {:>9.2} {:>10.0} | {:>5.2}x",
+        ms(ours.min),
+        ms(ours.median),
+        per_sec(ours.median),
+        ms(base.min),
+        ms(base.median),
+        per_sec(base.median),
+        ours.median.as_secs_f64() / base.median.as_secs_f64(),
+    );
+}
+
+fn header(title: &str, unit: &str) {
+    println!();
+    println!("{title}");
+    println!(
+        "{:<44} {:>9} {:>9} {:>10} | {:>9} {:>9} {:>10} | {:>6}",
+        "", "min ms", "med ms", unit, "min ms", "med ms", unit, "ratio"
+    );
+    println!(
+        "{:<44} {:>31} | {:>31} |",
+        "", "Syncable", "plain sea-orm, same rows"
+    );
+}
+
+async fn write_section(args: &Args) -> Result<(), Error> {
+    header("write: local writes through the engine", "rows/s");
+    let n = args.batch;
+    let ours = measure(args.reps, || async {
+        let engine = fresh_engine().await?;
+        let t = Instant::now();
+        let mut tx = engine.begin().await?;
+        for i in 0..n {
+            tx.insert(new_tag(i)).await?;
+        }
+        tx.commit().await?;
+        Ok(t.elapsed())
+    });
+    let ours = ours.await?;
+    let base = measure(args.reps, || async {
+        let db = plain().await?;
+        let t = Instant::now();
+        let tx = db.begin().await?;
+        for i in 0..n {
+            new_tag(i).insert(&tx).await?;
+        }
+        tx.commit().await?;
+        Ok(t.elapsed())
+    })
+    .await?;
+    row(&format!("insert {n} rows, one transaction"), n, ours, base);
+
+    let n = args.single;
+    let ours = measure(args.reps, || async {
+        let engine = fresh_engine().await?;
+        let t = Instant::now();
+        for i in 0..n {
+            let mut tx = engine.begin().await?;
+            tx.insert(new_tag(i)).await?;
+            tx.commit().await?;
+        }
+        Ok(t.elapsed())
+    })
+    .await?;
+    let base = measure(args.reps, || async {
+        let db = plain().await?;
+        let t = Instant::now();
+        for i in 0..n {
+            let tx = db.begin().await?;
+            new_tag(i).insert(&tx).await?;
+            tx.commit().await?;
+        }
+        Ok(t.elapsed())
+    })
+    .await?;
+    row(
+        &format!("insert {n} rows, a transaction each"),
+        n,
+        ours,
+        base,
+    );
+
+    let n = args.batch;
+    let ours = measure(args.reps, || async {
+        let engine = fresh_engine().await?;
+        let mut tx = engine.begin().await?;
+        let mut rows = Vec::with_capacity(n);
+        for i in 0..n {
+            rows.push(tx.insert(new_tag(i)).await?);
+        }
+        tx.commit().await?;
+        let t = Instant::now();
+        let mut tx = engine.begin().await?;
+        for mut r in rows {
+            r.color = Some("red".into());
+            tx.update(r).await?;
+        }
+        tx.commit().await?;
+        Ok(t.elapsed())
+    })
+    .await?;
+    let base = measure(args.reps, || async {
+        let db = plain().await?;
+        let tx = db.begin().await?;
+        let mut rows = Vec::with_capacity(n);
+        for i in 0..n {
+            rows.push(new_tag(i).insert(&tx).await?);
+        }
+        tx.commit().await?;
+        let t = Instant::now();
+        let tx = db.begin().await?;
+        for r in rows {
+            let mut am = r.into_active_model();
+            am.color = Set(Some("red".into()));
+            am.update(&tx).await?;
+        }
+        tx.commit().await?;
+        Ok(t.elapsed())
+    })
+    .await?;
+    row(
+        &format!("update one field of {n} rows, one transaction"),
+        n,
+        ours,
+        base,
+    );
+    Ok(())
+}
+
+thread_local! {
+    static SYNCHRONOUS: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    static SCRATCH: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+fn scratch() -> PathBuf {
+    SCRATCH.with(|s| s.borrow().clone().unwrap_or_else(std::env::temp_dir))
+}
+
+async fn plain() -> Result<DatabaseConnection, Error> {
+    let path = scratch().join(format!("{}.sqlite", Uuid::new_v4()));
+    open(&path, &SYNCHRONOUS.with(|s| s.borrow().clone())).await
+}
+
+async fn fresh_engine() -> Result<Engine, Error> {
+    let path = scratch().join(format!("{}.sqlite", Uuid::new_v4()));
+    let db = open(&path, &SYNCHRONOUS.with(|s| s.borrow().clone())).await?;
+    Ok(Engine::open(db, EngineConfig::new(Uuid::new_v4())).await?)
+}
+
+/// `n` tag creations written by a fresh engine, as changes.
+async fn created(n: usize) -> Result<(Vec<tag::Model>, Vec<Change>), Error> {
+    let source = fresh_engine().await?;
+    let mut tx = source.begin().await?;
+    let mut rows = Vec::with_capacity(n);
+    for i in 0..n {
+        rows.push(tx.insert(new_tag(i)).await?);
+    }
+    let changes = tx.commit().await?;
+    Ok((rows, changes))
+}
+
+async fn apply_section(args: &Args) -> Result<(), Error> {
+    header("apply: received shared changes", "changes/s");
+    let n = args.inserts;
+    let (rows, changes) = created(n).await?;
+    for batch in [1_000usize, n] {
+        let batch = batch.min(n);
+        let ours = measure(args.reps, || {
+            let changes = changes.clone();
+            async move {
+                let target = fresh_engine().await?;
+                let t = Instant::now();
+                for chunk in changes.chunks(batch) {
+                    let report = target.apply(chunk.to_vec()).await?;
+                    if report.applied != chunk.len() as u64 {
+                        return Err(format!("applied {} of {}", report.applied, chunk.len()).into());
+                    }
+                }
+                Ok(t.elapsed())
+            }
+        })
+        .await?;
+        let base = measure(args.reps, || {
+            let rows = rows.clone();
+            async move {
+                let db = plain().await?;
+                let t = Instant::now();
+                for chunk in rows.chunks(batch) {
+                    let tx = db.begin().await?;
+                    for r in chunk {
+                        let mut am = r.clone().into_active_model();
+                        am.id = sea_orm::ActiveValue::NotSet;
+                        for c in [
+                            tag::Column::Gid,
+                            tag::Column::CanonicalName,
+                            tag::Column::DisplayName,
+                            tag::Column::Namespace,
+                            tag::Column::TagType,
+                            tag::Column::Color,
+                            tag::Column::Aliases,
+                        ] {
+                            am.reset(c);
+                        }
+                        am.insert(&tx).await?;
+                    }
+                    tx.commit().await?;
+                }
+                Ok(t.elapsed())
+            }
+        })
+        .await?;
+        row(&format!("{n} inserts, batches of {batch}"), n, ours, base);
+    }
+
+    let n = args.updates;
+    let (rows, created_changes) = created(n).await?;
+    // The updates, written by a device that holds the rows.
+    let writer = fresh_engine().await?;
+    writer.apply(created_changes.clone()).await?;
+    let mut tx = writer.begin().await?;
+    for r in &rows {
+        let mut r = tag::Model::find_by_id(tx.connection(), r.gid)
+            .await?
+            .ok_or("row missing")?;
+        r.color = Some("blue".into());
+        tx.update(r).await?;
+    }
+    let updates = tx.commit().await?;
+    let ours = measure(args.reps, || {
+        let (created_changes, updates) = (created_changes.clone(), updates.clone());
+        async move {
+            let target = fresh_engine().await?;
+            target.apply(created_changes).await?;
+            let t = Instant::now();
+            let report = target.apply(updates.clone()).await?;
+            let took = t.elapsed();
+            if report.applied != updates.len() as u64 {
+                return Err(format!("applied {} of {}", report.applied, updates.len()).into());
+            }
+            Ok(took)
+        }
+    })
+    .await?;
+    let base = measure(args.reps, || {
+        let rows = rows.clone();
+        async move {
+            let db = plain().await?;
+            let tx = db.begin().await?;
+            let mut stored = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let mut am = r.clone().into_active_model();
+                am.id = sea_orm::ActiveValue::NotSet;
+                am.gid = Set(r.gid);
+                am.canonical_name = Set(r.canonical_name.clone());
+                am.display_name = Set(r.display_name.clone());
+                am.namespace = Set(r.namespace.clone());
+                am.tag_type = Set(r.tag_type.clone());
+                am.color = Set(r.color.clone());
+                am.aliases = Set(r.aliases.clone());
+                stored.push(am.insert(&tx).await?);
+            }
+            tx.commit().await?;
+            let t = Instant::now();
+            let tx = db.begin().await?;
+            for r in stored {
+                let mut am = r.into_active_model();
+                am.color = Set(Some("blue".into()));
+                am.update(&tx).await?;
+            }
+            tx.commit().await?;
+            Ok(t.elapsed())
+        }
+    })
+    .await?;
+    row(&format!("{n} one-field updates, one batch"), n, ours, base);
+    Ok(())
+}
+
+/// Runs two sessions against each other in memory until nothing is left
+/// to say; returns the messages exchanged.
+async fn converse(a: &mut Session, b: &mut Session) -> Result<usize, Error> {
+    let mut to_b: Vec<Message> = a.start().await?;
+    let mut to_a: Vec<Message> = b.start().await?;
+    let mut messages = 0;
+    while !to_a.is_empty() || !to_b.is_empty() {
+        let mut next_a = Vec::new();
+        let mut next_b = Vec::new();
+        for m in to_b.drain(..) {
+            messages += 1;
+            let bytes = syncable::core::encode(&m)?;
+            next_a.extend(b.handle(syncable::core::decode(&bytes)?).await?.send);
+        }
+        for m in to_a.drain(..) {
+            messages += 1;
+            let bytes = syncable::core::encode(&m)?;
+            next_b.extend(a.handle(syncable::core::decode(&bytes)?).await?.send);
+        }
+        to_a = next_a;
+        to_b = next_b;
+    }
+    Ok(messages)
+}
+
+async fn catchup_section(args: &Args) -> Result<(), Error> {
+    header(
+        "catchup: a device that missed changes, in memory",
+        "changes/s",
+    );
+    let n = args.missed;
+    let library = Uuid::from_u128(1);
+    let ours = measure(args.reps, || async {
+        let a = fresh_engine().await?;
+        let b = fresh_engine().await?;
+        a.pair(b.device()).await?;
+        b.pair(a.device()).await?;
+        a.skip_backfill().await?;
+        b.skip_backfill().await?;
+        let mut tx = a.begin().await?;
+        for i in 0..n {
+            tx.insert(new_tag(i)).await?;
+        }
+        tx.commit().await?;
+        let mut sa = Session::new(a.clone(), SessionConfig::new(library));
+        let mut sb = Session::new(b.clone(), SessionConfig::new(library));
+        let t = Instant::now();
+        converse(&mut sa, &mut sb).await?;
+        let took = t.elapsed();
+        if b.vector().get(a.origin()) != n as u64 {
+            return Err("the catch-up did not complete".into());
+        }
+        Ok(took)
+    })
+    .await?;
+    let base = measure(args.reps, || async {
+        let db = plain().await?;
+        let t = Instant::now();
+        let tx = db.begin().await?;
+        for i in 0..n {
+            new_tag(i).insert(&tx).await?;
+        }
+        tx.commit().await?;
+        Ok(t.elapsed())
+    })
+    .await?;
+    row(&format!("catch up {n} missed inserts"), n, ours, base);
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    let args = Args::parse();
+    // RUST_LOG=sync_core=debug prints the receive path's phase timings.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let dir = tempfile::tempdir()?;
+    SYNCHRONOUS.with(|s| *s.borrow_mut() = args.synchronous.to_uppercase());
+    SCRATCH.with(|s| *s.borrow_mut() = Some(dir.path().to_owned()));
+    let all = args.sections.is_empty();
+    let wants = |s: &str| all || args.sections.iter().any(|x| x == s);
+    println!(
+        "Syncable bench: SQLite WAL, synchronous={}, {} repetitions, files in {}",
+        args.synchronous.to_uppercase(),
+        args.reps,
+        dir.path().display()
+    );
+    if wants("write") {
+        write_section(&args).await?;
+    }
+    if wants("apply") {
+        apply_section(&args).await?;
+    }
+    if wants("catchup") {
+        catchup_section(&args).await?;
+    }
+    drop(dir);
+    Ok(())
+}
