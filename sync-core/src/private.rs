@@ -254,6 +254,11 @@ pub mod steps {
             .0)
     }
 
+    /// Notes a peer's acknowledgement, as a session does on an `Ack`.
+    pub fn acknowledge(engine: &Engine, peer: uuid::Uuid, vector: &crate::vector::VersionVector) {
+        engine.acknowledge(peer, vector, Vec::new());
+    }
+
     /// Starts the device's backfill over.
     pub async fn restart_backfill(engine: &Engine) -> Result<(), EngineError> {
         engine.restart_backfill().await

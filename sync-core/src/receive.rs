@@ -190,6 +190,10 @@ impl Phases {
     }
 }
 
+/// The highest change number the engine accepts: what SQLite's signed
+/// 64-bit integers hold.
+const MAX_SEQ: u64 = i64::MAX as u64;
+
 /// Changes of one origin, with the sender's claim.
 #[derive(Debug, Clone)]
 pub(crate) struct InBatch {
@@ -302,8 +306,10 @@ impl Engine {
         {
             let clock = self.clock();
             for batch in &incoming.batches {
+                // A claim whose numbers do not fit what the store holds
+                // (SQLite's signed 64-bit integers) proves nothing.
                 let mut track = ClaimTrack {
-                    valid: batch.claim.is_some_and(|(a, u)| a <= u),
+                    valid: batch.claim.is_some_and(|(a, u)| a <= u && u <= MAX_SEQ),
                     held_back: BTreeSet::new(),
                 };
                 for bytes in &batch.changes {
@@ -613,8 +619,11 @@ impl Engine {
             }
         }
         for (origin, seq) in &final_seqs {
-            received.insert(*origin, *seq, *seq);
-            touched_origins.insert(*origin);
+            // A number that does not fit names nothing to skip.
+            if *seq <= MAX_SEQ {
+                received.insert(*origin, *seq, *seq);
+                touched_origins.insert(*origin);
+            }
         }
         if let Some(step) = &incoming.snapshot
             && step.next.is_none()
@@ -763,6 +772,12 @@ impl Engine {
         clock: &crate::clock::Hlc,
         now: crate::clock::NTP64,
     ) -> Result<(), RejectReason> {
+        if change.seq > MAX_SEQ {
+            return Err(RejectReason::Malformed(format!(
+                "change number {} does not fit a 64-bit signed integer",
+                change.seq
+            )));
+        }
         let Some(desc) = self.inner.registry.get(&change.model) else {
             return Err(RejectReason::UnknownModel);
         };

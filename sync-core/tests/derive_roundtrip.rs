@@ -404,7 +404,8 @@ fn metadata_describes_the_model() {
         refs,
         [
             ("location_id", "locations", false),
-            ("parent_id", "entries", true)
+            ("parent_id", "entries", true),
+            ("tag_id", "tags", true)
         ]
     );
     assert_eq!(meta.field("size").unwrap().role, FieldRole::Data);
@@ -418,7 +419,7 @@ fn the_registry_lists_models_in_dependency_order() {
     let registry = Registry::global().unwrap();
     let names: Vec<&str> = registry.models().iter().map(|m| m.name()).collect();
     let pos = |n: &str| names.iter().position(|m| *m == n).unwrap();
-    assert_eq!(names.len(), 9);
+    assert_eq!(names.len(), 10);
     assert!(pos("collections") < pos("memberships"));
     assert!(pos("tags") < pos("memberships"));
     assert!(pos("volumes") < pos("locations"));

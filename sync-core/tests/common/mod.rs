@@ -150,6 +150,9 @@ pub mod entry {
         pub location_id: i32,
         #[sync(references = super::entry::Entity)]
         pub parent_id: Option<i64>,
+        /// A device-owned row referencing a shared one.
+        #[sync(references = super::tag::Entity)]
+        pub tag_id: Option<i32>,
         pub name: String,
         pub size: i64,
     }
@@ -301,7 +304,34 @@ pub mod file {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// A shared model with a unique column that is not text: a collision can
+/// only be settled by not showing the loser.
+pub mod seat {
+    use sea_orm::entity::prelude::*;
+    use sync_core::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "seats")]
+    #[sync(shared)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[sea_orm(unique)]
+        #[sync(id)]
+        pub gid: Uuid,
+        #[sea_orm(unique)]
+        pub number: i32,
+        pub holder: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub async fn create_all(db: &DatabaseConnection) {
+    create_table(db, seat::Entity).await;
     create_table(db, label::Entity).await;
     create_table(db, file::Entity).await;
     create_table(db, every_type::Entity).await;
@@ -360,6 +390,7 @@ async fn create_all_if_missing(db: &DatabaseConnection) {
         )*};
     }
     create!(
+        seat::Entity,
         label::Entity,
         file::Entity,
         every_type::Entity,

@@ -1,0 +1,697 @@
+//! Every received change has one outcome, and the state a device serves is
+//! the state it received: scenarios through the public Engine and Session
+//! API where relays, snapshots and refusals once made devices diverge or
+//! stall.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::sim::Net;
+use common::{Device, collection, device, entry, file, location, membership, seat, tag, volume};
+use sea_orm::{ActiveValue::Set, EntityTrait};
+use sync_core::__private::steps;
+use sync_core::{Batch, Change, ConflictKind, Op, RejectReason, SyncModel, WireValue};
+use uuid::Uuid;
+
+fn new_tag(name: &str) -> tag::ActiveModel {
+    tag::ActiveModel {
+        gid: Set(Uuid::new_v4()),
+        name: Set(name.into()),
+        color: Set(None),
+        weight: Set(0),
+        parent_id: Set(None),
+        ..Default::default()
+    }
+}
+
+async fn rows<M: SyncModel>(d: &Device) -> Vec<M> {
+    <M::Entity as EntityTrait>::find()
+        .all(d.engine.database())
+        .await
+        .unwrap()
+}
+
+/// A reference that was waiting for its record when a relay served the row
+/// still reaches every device: relays and snapshots serve the state they
+/// received (the reference's global id), not the null their table shows.
+#[tokio::test]
+async fn a_reference_waiting_at_a_relay_reaches_every_device() {
+    let mut net = Net::new(
+        vec![
+            device(1).await,
+            device(2).await,
+            device(3).await,
+            device(4).await,
+        ],
+        91,
+    );
+    net.pair_all().await;
+    net.nodes[3].online = false;
+    let a = &net.nodes[0].dev;
+    // A shared tag on a third device, referenced by one of a's entries.
+    let (tag_row, tag_change) = {
+        let c = &net.nodes[2].dev;
+        let mut tx = c.engine.begin().await.unwrap();
+        let t = tx.insert(new_tag("holiday")).await.unwrap();
+        (t, tx.commit().await.unwrap())
+    };
+    a.engine.apply(tag_change.clone()).await.unwrap();
+    let mut tx = a.engine.begin().await.unwrap();
+    let loc = tx
+        .insert(location::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            device: Set(a.id),
+            volume_id: Set(None),
+            root_entry_id: Set(None),
+            path: Set("/".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = a.engine.begin().await.unwrap();
+    let parent = tx
+        .insert(entry::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            device: Set(a.id),
+            location_id: Set(loc.id),
+            parent_id: Set(None),
+            name: Set("P".into()),
+            size: Set(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let tag_key = tag::Model::find_by_id(a.engine.database(), tag_row.gid)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let mut tx = a.engine.begin().await.unwrap();
+    let child = tx
+        .insert(entry::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            device: Set(a.id),
+            location_id: Set(loc.id),
+            parent_id: Set(Some(parent.id)),
+            tag_id: Set(Some(tag_key)),
+            name: Set("E".into()),
+            size: Set(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // The parent is renamed: its newest state now comes after the child's.
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.update(entry::Model {
+        name: "P2".into(),
+        ..parent.clone()
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    // b pulls one page of a's changes (the location and the child, whose
+    // parent's newest state comes later), then c pulls from b while b
+    // still waits for the parent and the tag.
+    let a_origin = net.nodes[0].dev.engine.origin();
+    let mut skip_others = net.nodes[0].dev.engine.vector();
+    skip_others.advance(a_origin, 0);
+    let mut request_vector = sync_core::VersionVector::new();
+    for (o, s) in skip_others.iter() {
+        if o != a_origin {
+            request_vector.advance(o, s);
+        }
+    }
+    let page = steps::serve_pull(
+        &net.nodes[0].dev.engine,
+        &sync_core::PullRequest {
+            vector: request_vector,
+            limit: 2,
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(page.has_more);
+    steps::apply_batches(&net.nodes[1].dev.engine, page.batches)
+        .await
+        .unwrap();
+    let b_child = entry::Model::find_by_id(net.nodes[1].dev.engine.database(), child.gid)
+        .await
+        .unwrap();
+    assert_eq!(
+        b_child.map(|e| e.parent_id),
+        Some(None),
+        "b shows the child, its parent not here yet"
+    );
+    net.connect(1, 2).await;
+    net.run(1_000).await;
+    net.connect(0, 1).await;
+    assert!(net.settle(4).await);
+    // And d backfills from c alone.
+    net.nodes[3].online = true;
+    net.connect(3, 2).await;
+    assert!(net.settle(4).await);
+    for n in &net.nodes {
+        let d = &n.dev;
+        let e = entry::Model::find_by_id(d.engine.database(), child.gid)
+            .await
+            .unwrap()
+            .unwrap();
+        let p = entry::Model::find_by_id(d.engine.database(), parent.gid)
+            .await
+            .unwrap()
+            .unwrap();
+        let t = tag::Model::find_by_id(d.engine.database(), tag_row.gid)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.parent_id, Some(p.id), "parent on device {}", d.id);
+        assert_eq!(e.tag_id, Some(t.id), "tag on device {}", d.id);
+        assert_eq!(d.engine.parked_len(), 0);
+    }
+}
+
+/// A change settled by the rule for deleted parents is logged and relayed
+/// like any other: a device that hears of it through a relay holds nothing
+/// parked and the same vector.
+#[tokio::test]
+async fn a_change_settled_by_a_deleted_parent_is_relayed_not_parked() {
+    let mut net = Net::new(vec![device(1).await, device(2).await, device(3).await], 92);
+    net.pair_all().await;
+    let (coll, create) = {
+        let a = &net.nodes[0].dev;
+        let mut tx = a.engine.begin().await.unwrap();
+        let c = tx
+            .insert(collection::ActiveModel {
+                gid: Set(Uuid::new_v4()),
+                name: Set("trip".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        (c, tx.commit().await.unwrap())
+    };
+    net.nodes[1].dev.engine.apply(create.clone()).await.unwrap();
+    // b deletes the collection while a adds a member to it and edits it.
+    let mut tx = net.nodes[1].dev.engine.begin().await.unwrap();
+    tx.delete::<collection::Model>(coll.gid).await.unwrap();
+    let delete = tx.commit().await.unwrap();
+    let a = &net.nodes[0].dev;
+    let mut tx = a.engine.begin().await.unwrap();
+    let member = tx
+        .insert(membership::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            collection_id: Set(coll.id),
+            tag_id: Set(None),
+            note: Set("first".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut add = tx.commit().await.unwrap();
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.update(membership::Model {
+        note: "edited".into(),
+        ..member.clone()
+    })
+    .await
+    .unwrap();
+    add.extend(tx.commit().await.unwrap());
+    net.committed(0, add);
+    net.committed(1, delete);
+    // c talks only to b.
+    net.connect(0, 1).await;
+    net.connect(1, 2).await;
+    assert!(net.settle(4).await);
+    for n in &net.nodes {
+        let d = &n.dev;
+        assert_eq!(d.engine.parked_len(), 0, "nothing parked on {}", d.id);
+        assert!(rows::<membership::Model>(d).await.is_empty());
+    }
+    let v: Vec<_> = net.nodes.iter().map(|n| n.dev.engine.vector()).collect();
+    assert_eq!(v[0], v[1]);
+    assert_eq!(v[1], v[2]);
+    // Every device records the lost membership (added after the delete
+    // could have seen it).
+    for n in &net.nodes {
+        let lost = n.dev.engine.conflicts().await.unwrap();
+        assert!(
+            lost.iter()
+                .any(|c| c.kind == ConflictKind::ParentDeleted && c.record == member.gid),
+            "{lost:?}"
+        );
+    }
+}
+
+/// A snapshot row held back on any page (its clock too far ahead) is kept
+/// and applied once the clock allows, and the backfill completes without
+/// looping.
+#[tokio::test]
+async fn a_snapshot_row_held_back_on_an_early_page_arrives_later() {
+    let mut net = Net::new(vec![device(1).await, device(2).await], 93);
+    net.pair_all().await;
+    net.config.snapshot_limit = 3;
+    let a = &net.nodes[0].dev;
+    for i in 0..11 {
+        let mut tx = a.engine.begin().await.unwrap();
+        tx.insert(new_tag(&format!("t{i}"))).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    // One write from a clock 30 s ahead of b's (bound: 5 s), on the
+    // snapshot's first page (the smallest id).
+    a.time.advance(Duration::from_secs(30));
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.insert(tag::ActiveModel {
+        gid: Set(Uuid::from_u128(1)),
+        ..new_tag("ahead")
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    net.nodes[1].dev.time.advance(Duration::from_secs(1));
+    net.connect(1, 0).await;
+    net.run(10_000).await;
+    let b = &net.nodes[1].dev;
+    assert!(!b.engine.needs_backfill(), "the backfill completed");
+    assert_eq!(
+        rows::<tag::Model>(b).await.len(),
+        11,
+        "one row is held back"
+    );
+    assert_eq!(b.engine.status().held_rows, 1);
+    // Time passes; the held row is tried again and applied.
+    b.time.advance(Duration::from_secs(40));
+    net.anti_entropy().await;
+    net.run(10_000).await;
+    let b = &net.nodes[1].dev;
+    assert_eq!(rows::<tag::Model>(b).await.len(), 12);
+    assert_eq!(b.engine.status().held_rows, 0);
+    assert_eq!(net.nodes[0].dev.content().await, b.content().await);
+}
+
+/// A change that can never apply is refused once, recorded once, and its
+/// number passed: the origin's later changes keep flowing through
+/// catch-up, and the refusal is not logged again on each retry.
+#[tokio::test]
+async fn a_change_refused_for_good_does_not_stop_its_origin() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let mut tx = b.engine.begin().await.unwrap();
+    for i in 0..41 {
+        tx.insert(new_tag(&format!("t{i}"))).await.unwrap();
+    }
+    let mut changes = tx.commit().await.unwrap();
+    // A malicious b replaces its first change by a volume naming a as owner.
+    let mut forged = changes[0].clone();
+    forged.model = "volumes".into();
+    forged.op = Op::Upsert(vec![
+        sync_core::FieldChange {
+            name: "gid".into(),
+            value: WireValue::Uuid(Some(forged.id)),
+            base: None,
+        },
+        sync_core::FieldChange {
+            name: "device".into(),
+            value: WireValue::Uuid(Some(a.id)),
+            base: None,
+        },
+        sync_core::FieldChange {
+            name: "name".into(),
+            value: WireValue::String(Some("disk".into())),
+            base: None,
+        },
+        sync_core::FieldChange {
+            name: "capacity".into(),
+            value: WireValue::I64(None),
+            base: None,
+        },
+    ]);
+    changes[0] = forged;
+    let batch = || Batch {
+        origin: b.engine.origin(),
+        device: b.id,
+        after: 0,
+        upto: 41,
+        changes: changes.iter().map(|c| c.encode().unwrap()).collect(),
+    };
+    let report = steps::apply_batches(&a.engine, vec![batch()])
+        .await
+        .unwrap();
+    assert_eq!(report.rejected.len(), 1);
+    assert_eq!(
+        report.rejected[0].reason,
+        RejectReason::NotOwner { owner: a.id }
+    );
+    assert_eq!(report.applied, 40);
+    assert_eq!(
+        a.engine.vector().get(b.engine.origin()),
+        41,
+        "passed, not stuck"
+    );
+    assert_eq!(rows::<volume::Model>(&a).await.len(), 0);
+    for _ in 0..3 {
+        let again = steps::apply_batches(&a.engine, vec![batch()])
+            .await
+            .unwrap();
+        assert_eq!(again.duplicates, 41);
+        assert!(again.rejected.is_empty());
+    }
+    let conflicts = a.engine.conflicts().await.unwrap();
+    assert_eq!(conflicts.len(), 1, "recorded once: {conflicts:?}");
+    assert_eq!(conflicts[0].kind, ConflictKind::NotOwner);
+}
+
+async fn new_file(d: &Device, name: &str) -> (file::Model, Vec<Change>) {
+    let mut tx = d.engine.begin().await.unwrap();
+    let f = tx
+        .insert(file::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            device: Set(d.id),
+            name: Set(name.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (f, tx.commit().await.unwrap())
+}
+
+async fn new_seat(d: &Device, number: i32) -> (seat::Model, Vec<Change>) {
+    let mut tx = d.engine.begin().await.unwrap();
+    let s = tx
+        .insert(seat::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            number: Set(number),
+            holder: Set(d.id.to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (s, tx.commit().await.unwrap())
+}
+
+/// Rows of two devices colliding on a unique column are settled the same
+/// way whatever order an observer hears them in, and observers write
+/// nothing of their own to settle it: a device-owned loser is shown
+/// renamed, a loser with no text column is not shown until it can be.
+#[tokio::test]
+async fn unique_collisions_settle_alike_in_any_order_without_observer_writes() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let (fa, from_a) = new_file(&a, "notes.txt").await;
+    b.time.advance(Duration::from_millis(5));
+    let (fb, from_b) = new_file(&b, "notes.txt").await;
+    let (sa, seat_a) = new_seat(&a, 7).await;
+    b.time.advance(Duration::from_millis(5));
+    let (sb, seat_b) = new_seat(&b, 7).await;
+    let mut a_first: Vec<Change> = from_a.iter().chain(&seat_a).cloned().collect();
+    a_first.extend(from_b.iter().chain(&seat_b).cloned());
+    let mut b_first: Vec<Change> = from_b.iter().chain(&seat_b).cloned().collect();
+    b_first.extend(from_a.iter().chain(&seat_a).cloned());
+
+    let c = device(3).await;
+    let d = device(4).await;
+    for ch in &a_first {
+        c.engine.apply(vec![ch.clone()]).await.unwrap();
+    }
+    for ch in &b_first {
+        d.engine.apply(vec![ch.clone()]).await.unwrap();
+    }
+    a.engine
+        .apply(from_b.iter().chain(&seat_b).cloned().collect())
+        .await
+        .unwrap();
+    b.engine
+        .apply(from_a.iter().chain(&seat_a).cloned().collect())
+        .await
+        .unwrap();
+    let want = c.content().await;
+    for x in [&a, &b, &d] {
+        assert_eq!(x.content().await, want, "device {}", x.id);
+    }
+    for x in [&c, &d] {
+        assert_eq!(x.engine.stats().written, 0, "an observer writes nothing");
+        let files = rows::<file::Model>(x).await;
+        let names: std::collections::BTreeSet<_> = files.iter().map(|f| f.name.clone()).collect();
+        assert!(names.contains("notes.txt"));
+        assert_eq!(files.len(), 2);
+        // b's file is newer: a's is shown renamed.
+        let a_file = files.iter().find(|f| f.gid == fa.gid).unwrap();
+        assert!(a_file.name.starts_with("notes.txt~"), "{}", a_file.name);
+        let _ = fb;
+        // b's seat is newer: a's is not shown.
+        let seats = rows::<seat::Model>(x).await;
+        assert_eq!(seats.len(), 1);
+        assert_eq!(seats[0].gid, sb.gid);
+    }
+    // The winner moves to another number: the loser is shown again, alike.
+    let mut tx = b.engine.begin().await.unwrap();
+    let mut moved = seat::Model::find_by_id(tx.connection(), sb.gid)
+        .await
+        .unwrap()
+        .unwrap();
+    moved.number = 8;
+    tx.update(moved).await.unwrap();
+    let change = tx.commit().await.unwrap();
+    for x in [&a, &c, &d] {
+        x.engine.apply(change.clone()).await.unwrap();
+        let seats = rows::<seat::Model>(x).await;
+        assert_eq!(seats.len(), 2, "device {}", x.id);
+        assert!(seats.iter().any(|s| s.gid == sa.gid && s.number == 7));
+    }
+    assert_eq!(c.content().await, b.content().await);
+}
+
+/// A change delivered again after the log was pruned is a duplicate, known
+/// by the vector: it is not applied, logged or recorded again.
+#[tokio::test]
+async fn a_duplicate_after_pruning_is_known_by_the_vector() {
+    let a = device(1).await;
+    let b = device(2).await;
+    a.engine.pair(b.id).await.unwrap();
+    b.engine.pair(a.id).await.unwrap();
+    let mut tx = a.engine.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(tx.insert(new_tag(&format!("t{i}"))).await.unwrap());
+    }
+    let mut changes = tx.commit().await.unwrap();
+    // And edits from b that lose to a's concurrent ones: conflicts.
+    b.engine.apply(changes.clone()).await.unwrap();
+    let mut tx = b.engine.begin().await.unwrap();
+    for t in &ids {
+        let mut row = tag::Model::find_by_id(tx.connection(), t.gid)
+            .await
+            .unwrap()
+            .unwrap();
+        row.name = "from b".into();
+        tx.update(row).await.unwrap();
+    }
+    let from_b = tx.commit().await.unwrap();
+    a.time.advance(Duration::from_millis(10));
+    let mut tx = a.engine.begin().await.unwrap();
+    for t in &ids {
+        let mut row = tag::Model::find_by_id(tx.connection(), t.gid)
+            .await
+            .unwrap()
+            .unwrap();
+        row.name = "from a".into();
+        tx.update(row).await.unwrap();
+    }
+    changes.extend(tx.commit().await.unwrap());
+    b.engine.apply(changes.clone()).await.unwrap();
+    a.engine.apply(from_b.clone()).await.unwrap();
+    let conflicts = b.engine.conflicts_len();
+    assert_eq!(conflicts, 5);
+    // Both acknowledge everything; both prune.
+    steps::acknowledge(&a.engine, b.id, &b.engine.vector());
+    steps::acknowledge(&b.engine, a.id, &a.engine.vector());
+    assert!(a.engine.prune().await.unwrap() > 0);
+    assert!(b.engine.prune().await.unwrap() > 0);
+    assert_eq!(b.engine.log_len(), 0);
+    // The same changes, delivered again.
+    let again = b.engine.apply(changes.clone()).await.unwrap();
+    assert_eq!(again.duplicates, changes.len() as u64);
+    assert_eq!(again.merged(), 0);
+    assert_eq!(b.engine.log_len(), 0, "not logged again below the floor");
+    assert_eq!(b.engine.conflicts_len(), conflicts, "not recorded again");
+}
+
+/// One device's sequential edits, relayed around a triangle with duplicated
+/// and reordered deliveries, are never conflicts, and each is counted once.
+#[tokio::test]
+async fn sequential_edits_of_one_device_are_never_conflicts() {
+    let mut net = Net::new(vec![device(1).await, device(2).await, device(3).await], 94);
+    net.pair_all().await;
+    net.connect_all().await;
+    net.run(1_000).await;
+    net.faults.duplicate = 0.3;
+    net.faults.reorder = true;
+    let a = &net.nodes[0].dev;
+    let (t, create) = {
+        let mut tx = a.engine.begin().await.unwrap();
+        let t = tx.insert(new_tag("v0")).await.unwrap();
+        (t, tx.commit().await.unwrap())
+    };
+    net.committed(0, create);
+    let edits = 120;
+    for i in 1..=edits {
+        let a = &net.nodes[0].dev;
+        let mut tx = a.engine.begin().await.unwrap();
+        let mut row = tag::Model::find_by_id(tx.connection(), t.gid)
+            .await
+            .unwrap()
+            .unwrap();
+        row.name = format!("v{i}");
+        row.weight = i;
+        tx.update(row).await.unwrap();
+        let c = tx.commit().await.unwrap();
+        net.committed(0, c);
+        if i % 10 == 0 {
+            net.run(50).await;
+        }
+    }
+    net.faults.duplicate = 0.0;
+    assert!(net.settle(6).await);
+    for n in &net.nodes[1..] {
+        let d = &n.dev;
+        assert_eq!(d.engine.conflicts_len(), 0, "no conflict on {}", d.id);
+        assert_eq!(
+            tag::Model::find_by_id(d.engine.database(), t.gid)
+                .await
+                .unwrap()
+                .unwrap()
+                .name,
+            format!("v{edits}")
+        );
+        assert_eq!(d.engine.log_len(), edits as u64 + 1, "each logged once");
+    }
+}
+
+/// The author of a write that lost records its own loss: a rename that a
+/// concurrent delete beat is in the conflict log of the device that
+/// renamed, not only of the others.
+#[tokio::test]
+async fn the_author_of_a_losing_write_records_its_loss() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let mut tx = a.engine.begin().await.unwrap();
+    let t = tx.insert(new_tag("draft")).await.unwrap();
+    let create = tx.commit().await.unwrap();
+    b.engine.apply(create).await.unwrap();
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.update(tag::Model {
+        name: "final".into(),
+        ..t.clone()
+    })
+    .await
+    .unwrap();
+    let rename = tx.commit().await.unwrap();
+    let mut tx = b.engine.begin().await.unwrap();
+    tx.delete::<tag::Model>(t.gid).await.unwrap();
+    let delete = tx.commit().await.unwrap();
+    a.engine.apply(delete).await.unwrap();
+    b.engine.apply(rename).await.unwrap();
+    for d in [&a, &b] {
+        let lost = d.engine.conflicts().await.unwrap();
+        assert_eq!(lost.len(), 1, "on {}: {lost:?}", d.id);
+        assert_eq!(lost[0].kind, ConflictKind::Deleted);
+        assert_eq!(lost[0].loser.device, a.id);
+        assert_eq!(
+            lost[0].loser.value,
+            Some(WireValue::String(Some("final".into())))
+        );
+    }
+}
+
+/// Numbers from a peer that do not fit are refused, never wrapped or
+/// panicked on: a change numbered past 2^63, a claim reaching u64::MAX.
+#[tokio::test]
+async fn numbers_that_do_not_fit_are_refused() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.insert(new_tag("x")).await.unwrap();
+    let mut changes = tx.commit().await.unwrap();
+    changes[0].seq = 1 << 63;
+    let report = b.engine.apply(changes.clone()).await.unwrap();
+    assert_eq!(report.rejected.len(), 1);
+    assert!(matches!(
+        report.rejected[0].reason,
+        RejectReason::Malformed(_)
+    ));
+    changes[0].seq = 1;
+    let claim = Batch {
+        origin: a.engine.origin(),
+        device: a.id,
+        after: 0,
+        upto: u64::MAX,
+        changes: changes.iter().map(|c| c.encode().unwrap()).collect(),
+    };
+    let report = steps::apply_batches(&b.engine, vec![claim]).await.unwrap();
+    assert_eq!(report.applied, 1, "the change itself is fine");
+    assert_eq!(
+        b.engine.vector().get(a.engine.origin()),
+        1,
+        "the claim that does not fit proves nothing"
+    );
+    let status = b.engine.status();
+    assert_eq!(status.vector.get(a.engine.origin()), 1);
+}
+
+/// Changes held back for now (a clock far ahead) stop the vector, are
+/// counted once however often they are re-sent, are shown per peer on both
+/// sides, and arrive once the clock allows.
+#[tokio::test]
+async fn changes_held_back_for_now_are_counted_once_and_reported_to_both_sides() {
+    let mut net = Net::new(vec![device(1).await, device(2).await], 95);
+    net.pair_all().await;
+    net.connect_all().await;
+    net.run(1_000).await;
+    let a = &net.nodes[0].dev;
+    a.time.advance(Duration::from_secs(60));
+    let mut tx = a.engine.begin().await.unwrap();
+    for i in 0..3 {
+        tx.insert(new_tag(&format!("ahead{i}"))).await.unwrap();
+    }
+    let changes = tx.commit().await.unwrap();
+    net.committed(0, changes);
+    net.run(1_000).await;
+    for _ in 0..4 {
+        net.anti_entropy().await;
+        net.run(1_000).await;
+    }
+    let (a, b) = (&net.nodes[0].dev, &net.nodes[1].dev);
+    assert_eq!(b.engine.stats().held_back, 3, "counted once each");
+    assert_eq!(b.engine.vector().get(a.engine.origin()), 0);
+    let here = b.engine.status();
+    let peer = here.peers.iter().find(|p| p.peer == a.id).unwrap();
+    assert_eq!(peer.held_back.len(), 1);
+    assert!(
+        peer.held_back[0].reason.contains("clock"),
+        "{:?}",
+        peer.held_back
+    );
+    let there = a.engine.status();
+    let peer = there.peers.iter().find(|p| p.peer == b.id).unwrap();
+    assert_eq!(peer.held_back_there.len(), 1, "a was told why");
+    // b's clock catches up; the next round brings them.
+    net.nodes[1].dev.time.advance(Duration::from_secs(60));
+    net.anti_entropy().await;
+    net.run(1_000).await;
+    let (a, b) = (&net.nodes[0].dev, &net.nodes[1].dev);
+    assert_eq!(b.engine.vector().get(a.engine.origin()), 3);
+    assert_eq!(a.content().await, b.content().await);
+    assert!(b.engine.status().peers[0].held_back.is_empty());
+}
