@@ -352,13 +352,20 @@ pub async fn create_schema(db: &DatabaseConnection) -> Result<(), DbErr> {
 pub async fn open_database(path: &std::path::Path) -> Result<DatabaseConnection, DbErr> {
     let url = format!("sqlite://{}?mode=rwc", path.display());
     let mut options = sea_orm::ConnectOptions::new(url);
-    options.max_connections(1).sqlx_logging(false);
+    // WAL: a commit is one write to the log, and readers never wait for the
+    // writer. NORMAL: no fsync per commit. A power loss can take back the
+    // last commits; the engine starts a new incarnation when it opens, so it
+    // never reuses a change number, and gets back from its peers whatever of
+    // those commits they had received (docs/operations.md).
+    options
+        .max_connections(4)
+        .min_connections(1)
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+        });
     let db = sea_orm::Database::connect(options).await?;
-    // WAL: one fsync per commit instead of several. FULL: a commit is on
-    // disk before its changes are published, so a power loss can never make
-    // the device reuse a change number its peers already hold.
-    db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
-        .await?;
     create_schema(&db).await?;
     Ok(db)
 }

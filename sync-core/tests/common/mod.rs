@@ -372,12 +372,26 @@ pub async fn device(n: u128) -> Device {
 
 /// A device over the SQLite file at `path` (created if missing).
 pub async fn device_at(path: &std::path::Path, n: u128, time: ManualTime) -> Device {
+    let db = file_database(path, 1).await;
+    open_device(db, n, time).await
+}
+
+/// The SQLite file at `path` (created if missing) in WAL mode with
+/// synchronous=NORMAL, over a pool of `connections`.
+pub async fn file_database(path: &std::path::Path, connections: u32) -> DatabaseConnection {
     let url = format!("sqlite://{}?mode=rwc", path.display());
     let mut options = ConnectOptions::new(url);
-    options.max_connections(1).sqlx_logging(false);
+    options
+        .max_connections(connections)
+        .min_connections(1)
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+        });
     let db = Database::connect(options).await.unwrap();
     create_all_if_missing(&db).await;
-    open_device(db, n, time).await
+    db
 }
 
 async fn create_all_if_missing(db: &DatabaseConnection) {

@@ -1,0 +1,304 @@
+//! Change numbers are never reused, whatever happens to a device's files: a
+//! power loss that rolls back its last commits, a backup restored, a data
+//! directory copied and run twice. And every write goes through one writer:
+//! a pool of connections never meets a busy database, and an open
+//! transaction never deadlocks the engine.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::sim::Net;
+use common::{Device, device, device_at, tag, volume};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait};
+use sync_core::clock::ManualTime;
+use sync_core::{EngineError, SyncModel};
+use uuid::Uuid;
+
+fn new_tag(name: &str) -> tag::ActiveModel {
+    tag::ActiveModel {
+        gid: Set(Uuid::new_v4()),
+        name: Set(name.into()),
+        color: Set(None),
+        weight: Set(0),
+        parent_id: Set(None),
+        ..Default::default()
+    }
+}
+
+async fn write_tags(net: &mut Net, i: usize, n: usize, prefix: &str) {
+    let d = &net.nodes[i].dev;
+    let mut tx = d.engine.begin().await.unwrap();
+    for k in 0..n {
+        tx.insert(new_tag(&format!("{prefix}{k}"))).await.unwrap();
+    }
+    let changes = tx.commit().await.unwrap();
+    net.committed(i, changes);
+}
+
+/// A consistent copy of a device's database as it is now (a backup, or
+/// what a power loss would leave of it if the commits after now were lost).
+async fn snapshot(d: &Device, to: &Path) {
+    d.engine
+        .database()
+        .execute_unprepared(&format!("VACUUM INTO '{}'", to.display()))
+        .await
+        .unwrap();
+}
+
+/// Replaces a device's database file by an earlier copy and reopens it.
+async fn restore(net: &mut Net, i: usize, path: &Path, copy: &Path, n: u128) {
+    net.disconnect(i);
+    let time = net.nodes[i].dev.time.clone();
+    // Drop the old engine and close its database before the files change.
+    let old = std::mem::replace(&mut net.nodes[i].dev, device(90 + i as u128).await);
+    old.engine.database().clone().close().await.unwrap();
+    drop(old);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    std::fs::copy(copy, path).unwrap();
+    net.nodes[i].dev = device_at(path, n, time).await;
+    net.nodes[i].online = true;
+}
+
+async fn tag_names(d: &Device) -> std::collections::BTreeSet<String> {
+    tag::Entity::find()
+        .all(d.engine.database())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect()
+}
+
+/// A device whose database went back to an earlier state (a power loss
+/// under synchronous=NORMAL, or a restored backup) starts a new incarnation:
+/// what it writes next is never taken for a change its peers hold, and the
+/// changes it lost come back from the peers that have them.
+#[tokio::test]
+async fn a_device_restored_to_an_earlier_state_reuses_no_number_and_gets_its_changes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.sqlite");
+    let copy = dir.path().join("a-earlier.sqlite");
+    let time = ManualTime::new(common::EPOCH);
+    let a = device_at(&path, 1, time.clone()).await;
+    let mut net = Net::new(vec![a, device(2).await], 101);
+    net.pair_all().await;
+    net.connect_all().await;
+    write_tags(&mut net, 0, 5, "before").await;
+    assert!(net.settle(2).await);
+    snapshot(&net.nodes[0].dev, &copy).await;
+    let first_origin = net.nodes[0].dev.engine.origin();
+
+    // Written after the copy: lost by a's files, held by b.
+    write_tags(&mut net, 0, 5, "lost").await;
+    assert!(net.settle(2).await);
+    assert_eq!(tag_names(&net.nodes[1].dev).await.len(), 10);
+
+    restore(&mut net, 0, &path, &copy, 1).await;
+    let a = &net.nodes[0].dev;
+    assert_eq!(
+        tag_names(a).await.len(),
+        5,
+        "the last commits are gone here"
+    );
+    assert_ne!(a.engine.origin(), first_origin, "a new incarnation");
+    // a writes again before it meets anyone: new numbers, new origin.
+    write_tags(&mut net, 0, 3, "after").await;
+
+    net.connect_all().await;
+    assert!(net.settle(3).await);
+    let (a, b) = (&net.nodes[0].dev, &net.nodes[1].dev);
+    let names = tag_names(a).await;
+    assert_eq!(
+        names.len(),
+        13,
+        "nothing any device held is lost: {names:?}"
+    );
+    assert_eq!(names, tag_names(b).await);
+    assert!(names.contains("lost4") && names.contains("after2"));
+    assert_eq!(
+        a.engine.vector().get(first_origin),
+        10,
+        "its lost changes came back as anyone's would"
+    );
+    assert_eq!(b.engine.vector().get(a.engine.origin()), 3);
+}
+
+/// A data directory copied to a second machine and run there too: both
+/// copies write as the same device, and every write reaches every device.
+#[tokio::test]
+async fn a_copied_database_run_twice_loses_no_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.sqlite");
+    let copy_path = dir.path().join("a-copy.sqlite");
+    let time = ManualTime::new(common::EPOCH);
+    let a = device_at(&path, 1, time.clone()).await;
+    let mut net = Net::new(vec![a, device(2).await], 102);
+    net.pair_all().await;
+    net.connect_all().await;
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    let vol = tx
+        .insert(volume::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            device: Set(net.nodes[0].dev.id),
+            name: Set("disk".into()),
+            capacity: Set(None),
+            is_online: Set(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    write_tags(&mut net, 0, 3, "shared").await;
+    assert!(net.settle(2).await);
+    snapshot(&net.nodes[0].dev, &copy_path).await;
+    let twin = device_at(&copy_path, 1, time.clone()).await;
+    net.nodes.push(common::sim::Node {
+        dev: twin,
+        sessions: Default::default(),
+        online: true,
+    });
+    // Both copies write, as the same device, before they meet anyone.
+    write_tags(&mut net, 0, 4, "first").await;
+    write_tags(&mut net, 2, 4, "second").await;
+    for (i, name) in [(0, "from first"), (2, "from second")] {
+        let d = &net.nodes[i].dev;
+        let mut tx = d.engine.begin().await.unwrap();
+        let mut row = volume::Model::find_by_id(tx.connection(), vol.gid)
+            .await
+            .unwrap()
+            .unwrap();
+        row.name = name.into();
+        tx.update(row).await.unwrap();
+        let c = tx.commit().await.unwrap();
+        d.time.advance(Duration::from_millis(3));
+        net.committed(i, c);
+    }
+    // a and b are still connected; the twin meets b.
+    net.connect(2, 1).await;
+    let settled = net.settle(4).await;
+    assert!(settled);
+    let names = tag_names(&net.nodes[1].dev).await;
+    assert_eq!(names.len(), 11, "{names:?}");
+    for n in &net.nodes {
+        assert_eq!(tag_names(&n.dev).await, names);
+    }
+    assert_eq!(
+        net.nodes[0].dev.content().await,
+        net.nodes[2].dev.content().await
+    );
+}
+
+/// With a pool of several connections, writes, received changes,
+/// acknowledgements and reads running at once never meet a busy database:
+/// every write takes the engine's writer and begins IMMEDIATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_of_connections_never_meets_a_busy_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::file_database(&dir.path().join("pool.sqlite"), 4).await;
+    let a = common::open_device(db, 1, ManualTime::new(common::EPOCH)).await;
+    let b = device(2).await;
+    a.engine.pair(b.id).await.unwrap();
+    // Changes from b to apply while a writes.
+    let mut tx = b.engine.begin().await.unwrap();
+    for i in 0..200 {
+        tx.insert(new_tag(&format!("b{i}"))).await.unwrap();
+    }
+    let from_b = tx.commit().await.unwrap();
+    let engine = a.engine.clone();
+    let writer = tokio::spawn(async move {
+        for i in 0..100 {
+            let mut tx = engine.begin().await?;
+            tx.insert(new_tag(&format!("a{i}"))).await?;
+            tx.commit().await?;
+        }
+        Ok::<_, EngineError>(())
+    });
+    let engine = a.engine.clone();
+    let applier = tokio::spawn(async move {
+        for chunk in from_b.chunks(10) {
+            engine.apply(chunk.to_vec()).await?;
+        }
+        Ok::<_, EngineError>(())
+    });
+    let engine = a.engine.clone();
+    let peer = b.id;
+    let acker = tokio::spawn(async move {
+        for _ in 0..50 {
+            sync_core::__private::steps::acknowledge(&engine, peer, &engine.vector());
+            engine.flush_peers().await?;
+            engine.prune().await?;
+            tokio::task::yield_now().await;
+        }
+        Ok::<_, EngineError>(())
+    });
+    let engine = a.engine.clone();
+    let reader = tokio::spawn(async move {
+        for _ in 0..100 {
+            let _ = engine.status();
+            let request = sync_core::PullRequest {
+                vector: Default::default(),
+                limit: 50,
+            };
+            // A page, or "resync" once the log was pruned: both are
+            // answers; only an engine error is a failure.
+            let _answer = sync_core::__private::steps::serve_pull(&engine, &request).await?;
+            engine.content().await?;
+        }
+        Ok::<_, EngineError>(())
+    });
+    for task in [writer, applier, acker, reader] {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        tag::Entity::find()
+            .all(a.engine.database())
+            .await
+            .unwrap()
+            .len(),
+        300
+    );
+}
+
+/// An open transaction holds the writer. Status never waits for it; a
+/// write that needs the writer waits, and fails with a clear error after
+/// the writer timeout rather than deadlocking.
+#[tokio::test]
+async fn an_open_transaction_blocks_writers_with_a_clear_timeout_and_never_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::file_database(&dir.path().join("t.sqlite"), 2).await;
+    let config = sync_core::EngineConfig::new(common::device_id(1))
+        .time(std::sync::Arc::new(ManualTime::new(common::EPOCH)))
+        .writer_timeout(Duration::from_millis(200));
+    let engine = sync_core::Engine::open(db, config).await.unwrap();
+    let b = device(2).await;
+    let mut tx = b.engine.begin().await.unwrap();
+    tx.insert(new_tag("from b")).await.unwrap();
+    let changes = tx.commit().await.unwrap();
+
+    let mut open = engine.begin().await.unwrap();
+    open.insert(new_tag("held")).await.unwrap();
+    let status = engine.status();
+    assert_eq!(status.device, common::device_id(1), "status works");
+    let started = std::time::Instant::now();
+    let err = engine.apply(changes.clone()).await.unwrap_err();
+    assert!(matches!(err, EngineError::Busy { .. }), "{err}");
+    assert!(err.to_string().contains("SyncTransaction"), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let err = engine.prune().await;
+    assert!(err.is_ok(), "nothing to prune needs no writer: {err:?}");
+    open.commit().await.unwrap();
+    // Once it ends, the writer is free again.
+    assert_eq!(engine.apply(changes).await.unwrap().applied, 1);
+}
