@@ -235,9 +235,37 @@ async fn write_section(args: &Args) -> Result<(), Error> {
     })
     .await?;
     row(
-        &format!("update one field of {n} rows, one transaction"),
+        &format!("update one field of {n} rows (update), one tx"),
         n,
         ours,
+        base,
+    );
+    let fields = measure(args.reps, || async {
+        let engine = fresh_engine().await?;
+        let mut tx = engine.begin().await?;
+        let mut rows = Vec::with_capacity(n);
+        for i in 0..n {
+            rows.push(tx.insert(new_tag(i)).await?);
+        }
+        tx.commit().await?;
+        let t = Instant::now();
+        let mut tx = engine.begin().await?;
+        for r in rows {
+            tx.update_fields(tag::ActiveModel {
+                id: Set(r.id),
+                color: Set(Some("red".into())),
+                ..Default::default()
+            })
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(t.elapsed())
+    })
+    .await?;
+    row(
+        &format!("update one field of {n} rows (update_fields)"),
+        n,
+        fields,
         base,
     );
     Ok(())

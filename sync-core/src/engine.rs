@@ -235,7 +235,9 @@ impl Engine {
         // write of it, and a rollback that loses it loses those writes too.
         let origin = config.origin.unwrap_or_else(Uuid::new_v4);
         store::set_meta(&tx, META_ORIGIN, origin.as_bytes().to_vec()).await?;
-        store::save_origins(&tx, &[(origin, config.device)]).await?;
+        let mut script = store::Script::default();
+        store::save_origins(&mut script, &[(origin, config.device)]);
+        script.run(&tx).await?;
         let last = store::get_meta_u64(&tx, META_CLOCK).await?;
         let received = store::load_received(&tx).await?;
         let pruned = store::load_pruned(&tx).await?;

@@ -294,6 +294,7 @@ impl Engine {
             let m = self.memory();
             (m.received.clone(), m.origins.clone())
         };
+        let received_before = received.clone();
         let mut report = ApplyReport::default();
         let mut outcomes: Vec<(Uuid, u64, Outcome)> = Vec::new();
         let mut items: Vec<Item> = Vec::new();
@@ -641,42 +642,40 @@ impl Engine {
 
         // Write it all.
         phases.mark("outcomes");
-        let conflicts_added = write::execute(&w.tx, registry, &writes).await?;
-        phases.mark("write");
-        store::save_received(&w.tx, &received, &touched_origins).await?;
+        let mut script = store::Script::default();
+        write::script(&mut script, registry, &mut writes)?;
+        store::save_received(&mut script, &received, &received_before, &touched_origins)?;
         let fresh: Vec<(Uuid, Uuid)> = new_origins
             .iter()
             .filter(|(o, _)| !known_origins.contains_key(o))
             .map(|(o, d)| (*o, *d))
             .collect();
-        store::save_origins(&w.tx, &fresh).await?;
-        if !held_rows.is_empty() {
-            store::hold_rows(&w.tx, &held_rows).await?;
-        }
+        store::save_origins(&mut script, &fresh);
+        store::hold_rows(&mut script, &held_rows);
         let released: Vec<(String, Uuid)> = incoming
             .retried
             .iter()
             .filter(|(m, r)| !held_rows.iter().any(|h| &h.model == m && h.record == *r))
             .cloned()
             .collect();
-        if !released.is_empty() {
-            store::release_held(&w.tx, &released).await?;
-        }
+        store::release_held(&mut script, &released);
         let mut pruned_floor = VersionVector::new();
         if let Some(step) = &incoming.snapshot {
-            crate::snapshot::save_backfill_step(&w.tx, step).await?;
+            crate::snapshot::save_backfill_step(&mut script, step)?;
             if step.next.is_none() {
                 for (origin, seq) in step.vector.iter() {
                     if origin != self.inner.origin {
                         pruned_floor.advance(origin, seq);
                     }
                 }
-                store::raise_pruned(&w.tx, &pruned_floor).await?;
+                store::raise_pruned(&mut script, &pruned_floor)?;
             }
         }
         let last = self.clock_time().0;
-        store::set_meta_u64(&w.tx, META_CLOCK, last).await?;
+        store::set_meta_in(&mut script, META_CLOCK, last.to_be_bytes().to_vec());
         phases.mark("bookkeeping");
+        let conflicts_added = write::run(&w.tx, script, &writes.conflicts).await?;
+        phases.mark("write");
         w.tx.commit().await?;
         phases.mark("commit");
         phases.report("receive", items.len());

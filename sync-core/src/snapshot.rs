@@ -62,27 +62,34 @@ pub(crate) async fn load_backfill<C: ConnectionTrait>(db: &C) -> Result<Backfill
 }
 
 async fn save_backfill<C: ConnectionTrait>(db: &C, state: &Backfill) -> Result<(), EngineError> {
-    let (code, cursor) = match state {
-        Backfill::Needed => (0, Vec::new()),
-        Backfill::Running(c) => (
-            1,
-            rmp_serde::to_vec(c).map_err(|e| EngineError::Malformed(e.to_string()))?,
-        ),
-        Backfill::Done => (2, Vec::new()),
-    };
+    let (code, cursor) = backfill_meta(state)?;
     store::set_meta_u64(db, META_BACKFILL, code).await?;
     store::set_meta(db, META_BACKFILL_CURSOR, cursor).await?;
     Ok(())
 }
 
 /// Records a snapshot page's step, in the page's transaction.
-pub(crate) async fn save_backfill_step<C: ConnectionTrait>(
-    db: &C,
+pub(crate) fn save_backfill_step(
+    script: &mut store::Script,
     step: &SnapshotStep,
 ) -> Result<(), EngineError> {
     let mut state = Backfill::Needed;
     state.step(step);
-    save_backfill(db, &state).await
+    let (code, cursor) = backfill_meta(&state)?;
+    store::set_meta_in(script, META_BACKFILL, code.to_be_bytes().to_vec());
+    store::set_meta_in(script, META_BACKFILL_CURSOR, cursor);
+    Ok(())
+}
+
+fn backfill_meta(state: &Backfill) -> Result<(u64, Vec<u8>), EngineError> {
+    Ok(match state {
+        Backfill::Needed => (0, Vec::new()),
+        Backfill::Running(c) => (
+            1,
+            rmp_serde::to_vec(c).map_err(|e| EngineError::Malformed(e.to_string()))?,
+        ),
+        Backfill::Done => (2, Vec::new()),
+    })
 }
 
 fn malformed(message: impl Into<String>) -> ErrorMessage {

@@ -285,6 +285,101 @@ impl<'e> SyncTransaction<'e> {
         Ok(written)
     }
 
+    /// Writes the fields an active model sets, as sea-orm's `update` does,
+    /// and only those: what the application changed is what it set, so no
+    /// read of the old row is needed. The row is found by its local key (the
+    /// active model's primary key must be set, as for sea-orm's `update`).
+    /// A device-owned row must be this device's, and its owner cannot
+    /// change.
+    pub async fn update_fields<A>(
+        &mut self,
+        row: A,
+    ) -> Result<<A::Entity as EntityTrait>::Model, EngineError>
+    where
+        A: ActiveModelTrait + ActiveModelBehavior + Send,
+        A: sea_orm::TryIntoModel<<A::Entity as EntityTrait>::Model>,
+        A::Entity: crate::model::SyncEntity,
+        <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
+    {
+        self.check()?;
+        let result = self.update_fields_inner(row).await;
+        self.poison(result)
+    }
+
+    async fn update_fields_inner<A>(
+        &mut self,
+        row: A,
+    ) -> Result<<A::Entity as EntityTrait>::Model, EngineError>
+    where
+        A: ActiveModelTrait + ActiveModelBehavior + Send,
+        A: sea_orm::TryIntoModel<<A::Entity as EntityTrait>::Model>,
+        A::Entity: crate::model::SyncEntity,
+        <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
+    {
+        let (rank, _) = self.descriptor::<<A::Entity as crate::model::SyncEntity>::SyncModel>()?;
+        let meta = &<<A::Entity as crate::model::SyncEntity>::SyncModel as SyncModel>::META;
+        let is_set = |column: &str| {
+            <<A::Entity as EntityTrait>::Column as std::str::FromStr>::from_str(column)
+                .ok()
+                .is_some_and(|c| row.get(c).is_set())
+        };
+        let set: Vec<usize> = meta
+            .fields
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| is_set(f.column))
+            .map(|(i, _)| i)
+            .collect();
+        let touches_unique = self.engine.inner.tables.get(rank).is_some_and(|t| {
+            t.unique
+                .iter()
+                .any(|u| u.fields.iter().any(|f| set.contains(f)))
+        });
+        if touches_unique || meta.ownership == Ownership::DeviceOwned {
+            // The old row is needed after all: for the unique key it gives
+            // up, or to check who owns it. Apply what is set to it and take
+            // the whole-row path.
+            let not_found = || EngineError::NotFound {
+                model: meta.name,
+                record: Uuid::nil(),
+            };
+            let pk = <<A::Entity as EntityTrait>::Column as std::str::FromStr>::from_str(
+                meta.local_key_column,
+            )
+            .map_err(|_| not_found())?;
+            let key = row.get(pk).into_value().ok_or_else(not_found)?;
+            let old = <A::Entity as EntityTrait>::find()
+                .filter(pk.eq(key))
+                .one(&self.w.tx)
+                .await?
+                .ok_or_else(not_found)?;
+            let mut full: A = old.into_active_model();
+            for column in <<A::Entity as EntityTrait>::Column as Iterable>::iter() {
+                if let sea_orm::ActiveValue::Set(v) = row.get(column) {
+                    full.set(column, v);
+                }
+            }
+            let model = full.try_into_model()?;
+            return self.update_inner(model).await;
+        }
+        let written = row.update(&self.w.tx).await?;
+        if set.is_empty() {
+            return Ok(written);
+        }
+        let id = written.sync_id();
+        let values = written.wire()?;
+        self.stamp(
+            rank,
+            id,
+            PendingWrite::Upsert {
+                key: written.local_key(),
+                values,
+                fields: set,
+            },
+        );
+        Ok(written)
+    }
+
     /// Deletes a record, for good: it never comes back, on any device. Rows
     /// that reference it through a nullable key get null; rows that need it
     /// are no longer shown (and this device's own device-owned rows that
@@ -311,7 +406,9 @@ impl<'e> SyncTransaction<'e> {
                 });
             }
         }
-        store::delete_rows(&self.w.tx, desc, &[row.local_key()]).await?;
+        let mut script = store::Script::default();
+        store::delete_rows(&mut script, desc, &[row.local_key()]);
+        script.run(&self.w.tx).await?;
         self.stamp(rank, id, PendingWrite::Delete);
         Ok(true)
     }
@@ -373,9 +470,9 @@ impl<'e> SyncTransaction<'e> {
             })
             .collect();
         let mut facts = Facts::default();
-        facts
-            .rows
-            .extend(store::load_rows(&w.tx, registry, &keys).await?);
+        let (rows, waiters) = store::load_rows_and_waiters(&w.tx, registry, &keys).await?;
+        facts.rows.extend(rows);
+        facts.waiters.extend(waiters);
         let mut working: BTreeMap<RecordKey, Option<RecordState>> = keys
             .iter()
             .map(|k| {
@@ -522,11 +619,18 @@ impl<'e> SyncTransaction<'e> {
         )?;
         writes.conflicts.extend(conflicts);
         writes.log = log;
-        let conflicts_added = write::execute(&w.tx, registry, &writes).await?;
-        let mut received = engine.received();
+        let mut script = store::Script::default();
+        write::script(&mut script, registry, &mut writes)?;
+        let before = engine.received();
+        let mut received = before.clone();
         received.insert(origin, 1, next_seq.saturating_sub(1));
-        store::save_received(&w.tx, &received, &BTreeSet::from([origin])).await?;
-        store::set_meta_u64(&w.tx, META_CLOCK, engine.clock_time().0).await?;
+        store::save_received(&mut script, &received, &before, &BTreeSet::from([origin]))?;
+        store::set_meta_in(
+            &mut script,
+            META_CLOCK,
+            engine.clock_time().0.to_be_bytes().to_vec(),
+        );
+        let conflicts_added = write::run(&w.tx, script, &writes.conflicts).await?;
         w.tx.commit().await?;
         {
             let mut m = engine.memory();

@@ -244,12 +244,13 @@ fn placeholder(
     }
 }
 
-/// Writes everything, inside the caller's transaction.
-pub(crate) async fn execute<C: ConnectionTrait>(
-    db: &C,
+/// Adds everything but the conflicts to `script`, in the order the
+/// database's checks accept.
+pub(crate) fn script(
+    script: &mut store::Script,
     registry: &Registry,
-    writes: &Writes,
-) -> Result<u64, EngineError> {
+    writes: &mut Writes,
+) -> Result<(), EngineError> {
     let touches_tables = writes
         .tables
         .values()
@@ -257,44 +258,51 @@ pub(crate) async fn execute<C: ConnectionTrait>(
     if touches_tables {
         // Foreign keys of the application's tables are checked at commit,
         // when every row of the plan is in place.
-        db.execute_unprepared("PRAGMA defer_foreign_keys = ON")
-            .await?;
+        script.push("PRAGMA defer_foreign_keys = ON".into(), Vec::new());
     }
     for (rank, t) in writes.tables.iter().rev() {
         if let Some(desc) = registry.at(*rank) {
-            store::delete_rows(db, desc, &t.deletes).await?;
+            store::delete_rows(script, desc, &t.deletes);
         }
     }
     for (rank, t) in &writes.tables {
         if let Some(desc) = registry.at(*rank) {
             for p in &t.temps {
-                store::update_columns(db, desc, &p.columns, &p.rows).await?;
+                store::update_columns(script, desc, &p.columns, &p.rows);
             }
         }
     }
-    let mut phases = crate::receive::Phases::start();
-    for (rank, t) in &writes.tables {
+    for (rank, t) in writes.tables.iter_mut() {
         if let Some(desc) = registry.at(*rank) {
-            store::upsert_rows(db, desc, &t.upserts).await?;
+            store::upsert_rows(script, desc, std::mem::take(&mut t.upserts));
         }
     }
-    phases.mark("tables");
     let rows: Vec<(RecordKey, &Stored)> = writes.rows.iter().map(|(k, s)| (*k, s)).collect();
-    store::write_rows(db, registry, &rows).await?;
-    phases.mark("states");
-    if !writes.decided.is_empty() {
-        store::replace_waits(db, registry, &writes.existing, &writes.waits).await?;
-        store::replace_asides(db, registry, &writes.existing, &writes.asides).await?;
+    store::write_rows(script, registry, &rows)?;
+    if !writes.existing.is_empty() {
+        store::replace_waits(script, registry, &writes.existing, &[]);
+        store::replace_asides(script, registry, &writes.existing, &[])?;
     }
-    phases.mark("waits");
+    store::replace_waits(script, registry, &BTreeSet::new(), &writes.waits);
+    store::replace_asides(script, registry, &BTreeSet::new(), &writes.asides)?;
     let log: Vec<(Uuid, u64, &EncodedChange)> =
         writes.log.iter().map(|(o, s, b)| (*o, *s, b)).collect();
-    store::append_log(db, &log).await?;
-    phases.mark("log");
-    let added = store::record_conflicts(db, &writes.conflicts).await?;
-    phases.mark("conflicts");
-    phases.report("write", writes.rows.len());
-    Ok(added)
+    store::append_log(script, &log)?;
+    Ok(())
+}
+
+/// Runs a script, then records the conflicts (apart: the number actually
+/// added is what the counters need). Returns that number.
+pub(crate) async fn run<C: ConnectionTrait>(
+    db: &C,
+    script: store::Script,
+    conflicts: &[NewConflict],
+) -> Result<u64, EngineError> {
+    script.run(db).await?;
+    if conflicts.is_empty() {
+        return Ok(0);
+    }
+    Ok(store::record_conflicts(db, conflicts).await?)
 }
 
 /// Loads, before the first plan, what a plan of these changes almost
@@ -316,7 +324,9 @@ async fn prefetch<C: ConnectionTrait>(
         let stored = facts.rows.get(key).and_then(|r| r.as_ref());
         if stored.is_none_or(|s| s.presence != Presence::Present) {
             // It may be shown now: whoever waited for it looks again.
-            waiters.insert(*key);
+            if !facts.waiters.contains_key(key) {
+                waiters.insert(*key);
+            }
             ranks.insert(key.rank);
             created = true;
         }
@@ -334,7 +344,7 @@ async fn prefetch<C: ConnectionTrait>(
             }
         }
     }
-    for (key, _) in input.fixed.iter() {
+    for key in input.fixed.keys() {
         ranks.remove(&key.rank);
     }
     if !rows.is_empty() {

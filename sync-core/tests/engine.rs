@@ -790,3 +790,70 @@ async fn malformed_and_unknown_changes_are_rejected_without_writing() {
     assert!(b.content().await.is_empty());
     assert_eq!(b.engine.log_len(), 0);
 }
+
+#[tokio::test]
+async fn update_fields_sends_exactly_what_the_active_model_sets() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let (row, create) = create_tag(&a, "plain").await;
+    b.receive(&create).await;
+    // Shared: only the set field travels, with the clock it overwrote.
+    let mut tx = a.engine.begin().await.unwrap();
+    let written = tx
+        .update_fields(tag::ActiveModel {
+            id: Set(row.id),
+            color: Set(Some("green".into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(written.name, "plain", "the rest of the row is untouched");
+    let changes = tx.commit().await.unwrap();
+    let Op::Upsert(fields) = &changes[0].op else {
+        panic!()
+    };
+    assert_eq!(fields.len(), 1);
+    assert_eq!(fields[0].name, "color");
+    assert!(fields[0].base.is_some());
+    b.receive(&changes).await;
+    assert_eq!(a.content().await, b.content().await);
+
+    // Device-owned: the whole state travels, and only the owner may write.
+    let (changes, [vol, ..]) = index_tree(&a).await;
+    b.receive(&changes).await;
+    let key = volume::Model::find_by_id(a.engine.database(), vol)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.update_fields(volume::ActiveModel {
+        id: Set(key),
+        name: Set("renamed disk".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let changes = tx.commit().await.unwrap();
+    let Op::Upsert(fields) = &changes[0].op else {
+        panic!()
+    };
+    assert_eq!(fields.len(), volume::Model::META.fields.len());
+    b.receive(&changes).await;
+    assert_eq!(a.content().await, b.content().await);
+    let b_key = volume::Model::find_by_id(b.engine.database(), vol)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let mut tx = b.engine.begin().await.unwrap();
+    let err = tx
+        .update_fields(volume::ActiveModel {
+            id: Set(b_key),
+            name: Set("not mine".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::NotOwner { .. }), "{err}");
+}

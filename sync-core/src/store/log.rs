@@ -4,30 +4,29 @@
 use sea_orm::ConnectionTrait;
 use uuid::Uuid;
 
-use super::{StoreError, blob, count, get_u64, insert_many, int, stmt, uuid_value};
+use super::{Script, StoreError, blob, count, get_u64, int, stmt, uuid_value};
 use crate::change::EncodedChange;
 
 const TABLE: &str = "_sync_log";
 
 /// Appends changes (origin, number, bytes); one already there is kept.
-pub(crate) async fn append_log<C: ConnectionTrait>(
-    db: &C,
+pub(crate) fn append_log(
+    script: &mut Script,
     entries: &[(Uuid, u64, &EncodedChange)],
-) -> Result<u64, StoreError> {
+) -> Result<(), StoreError> {
     let mut values = Vec::with_capacity(entries.len() * 3);
     for (origin, seq, bytes) in entries {
         values.push(uuid_value(*origin));
         values.push(int(*seq)?);
         values.push(blob(bytes.0.clone()));
     }
-    insert_many(
-        db,
+    script.insert_many(
         "INSERT OR IGNORE INTO _sync_log (origin, seq, change)",
         3,
         "",
         values,
-    )
-    .await
+    );
+    Ok(())
 }
 
 /// The log entries of `origin` with numbers in `(after, upto]`, by number.

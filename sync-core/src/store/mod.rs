@@ -109,7 +109,7 @@ pub(crate) fn get_u64(
 /// The most bound values SQLite takes in one statement.
 const MAX_VARIABLES: usize = 32_000;
 /// The most rows one statement writes or names.
-const MAX_ROWS: usize = 500;
+pub(crate) const MAX_ROWS: usize = 500;
 
 /// How many rows of `width` values fit one statement.
 pub(crate) fn chunk_rows(width: usize) -> usize {
@@ -126,6 +126,91 @@ pub(crate) fn placeholders(n: usize) -> String {
         s.push('?');
     }
     s
+}
+
+/// Statements to run in one transaction, sent to SQLite in as few round
+/// trips as they fit: a statement costs a hop to the database's worker
+/// thread (tens of microseconds), whatever its size, so the small
+/// statements of a commit (its states, log entries, vector, clock) travel
+/// together, joined with `;`, their values bound in order.
+#[derive(Debug, Default)]
+pub(crate) struct Script {
+    statements: Vec<(String, Vec<Value>)>,
+}
+
+/// Statements joined into one round trip hold at most this many values.
+const JOIN_VALUES: usize = 4_000;
+
+impl Script {
+    pub(crate) fn push(&mut self, sql: String, values: Vec<Value>) {
+        self.statements.push((sql, values));
+    }
+
+    /// `INSERT ... VALUES (row), ... <suffix>` over `values`, `width` values
+    /// a row, cut into statements that fit.
+    pub(crate) fn insert_many(
+        &mut self,
+        head: &str,
+        width: usize,
+        suffix: &str,
+        values: Vec<Value>,
+    ) {
+        if values.is_empty() {
+            return;
+        }
+        let row = format!("({})", placeholders(width));
+        let per = chunk_rows(width);
+        let mut values = values.into_iter().peekable();
+        while values.peek().is_some() {
+            let chunk: Vec<Value> = values.by_ref().take(per * width).collect();
+            let rows = chunk.len() / width;
+            let mut sql = String::with_capacity(head.len() + rows * (row.len() + 2) + suffix.len());
+            sql.push_str(head);
+            sql.push_str(" VALUES ");
+            for i in 0..rows {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&row);
+            }
+            sql.push(' ');
+            sql.push_str(suffix);
+            self.push(sql, chunk);
+        }
+    }
+
+    /// A statement (containing one `{}` for a list of placeholders) over
+    /// `items` in chunks, with `fixed` values bound before each chunk's.
+    pub(crate) fn in_chunks(&mut self, query: &str, fixed: &[Value], items: Vec<Value>) {
+        for chunk in items.chunks(MAX_ROWS) {
+            let sql = query.replacen("{}", &placeholders(chunk.len()), 1);
+            let mut values = fixed.to_vec();
+            values.extend_from_slice(chunk);
+            self.push(sql, values);
+        }
+    }
+
+    /// Runs every statement, joining consecutive small ones.
+    pub(crate) async fn run<C: ConnectionTrait>(self, db: &C) -> Result<(), StoreError> {
+        let mut sql = String::new();
+        let mut values: Vec<Value> = Vec::new();
+        for (s, v) in self.statements {
+            if !sql.is_empty() && values.len() + v.len() > JOIN_VALUES {
+                db.execute_raw(stmt(&sql, std::mem::take(&mut values)))
+                    .await?;
+                sql.clear();
+            }
+            if !sql.is_empty() {
+                sql.push_str(";\n");
+            }
+            sql.push_str(&s);
+            values.extend(v);
+        }
+        if !sql.is_empty() {
+            db.execute_raw(stmt(&sql, values)).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs `INSERT ... VALUES (row), (row), ... <suffix>` over `values`, `width`
@@ -179,23 +264,6 @@ pub(crate) async fn in_chunks<C: ConnectionTrait>(
         out.extend(db.query_all_raw(stmt(&sql, values)).await?);
     }
     Ok(out)
-}
-
-/// Runs a statement over `items` in chunks (a `DELETE ... IN ({})`, say).
-pub(crate) async fn exec_chunks<C: ConnectionTrait>(
-    db: &C,
-    query: &str,
-    fixed: &[Value],
-    items: Vec<Value>,
-) -> Result<u64, StoreError> {
-    let mut affected = 0;
-    for chunk in items.chunks(MAX_ROWS) {
-        let sql = query.replacen("{}", &placeholders(chunk.len()), 1);
-        let mut values = fixed.to_vec();
-        values.extend_from_slice(chunk);
-        affected += db.execute_raw(stmt(&sql, values)).await?.rows_affected();
-    }
-    Ok(affected)
 }
 
 /// Quotes an SQL identifier.
@@ -378,6 +446,16 @@ pub(crate) async fn set_meta<C: ConnectionTrait>(
     ))
     .await?;
     Ok(())
+}
+
+/// Sets a value of `_sync_meta`, in a script.
+pub(crate) fn set_meta_in(script: &mut Script, key: &str, value: Vec<u8>) {
+    script.push(
+        "INSERT INTO _sync_meta (key, value) VALUES (?, ?)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            .into(),
+        vec![key.into(), blob(value)],
+    );
 }
 
 /// A `u64` of `_sync_meta`, 0 when absent.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use sea_orm::{ConnectionTrait, Value};
 use uuid::Uuid;
 
-use super::{StoreError, blob, corrupt, get_uuid, in_chunks, insert_many, int, stmt, uuid_value};
+use super::{Script, StoreError, blob, corrupt, get_uuid, in_chunks, int, stmt, uuid_value};
 use crate::change::EncodedChange;
 use crate::project::{Presence, RecordKey, Stored};
 use crate::registry::Registry;
@@ -69,9 +69,78 @@ pub(crate) async fn load_rows<C: ConnectionTrait>(
     Ok(out)
 }
 
-/// Writes the stored rows given (inserting or replacing).
-pub(crate) async fn write_rows<C: ConnectionTrait>(
+/// The stored rows of `keys`, and the records waiting for each of them, in
+/// one round trip when they fit one (two statements, one query).
+pub(crate) async fn load_rows_and_waiters<C: ConnectionTrait>(
     db: &C,
+    registry: &Registry,
+    keys: &BTreeSet<RecordKey>,
+) -> Result<
+    (
+        HashMap<RecordKey, Option<Stored>>,
+        HashMap<RecordKey, Vec<RecordKey>>,
+    ),
+    StoreError,
+> {
+    let mut by_rank: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
+    for k in keys {
+        by_rank.entry(k.rank).or_default().push(uuid_value(k.id));
+    }
+    if by_rank.len() != 1 || keys.len() > super::MAX_ROWS {
+        let rows = load_rows(db, registry, keys).await?;
+        let waiters = super::load_waiters(db, registry, keys).await?;
+        return Ok((rows, waiters));
+    }
+    let mut rows: HashMap<RecordKey, Option<Stored>> = keys.iter().map(|k| (*k, None)).collect();
+    let mut waiters: HashMap<RecordKey, Vec<RecordKey>> =
+        keys.iter().map(|k| (*k, Vec::new())).collect();
+    for (rank, ids) in by_rank {
+        let Some(desc) = registry.at(rank) else {
+            continue;
+        };
+        let list = super::placeholders(ids.len());
+        let sql = format!(
+            "SELECT 0 AS part, record, presence, local_key, aside, state, NULL AS model
+               FROM _sync_rows WHERE model = ? AND record IN ({list});
+             SELECT 1 AS part, parent AS record, NULL AS presence, NULL AS local_key,
+                    NULL AS aside, record AS state, model
+               FROM _sync_waiting WHERE parent_model = ? AND parent IN ({list})"
+        );
+        let mut values = vec![desc.name().into()];
+        values.extend(ids.iter().cloned());
+        values.push(desc.name().into());
+        values.extend(ids);
+        for row in db.query_all_raw(stmt(&sql, values)).await? {
+            let part: i64 = row.try_get("", "part")?;
+            let id = get_uuid(&row, "record", TABLE)?;
+            if part == 0 {
+                rows.insert(
+                    RecordKey { rank, id },
+                    Some(stored_of(registry, rank, &row)?),
+                );
+            } else {
+                let model: String = row.try_get("", "model")?;
+                let Some(r) = registry.rank(&model) else {
+                    continue;
+                };
+                let waiter: Vec<u8> = row.try_get("", "state")?;
+                let waiter = Uuid::from_slice(&waiter).map_err(|e| corrupt("_sync_waiting", e))?;
+                waiters
+                    .entry(RecordKey { rank, id })
+                    .or_default()
+                    .push(RecordKey {
+                        rank: r,
+                        id: waiter,
+                    });
+            }
+        }
+    }
+    Ok((rows, waiters))
+}
+
+/// Writes the stored rows given (inserting or replacing).
+pub(crate) fn write_rows(
+    script: &mut Script,
     registry: &Registry,
     rows: &[(RecordKey, &Stored)],
 ) -> Result<(), StoreError> {
@@ -93,16 +162,14 @@ pub(crate) async fn write_rows<C: ConnectionTrait>(
         values.push(seq);
         values.push(blob(stored.state.encode().map_err(|e| corrupt(TABLE, e))?));
     }
-    insert_many(
-        db,
+    script.insert_many(
         "INSERT INTO _sync_rows (model, record, presence, local_key, aside, origin, seq, state)",
         8,
         "ON CONFLICT (model, record) DO UPDATE SET presence = excluded.presence,
            local_key = excluded.local_key, aside = excluded.aside, origin = excluded.origin,
            seq = excluded.seq, state = excluded.state",
         values,
-    )
-    .await?;
+    );
     Ok(())
 }
 

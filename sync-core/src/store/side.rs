@@ -8,7 +8,7 @@ use sea_orm::{ConnectionTrait, Value};
 use uuid::Uuid;
 
 use super::{
-    StoreError, blob, corrupt, exec_chunks, get_u64, get_uuid, in_chunks, insert_many, int, stmt,
+    Script, StoreError, blob, corrupt, get_u64, get_uuid, in_chunks, insert_many, int, stmt,
     uuid_value,
 };
 use crate::conflict::{Conflict, ConflictKind};
@@ -45,49 +45,45 @@ pub(crate) async fn load_received<C: ConnectionTrait>(db: &C) -> Result<Received
     Ok(received)
 }
 
-/// Stores the entries of `received` for `origins` (vector and ranges).
-pub(crate) async fn save_received<C: ConnectionTrait>(
-    db: &C,
+/// Stores what moved in `received` since `before`, for `origins`: vector
+/// entries, and the ranges held beyond them where those changed.
+pub(crate) fn save_received(
+    script: &mut Script,
     received: &Received,
+    before: &Received,
     origins: &BTreeSet<Uuid>,
 ) -> Result<(), StoreError> {
-    if origins.is_empty() {
-        return Ok(());
-    }
     let mut vector = Vec::new();
     let mut ahead = Vec::new();
-    let ids: Vec<Value> = origins.iter().map(|o| uuid_value(*o)).collect();
+    let mut rewritten = Vec::new();
     for origin in origins {
         let seq = received.vector.get(*origin);
-        if seq > 0 {
+        if seq > before.vector.get(*origin) {
             vector.push(uuid_value(*origin));
             vector.push(int(seq)?);
         }
-        if let Some(ranges) = received.ahead.get(origin) {
-            for (s, e) in ranges {
+        let ranges = received.ahead.get(origin);
+        if ranges != before.ahead.get(origin) {
+            rewritten.push(uuid_value(*origin));
+            for (s, e) in ranges.into_iter().flatten() {
                 ahead.push(uuid_value(*origin));
                 ahead.push(int(*s)?);
                 ahead.push(int(*e)?);
             }
         }
     }
-    insert_many(
-        db,
+    script.insert_many(
         "INSERT INTO _sync_vector (origin, seq)",
         2,
         "ON CONFLICT (origin) DO UPDATE SET seq = MAX(seq, excluded.seq)",
         vector,
-    )
-    .await?;
-    exec_chunks(db, "DELETE FROM _sync_ahead WHERE origin IN ({})", &[], ids).await?;
-    insert_many(
-        db,
-        "INSERT INTO _sync_ahead (origin, start, end)",
-        3,
-        "",
-        ahead,
-    )
-    .await?;
+    );
+    script.in_chunks(
+        "DELETE FROM _sync_ahead WHERE origin IN ({})",
+        &[],
+        rewritten,
+    );
+    script.insert_many("INSERT INTO _sync_ahead (origin, start, end)", 3, "", ahead);
     Ok(())
 }
 
@@ -107,23 +103,18 @@ pub(crate) async fn load_pruned<C: ConnectionTrait>(db: &C) -> Result<VersionVec
 }
 
 /// Raises prune floors without dropping anything (a snapshot's states).
-pub(crate) async fn raise_pruned<C: ConnectionTrait>(
-    db: &C,
-    floors: &VersionVector,
-) -> Result<(), StoreError> {
+pub(crate) fn raise_pruned(script: &mut Script, floors: &VersionVector) -> Result<(), StoreError> {
     let mut values = Vec::new();
     for (o, s) in floors.iter() {
         values.push(uuid_value(o));
         values.push(int(s)?);
     }
-    insert_many(
-        db,
+    script.insert_many(
         "INSERT INTO _sync_pruned (origin, seq)",
         2,
         "ON CONFLICT (origin) DO UPDATE SET seq = MAX(seq, excluded.seq)",
         values,
-    )
-    .await?;
+    );
     Ok(())
 }
 
@@ -145,24 +136,18 @@ pub(crate) async fn load_origins<C: ConnectionTrait>(
 }
 
 /// Records origins' devices.
-pub(crate) async fn save_origins<C: ConnectionTrait>(
-    db: &C,
-    origins: &[(Uuid, Uuid)],
-) -> Result<(), StoreError> {
+pub(crate) fn save_origins(script: &mut Script, origins: &[(Uuid, Uuid)]) {
     let mut values = Vec::with_capacity(origins.len() * 2);
     for (o, d) in origins {
         values.push(uuid_value(*o));
         values.push(uuid_value(*d));
     }
-    insert_many(
-        db,
+    script.insert_many(
         "INSERT OR IGNORE INTO _sync_origins (origin, device)",
         2,
         "",
         values,
-    )
-    .await?;
-    Ok(())
+    );
 }
 
 /// A paired peer as stored.
@@ -368,23 +353,21 @@ pub(crate) async fn load_waiters<C: ConnectionTrait>(
 }
 
 /// Replaces the waits of `records` with `waits` (record, parent).
-pub(crate) async fn replace_waits<C: ConnectionTrait>(
-    db: &C,
+pub(crate) fn replace_waits(
+    script: &mut Script,
     registry: &Registry,
     records: &BTreeSet<RecordKey>,
     waits: &[(RecordKey, RecordKey)],
-) -> Result<(), StoreError> {
+) {
     for (rank, ids) in group_by_rank(records) {
         let Some(desc) = registry.at(rank) else {
             continue;
         };
-        exec_chunks(
-            db,
+        script.in_chunks(
             "DELETE FROM _sync_waiting WHERE model = ? AND record IN ({})",
             &[desc.name().into()],
             ids,
-        )
-        .await?;
+        );
     }
     let mut values = Vec::with_capacity(waits.len() * 4);
     for (record, parent) in waits {
@@ -396,15 +379,12 @@ pub(crate) async fn replace_waits<C: ConnectionTrait>(
         values.push(r.name().into());
         values.push(uuid_value(record.id));
     }
-    insert_many(
-        db,
+    script.insert_many(
         "INSERT OR IGNORE INTO _sync_waiting (parent_model, parent, model, record)",
         4,
         "",
         values,
-    )
-    .await?;
-    Ok(())
+    );
 }
 
 /// The records that gave up each unique key hash.
@@ -442,8 +422,8 @@ pub(crate) async fn load_asides<C: ConnectionTrait>(
 }
 
 /// Replaces the asides of `records` with `asides` (record, hash).
-pub(crate) async fn replace_asides<C: ConnectionTrait>(
-    db: &C,
+pub(crate) fn replace_asides(
+    script: &mut Script,
     registry: &Registry,
     records: &BTreeSet<RecordKey>,
     asides: &[(RecordKey, u64)],
@@ -452,13 +432,11 @@ pub(crate) async fn replace_asides<C: ConnectionTrait>(
         let Some(desc) = registry.at(rank) else {
             continue;
         };
-        exec_chunks(
-            db,
+        script.in_chunks(
             "DELETE FROM _sync_aside WHERE model = ? AND record IN ({})",
             &[desc.name().into()],
             ids,
-        )
-        .await?;
+        );
     }
     let mut values = Vec::with_capacity(asides.len() * 3);
     for (record, hash) in asides {
@@ -469,14 +447,12 @@ pub(crate) async fn replace_asides<C: ConnectionTrait>(
         values.push(int(*hash)?);
         values.push(uuid_value(record.id));
     }
-    insert_many(
-        db,
+    script.insert_many(
         "INSERT OR IGNORE INTO _sync_aside (model, hash, record)",
         3,
         "",
         values,
-    )
-    .await?;
+    );
     Ok(())
 }
 
@@ -490,10 +466,7 @@ pub(crate) struct HeldRow {
 }
 
 /// Holds snapshot rows refused for now.
-pub(crate) async fn hold_rows<C: ConnectionTrait>(
-    db: &C,
-    rows: &[HeldRow],
-) -> Result<(), StoreError> {
+pub(crate) fn hold_rows(script: &mut Script, rows: &[HeldRow]) {
     let mut values = Vec::with_capacity(rows.len() * 4);
     for r in rows {
         values.push(r.model.as_str().into());
@@ -501,15 +474,12 @@ pub(crate) async fn hold_rows<C: ConnectionTrait>(
         values.push(blob(r.row.clone()));
         values.push(r.reason.as_str().into());
     }
-    insert_many(
-        db,
+    script.insert_many(
         "INSERT INTO _sync_held (model, record, row, reason)",
         4,
         "ON CONFLICT (model, record) DO UPDATE SET row = excluded.row, reason = excluded.reason",
         values,
-    )
-    .await?;
-    Ok(())
+    );
 }
 
 /// The held snapshot rows.
@@ -533,16 +503,11 @@ pub(crate) async fn held_rows<C: ConnectionTrait>(db: &C) -> Result<Vec<HeldRow>
 }
 
 /// Drops held rows.
-pub(crate) async fn release_held<C: ConnectionTrait>(
-    db: &C,
-    rows: &[(String, Uuid)],
-) -> Result<(), StoreError> {
+pub(crate) fn release_held(script: &mut Script, rows: &[(String, Uuid)]) {
     for (model, record) in rows {
-        db.execute_raw(stmt(
-            "DELETE FROM _sync_held WHERE model = ? AND record = ?",
+        script.push(
+            "DELETE FROM _sync_held WHERE model = ? AND record = ?".into(),
             vec![model.as_str().into(), uuid_value(*record)],
-        ))
-        .await?;
+        );
     }
-    Ok(())
 }

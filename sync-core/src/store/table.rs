@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use sea_orm::{ConnectionTrait, QueryResult, Value};
 use uuid::Uuid;
 
-use super::{StoreError, chunk_rows, exec_chunks, ident, in_chunks, placeholders, stmt};
+use super::{Script, StoreError, chunk_rows, ident, in_chunks, placeholders, stmt};
 use crate::model::FieldRole;
 use crate::project::{Holder, HolderKey, Projected, Rank, RecordKey, TableInfo};
 use crate::registry::{ModelDescriptor, Registry};
@@ -62,13 +62,13 @@ pub(crate) fn bind(
 /// Inserts or replaces whole rows (local key and every synced field; the
 /// local-only columns of a new row get their defaults, those of an existing
 /// row are kept).
-pub(crate) async fn upsert_rows<C: ConnectionTrait>(
-    db: &C,
+pub(crate) fn upsert_rows(
+    script: &mut Script,
     desc: &ModelDescriptor,
-    rows: &[(i64, Vec<Value>)],
-) -> Result<(), StoreError> {
+    rows: Vec<(i64, Vec<Value>)>,
+) {
     if rows.is_empty() {
-        return Ok(());
+        return;
     }
     let meta = desc.meta();
     let mut columns = vec![ident(meta.local_key_column)];
@@ -89,22 +89,17 @@ pub(crate) async fn upsert_rows<C: ConnectionTrait>(
     let width = columns.len();
     let mut values = Vec::with_capacity(rows.len() * width);
     for (key, row) in rows {
-        values.push(Value::BigInt(Some(*key)));
-        values.extend(row.iter().cloned());
+        values.push(Value::BigInt(Some(key)));
+        values.extend(row);
         values.extend(defaults.iter().cloned());
     }
-    super::insert_many(db, &head, width, &suffix, values).await?;
-    Ok(())
+    script.insert_many(&head, width, &suffix, values);
 }
 
 /// Deletes rows by local key.
-pub(crate) async fn delete_rows<C: ConnectionTrait>(
-    db: &C,
-    desc: &ModelDescriptor,
-    keys: &[i64],
-) -> Result<(), StoreError> {
+pub(crate) fn delete_rows(script: &mut Script, desc: &ModelDescriptor, keys: &[i64]) {
     if keys.is_empty() {
-        return Ok(());
+        return;
     }
     let meta = desc.meta();
     let sql = format!(
@@ -112,26 +107,23 @@ pub(crate) async fn delete_rows<C: ConnectionTrait>(
         ident(meta.table),
         ident(meta.local_key_column)
     );
-    exec_chunks(
-        db,
+    script.in_chunks(
         &sql,
         &[],
         keys.iter().map(|k| Value::BigInt(Some(*k))).collect(),
-    )
-    .await?;
-    Ok(())
+    );
 }
 
 /// Sets some columns of some rows: `rows` are (local key, value per column
 /// of `columns`), written with one `CASE` per column per chunk.
-pub(crate) async fn update_columns<C: ConnectionTrait>(
-    db: &C,
+pub(crate) fn update_columns(
+    script: &mut Script,
     desc: &ModelDescriptor,
     columns: &[&str],
     rows: &[(i64, Vec<Value>)],
-) -> Result<(), StoreError> {
+) {
     if rows.is_empty() || columns.is_empty() {
-        return Ok(());
+        return;
     }
     let meta = desc.meta();
     let pk = ident(meta.local_key_column);
@@ -156,9 +148,8 @@ pub(crate) async fn update_columns<C: ConnectionTrait>(
             sets.join(", "),
             placeholders(chunk.len())
         );
-        db.execute_raw(stmt(&sql, values)).await?;
+        script.push(sql, values);
     }
-    Ok(())
 }
 
 /// The rows of any model that reference rows of model `target` by local key,
