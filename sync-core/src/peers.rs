@@ -159,6 +159,23 @@ impl Engine {
         self.memory().peers.keys().copied().collect()
     }
 
+    /// What `peer` is known to hold, as of its last message and its
+    /// acknowledgements; `None` if it never said. A relay uses it to skip
+    /// sending a peer what it already has.
+    pub fn peer_vector(&self, peer: Uuid) -> Option<VersionVector> {
+        let m = self.memory();
+        let p = m.peers.get(&peer)?;
+        match (&p.vector, &p.acked) {
+            (None, None) => None,
+            (Some(v), None) | (None, Some(v)) => Some(v.clone()),
+            (Some(v), Some(a)) => {
+                let mut v = v.clone();
+                v.merge(a);
+                Some(v)
+            }
+        }
+    }
+
     /// Records that `peer` was heard from, with its vector if it sent one.
     pub(crate) fn heard_from(&self, peer: Uuid, vector: Option<&VersionVector>) {
         let now = self.now_ms();

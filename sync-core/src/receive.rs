@@ -287,6 +287,10 @@ impl Engine {
         let received_count: usize = incoming.batches.iter().map(|b| b.changes.len()).sum();
         let mut phases = Phases::start();
         metrics::counter!("syncable_changes_received_total").increment(received_count as u64);
+        if let Some(report) = self.already_held(&incoming) {
+            // Everything is known here: no transaction, no write.
+            return Ok((report, Vec::new()));
+        }
         let w = self.write_tx().await?;
         let registry = &self.inner.registry;
         let now = self.now();
@@ -640,6 +644,17 @@ impl Engine {
             }
         }
 
+        if items.is_empty()
+            && held_rows.is_empty()
+            && incoming.snapshot.is_none()
+            && incoming.retried.is_empty()
+            && received == received_before
+        {
+            // Nothing took effect and nothing moved: nothing to write.
+            w.tx.rollback().await?;
+            self.count_held_back(&report);
+            return Ok((report, outcomes));
+        }
         // Write it all.
         phases.mark("outcomes");
         let mut script = store::Script::default();
@@ -697,31 +712,11 @@ impl Engine {
                 .held_rows
                 .saturating_add(held_rows.len() as u64)
                 .saturating_sub(released.len() as u64);
-            let mut new_holds = 0;
-            for r in &report.held_back {
-                if r.seq > 0
-                    && m.held_back
-                        .insert((r.origin, r.seq), r.reason.to_string())
-                        .is_none()
-                {
-                    new_holds += 1;
-                }
-            }
-            let vector = m.received.vector.clone();
-            m.held_back.retain(|(o, s), _| *s > vector.get(*o));
-            if m.held_back.len() > 100_000
-                && let Some(first) = m.held_back.keys().next().copied()
-            {
-                m.held_back.remove(&first);
-            }
             if let Some(step) = &incoming.snapshot {
                 m.backfill.step(step);
             }
-            self.inner
-                .counters
-                .held_back
-                .fetch_add(new_holds, Ordering::Relaxed);
         }
+        self.count_held_back(&report);
         let c = &self.inner.counters;
         c.applied.fetch_add(report.merged(), Ordering::Relaxed);
         c.rejected
@@ -749,6 +744,57 @@ impl Engine {
             let _ = self.inner.applied.send(applied_changes.into());
         }
         Ok((report, outcomes))
+    }
+
+    /// Counts changes held back for now, each once however often it comes.
+    fn count_held_back(&self, report: &ApplyReport) {
+        let mut m = self.memory();
+        let mut new_holds = 0;
+        for r in &report.held_back {
+            if r.seq > 0
+                && m.held_back
+                    .insert((r.origin, r.seq), r.reason.to_string())
+                    .is_none()
+            {
+                new_holds += 1;
+            }
+        }
+        let vector = m.received.vector.clone();
+        m.held_back.retain(|(o, s), _| *s > vector.get(*o));
+        while m.held_back.len() > 100_000 {
+            let Some(first) = m.held_back.keys().next().copied() else {
+                break;
+            };
+            m.held_back.remove(&first);
+        }
+        drop(m);
+        self.inner
+            .counters
+            .held_back
+            .fetch_add(new_holds, Ordering::Relaxed);
+    }
+
+    /// A report of duplicates when every batch is claimed within what this
+    /// device already holds (what a relay offers again, say): such a batch
+    /// needs no decoding, no writer and no transaction.
+    fn already_held(&self, incoming: &Incoming) -> Option<ApplyReport> {
+        if !incoming.rows.is_empty()
+            || incoming.snapshot.is_some()
+            || !incoming.retried.is_empty()
+            || incoming.batches.is_empty()
+        {
+            return None;
+        }
+        let m = self.memory();
+        let mut report = ApplyReport::default();
+        for batch in &incoming.batches {
+            let (_, upto) = batch.claim?;
+            if batch.origin != self.inner.origin && upto > m.received.vector.get(batch.origin) {
+                return None;
+            }
+            report.duplicates += batch.changes.len() as u64;
+        }
+        Some(report)
     }
 
     fn key_of(&self, item: &Item) -> Option<RecordKey> {

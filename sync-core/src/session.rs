@@ -91,9 +91,14 @@ pub struct Session {
     engine: Engine,
     config: SessionConfig,
     peer: Option<Uuid>,
+    /// The device the transport authenticated, if it did: a hello in any
+    /// other name is refused.
+    authenticated: Option<Uuid>,
     state: SessionState,
     /// The vector sent with the pull in flight.
     pulled_from: Option<VersionVector>,
+    /// The next page was asked for before this one was applied.
+    asked_ahead: bool,
 }
 
 fn in_batches(batches: Vec<Batch>) -> Vec<InBatch> {
@@ -109,14 +114,27 @@ fn in_batches(batches: Vec<Batch>) -> Vec<InBatch> {
 }
 
 impl Session {
-    /// A session of `engine` with a peer not yet known.
+    /// A session of `engine` with a peer not yet known (a transport that
+    /// authenticates nobody: tests, in-process channels).
     pub fn new(engine: Engine, config: SessionConfig) -> Self {
         Self {
             engine,
             config,
             peer: None,
+            authenticated: None,
             state: SessionState::Handshake,
             pulled_from: None,
+            asked_ahead: false,
+        }
+    }
+
+    /// A session with the device the transport authenticated (by its
+    /// pinned certificate): everything the session believes of its peer is
+    /// about that device, and a hello in another device's name is refused.
+    pub fn authenticated(engine: Engine, config: SessionConfig, peer: Uuid) -> Self {
+        Self {
+            authenticated: Some(peer),
+            ..Self::new(engine, config)
         }
     }
 
@@ -189,7 +207,21 @@ impl Session {
                 if let Some(peer) = self.peer {
                     self.engine.heard_from(peer, Some(&beat.vector));
                 }
-                Output::default()
+                // The peer holds something this device lacks (a push that
+                // was lost, or never sent): fetch it now.
+                let mine = self.engine.vector();
+                if self.state == SessionState::Ready
+                    && self.pulled_from.is_none()
+                    && mine.behind(&beat.vector) > 0
+                    && beat
+                        .vector
+                        .iter()
+                        .any(|(o, s)| o != self.engine.origin() && s > mine.get(o))
+                {
+                    Output::send(self.pull())
+                } else {
+                    Output::default()
+                }
             }
             (_, Message::Error(e)) => self.remote_error(e).await?,
         };
@@ -230,6 +262,19 @@ impl Session {
                 format!(
                     "peer syncs library {}, not {}",
                     hello.library, self.config.library
+                ),
+            ));
+        }
+        if let Some(authenticated) = self.authenticated
+            && hello.device != authenticated
+        {
+            metrics::counter!("syncable_impersonations_refused_total").increment(1);
+            tracing::warn!(%authenticated, claimed = %hello.device, "a peer said hello in another device's name");
+            return Ok(Output::refuse(
+                ErrorCode::NotPaired,
+                format!(
+                    "this connection authenticated device {authenticated}; it cannot speak as {}",
+                    hello.device
                 ),
             ));
         }
@@ -329,12 +374,81 @@ impl Session {
     }
 
     async fn snapshot_page(&mut self, page: SnapshotResponse) -> Result<Output, EngineError> {
+        let asked = std::mem::take(&mut self.asked_ahead);
         let (_, complete) = self.engine.apply_snapshot(page).await?;
         if complete {
             return Ok(Output::send(self.pull()));
         }
+        if asked {
+            return Ok(Output::default());
+        }
         let request = self.engine.backfill_request(self.config.snapshot_limit);
         Ok(Output::send(Message::SnapshotRequest(request)))
+    }
+
+    /// What to send *before* handling `message`, so that the peer works on
+    /// the next page while this device applies this one: the next snapshot
+    /// page's request. The transport sends it, then calls
+    /// [`handle`](Self::handle) with the same message.
+    pub fn ahead_of(&mut self, message: &Message) -> Option<Message> {
+        match message {
+            Message::SnapshotResponse(page) if self.state == SessionState::Backfilling => {
+                let cursor = page.next.clone()?;
+                self.asked_ahead = true;
+                Some(Message::SnapshotRequest(crate::protocol::SnapshotRequest {
+                    cursor: Some(cursor),
+                    limit: self.config.snapshot_limit,
+                }))
+            }
+            _ => None,
+        }
+    }
+
+    /// Handles messages that arrived together: consecutive pushes are
+    /// applied as one batch, in one transaction, so a burst costs a few
+    /// commits rather than one per push.
+    pub async fn handle_all(&mut self, messages: Vec<Message>) -> Result<Output, EngineError> {
+        let mut out = Output::default();
+        let mut pushes: Vec<Batch> = Vec::new();
+        for message in messages {
+            if let Message::Push(push) = message {
+                if self.state != SessionState::Handshake && self.state != SessionState::Closed {
+                    pushes.extend(push.batches);
+                    continue;
+                }
+                self.absorb(&mut out, Message::Push(push)).await?;
+                continue;
+            }
+            if !pushes.is_empty() {
+                let batches = std::mem::take(&mut pushes);
+                self.absorb(&mut out, Message::Push(Push { batches }))
+                    .await?;
+            }
+            self.absorb(&mut out, message).await?;
+            if out.close.is_some() {
+                return Ok(out);
+            }
+        }
+        if !pushes.is_empty() {
+            self.absorb(&mut out, Message::Push(Push { batches: pushes }))
+                .await?;
+        }
+        Ok(out)
+    }
+
+    async fn absorb(&mut self, out: &mut Output, message: Message) -> Result<(), EngineError> {
+        if out.close.is_some() {
+            return Ok(());
+        }
+        let o = self.handle(message).await?;
+        // Acknowledgements say the same thing twice: keep the last.
+        if o.send.iter().any(|m| matches!(m, Message::Ack(_))) {
+            out.send.retain(|m| !matches!(m, Message::Ack(_)));
+        }
+        out.send.extend(o.send);
+        out.relay.extend(o.relay);
+        out.close = o.close;
+        Ok(())
     }
 
     async fn pushed(&mut self, push: Push) -> Result<Output, EngineError> {

@@ -17,6 +17,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const MAX_FRAME_BYTES: usize = sync_core::MAX_MESSAGE_BYTES;
 /// Payloads larger than this are compressed.
 pub const COMPRESS_ABOVE: usize = 16 * 1024;
+/// The first allocation for a frame's payload; it grows as bytes arrive.
+const READ_CHUNK: usize = 64 * 1024;
 /// Header length in bytes.
 pub const HEADER_BYTES: usize = 8;
 /// The payload is zstd-compressed.
@@ -128,8 +130,20 @@ pub async fn read_message<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Messag
     if flags & !COMPRESSED != 0 {
         return Err(FrameError::Flags(flags));
     }
-    let mut payload = vec![0u8; len];
-    reader.read_exact(&mut payload).await?;
+    // The buffer grows with the bytes that arrive, never ahead of them: a
+    // peer that sends headers promising large frames and then stalls holds
+    // only what it actually sent.
+    let mut payload = Vec::with_capacity(len.min(READ_CHUNK));
+    let read = (&mut *reader)
+        .take(len as u64)
+        .read_to_end(&mut payload)
+        .await?;
+    if read < len {
+        return Err(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the stream ended {read} bytes into a {len} byte frame"),
+        )));
+    }
     metrics::counter!("syncable_bytes_received_total").increment((HEADER_BYTES + len) as u64);
     let payload = if flags & COMPRESSED != 0 {
         zstd::bulk::decompress(&payload, MAX_FRAME_BYTES)

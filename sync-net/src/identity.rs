@@ -67,15 +67,44 @@ fn read(path: &Path) -> Result<Option<Vec<u8>>, NetError> {
     }
 }
 
-/// Writes a file atomically: a crash leaves the old file or the new one.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NetError> {
+/// Writes a file atomically and durably: the bytes go to a temporary file
+/// in the same directory, which is fsynced, renamed over `path`, and the
+/// directory fsynced, so a crash or power loss leaves the old file or the
+/// new one, never a torn or empty one. `secret` files are created readable
+/// by their owner only (0600 on Unix) from the first byte.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<(), NetError> {
+    use std::io::Write;
     let tmp: PathBuf = path.with_extension("tmp");
     let file_error = |source| NetError::File {
         path: path.to_owned(),
         source,
     };
-    std::fs::write(&tmp, bytes).map_err(file_error)?;
-    std::fs::rename(&tmp, path).map_err(file_error)
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if secret { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut file = options.open(&tmp).map_err(file_error)?;
+    file.write_all(bytes).map_err(file_error)?;
+    file.sync_all().map_err(file_error)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(file_error)?;
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(file_error)?;
+    }
+    Ok(())
 }
 
 impl Identity {
@@ -115,9 +144,9 @@ impl Identity {
             .map_err(|e| NetError::Certificate(e.to_string()))?;
         let key = key_pair.serialize_der();
         let cert = cert.der().to_vec();
-        write_atomic(&key_path, &key)?;
-        write_atomic(&cert_path, &cert)?;
-        write_atomic(&id_path, device.to_string().as_bytes())?;
+        write_atomic(&key_path, &key, true)?;
+        write_atomic(&cert_path, &cert, false)?;
+        write_atomic(&id_path, device.to_string().as_bytes(), false)?;
         Ok(Self {
             device,
             fingerprint: Fingerprint::of(&cert),

@@ -35,6 +35,7 @@ mod error;
 mod identity;
 mod node;
 mod pairing;
+mod pairing_server;
 mod tls;
 
 pub use codec::{
@@ -45,4 +46,4 @@ pub use error::NetError;
 pub use identity::{Fingerprint, Identity};
 pub use node::{LinkStats, Node, NodeConfig};
 pub use pairing::{PairingCode, PeerRecord};
-pub use tls::{ALPN_PAIR, ALPN_SYNC, close_code, dial, install_provider};
+pub use tls::{ALPN_PAIR, ALPN_SYNC, MAX_STREAMS, close_code, dial, install_provider};

@@ -141,7 +141,7 @@ impl PeerStore {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
-        write_atomic(&self.path, &bytes)
+        write_atomic(&self.path, &bytes, false)
     }
 
     pub(crate) fn all(&self) -> &[PeerRecord] {

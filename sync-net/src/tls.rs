@@ -35,6 +35,10 @@ pub mod close_code {
     pub const PROTOCOL: u32 = 0x53;
     /// Another connection to the same peer replaced this one.
     pub const REPLACED: u32 = 0x54;
+    /// Too many connections of this kind at once; try again later.
+    pub const BUSY: u32 = 0x55;
+    /// The device was removed from the library.
+    pub const REMOVED: u32 = 0x56;
 }
 
 /// The ring crypto provider.
@@ -133,8 +137,15 @@ impl ServerCertVerifier for PinnedServer {
     signature_checks!();
 }
 
+/// Streams a peer may have open at once on one connection. A link uses one
+/// for its session and a few for side requests; each stream holds at most
+/// one frame being read, so this bounds the memory a peer can pin.
+pub const MAX_STREAMS: u32 = 4;
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     transport.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
     if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(10)) {
         transport.max_idle_timeout(Some(idle));

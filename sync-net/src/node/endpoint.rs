@@ -1,0 +1,266 @@
+//! The node's endpoint: accepting and dialling connections, the registry of
+//! links (one per peer), and broadcasting to them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sync_core::{Batch, Message, Push};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::{Node, lock};
+use crate::error::NetError;
+use crate::identity::Fingerprint;
+use crate::tls::{self, ALPN_PAIR, ALPN_SYNC, close_code};
+
+/// A link in the registry: how to reach its writer, and its connection.
+pub(crate) struct LinkHandle {
+    pub(crate) id: u64,
+    pub(crate) initiator: Uuid,
+    /// Pushes for the peer, bounded: a full queue drops the push, and the
+    /// peer catches up from the log.
+    pub(crate) pushes: mpsc::Sender<Arc<Message>>,
+    pub(crate) connection: quinn::Connection,
+}
+
+/// How often the dial loop looks for peers to reach when nothing wakes it.
+const DIAL_TICK: Duration = Duration::from_millis(100);
+
+impl Node {
+    pub(crate) async fn accept_loop(self) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        loop {
+            let incoming = tokio::select! {
+                incoming = self.inner.endpoint.accept() => incoming,
+                _ = shutdown.changed() => return,
+            };
+            let Some(incoming) = incoming else { return };
+            let node = self.clone();
+            tokio::spawn(async move {
+                let connection = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "incoming handshake failed");
+                        return;
+                    }
+                };
+                match tls::alpn(&connection).as_deref() {
+                    Some(ALPN_PAIR) => node.serve_pairing(connection).await,
+                    Some(ALPN_SYNC) => node.accept_sync(connection).await,
+                    _ => connection.close(close_code::PROTOCOL.into(), b"unknown protocol"),
+                }
+            });
+        }
+    }
+
+    /// A sync connection: its certificate must be a paired device's, and
+    /// that device is who the link speaks with.
+    async fn accept_sync(&self, connection: quinn::Connection) {
+        let peer = tls::peer_fingerprint(&connection)
+            .and_then(|fp| lock(&self.inner.peers).by_fingerprint(fp).map(|p| p.device));
+        let Some(peer) = peer else {
+            tracing::warn!(addr = %connection.remote_address(), "refused a device that is not paired");
+            metrics::counter!("syncable_connections_refused_total").increment(1);
+            connection.close(
+                close_code::NOT_PAIRED.into(),
+                b"this device is not paired with the library",
+            );
+            return;
+        };
+        let _ = lock(&self.inner.peers).set_addr(peer, connection.remote_address());
+        self.run_link(connection, peer, peer).await;
+    }
+
+    pub(crate) async fn dial_loop(self) {
+        let mut backoff: HashMap<Uuid, (Instant, Duration)> = HashMap::new();
+        let mut shutdown = self.inner.shutdown.subscribe();
+        loop {
+            let peers = self.peers();
+            for peer in peers {
+                let Some(addr) = peer.addr else { continue };
+                if lock(&self.inner.links).contains_key(&peer.device) {
+                    backoff.remove(&peer.device);
+                    continue;
+                }
+                let now = Instant::now();
+                let (next, wait) = backoff
+                    .get(&peer.device)
+                    .copied()
+                    .unwrap_or((now, self.inner.config.redial.0));
+                if now < next {
+                    continue;
+                }
+                backoff.insert(
+                    peer.device,
+                    (now + wait, (wait * 2).min(self.inner.config.redial.1)),
+                );
+                let node = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = node.dial(peer.device, peer.fingerprint, addr).await {
+                        tracing::debug!(peer = %peer.device, error = %e, "dial failed");
+                    }
+                });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(DIAL_TICK) => {}
+                _ = self.inner.dial_now.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn dial(
+        &self,
+        peer: Uuid,
+        fingerprint: Fingerprint,
+        addr: SocketAddr,
+    ) -> Result<(), NetError> {
+        let client = tls::client_config(&self.inner.identity, fingerprint, ALPN_SYNC)?;
+        let connection = self
+            .inner
+            .endpoint
+            .connect_with(client, addr, "syncable")
+            .map_err(|e| NetError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?
+            .await
+            .map_err(|e| NetError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+        self.run_link(connection, peer, self.device()).await;
+        Ok(())
+    }
+
+    /// Registers a link; when two connections to one peer race, both sides
+    /// keep the one dialled by the lower device id.
+    pub(crate) fn register(
+        &self,
+        peer: Uuid,
+        initiator: Uuid,
+        connection: &quinn::Connection,
+    ) -> Option<(u64, mpsc::Receiver<Arc<Message>>)> {
+        let mut links = lock(&self.inner.links);
+        if let Some(existing) = links.get(&peer) {
+            let keep_new = initiator < existing.initiator;
+            if !keep_new {
+                connection.close(
+                    close_code::REPLACED.into(),
+                    b"a connection to this peer exists",
+                );
+                return None;
+            }
+            existing
+                .connection
+                .close(close_code::REPLACED.into(), b"replaced");
+        }
+        let id = self
+            .inner
+            .next_link
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (pushes, rx) = mpsc::channel(self.inner.config.queue.max(1));
+        links.insert(
+            peer,
+            LinkHandle {
+                id,
+                initiator,
+                pushes,
+                connection: connection.clone(),
+            },
+        );
+        Some((id, rx))
+    }
+
+    pub(crate) fn unregister(&self, peer: Uuid, id: u64) {
+        let mut links = lock(&self.inner.links);
+        if links.get(&peer).is_some_and(|l| l.id == id) {
+            links.remove(&peer);
+        }
+    }
+
+    /// Queues a push to one peer without waiting: a full queue drops it
+    /// (counted), and the peer fetches it from the log when it sees, in this
+    /// device's next heartbeat, that it lacks something.
+    fn offer(&self, peer: Uuid, link: &LinkHandle, push: Arc<Message>) {
+        match link.pushes.try_send(push) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("syncable_pushes_dropped_total", "peer" => peer.to_string())
+                    .increment(1);
+                self.record(peer, |s| s.pushes_dropped += 1);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.record(peer, |s| s.pushes_failed += 1);
+            }
+        }
+    }
+
+    /// Relays batches received from `from` to every other connected peer
+    /// that, as far as its last message said, lacks them.
+    pub(crate) fn relay(&self, from: Uuid, batches: Vec<Batch>) {
+        let links = lock(&self.inner.links);
+        for (peer, link) in links.iter() {
+            if *peer == from {
+                continue;
+            }
+            let known = self.inner.engine.peer_vector(*peer);
+            let wanted: Vec<Batch> = batches
+                .iter()
+                .filter(|b| {
+                    b.device != *peer && known.as_ref().is_none_or(|v| v.get(b.origin) < b.upto)
+                })
+                .cloned()
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let push = Arc::new(Message::Push(Push { batches: wanted }));
+            self.offer(*peer, link, push);
+        }
+    }
+
+    /// Sends each commit of this device to every connected peer, in
+    /// parallel: each link writes on its own, so one slow or failing peer
+    /// holds up no other.
+    pub(crate) async fn broadcast_loop(self) {
+        let mut committed = self.inner.engine.subscribe();
+        let mut shutdown = self.inner.shutdown.subscribe();
+        loop {
+            let batch = tokio::select! {
+                batch = committed.recv() => batch,
+                _ = shutdown.changed() => return,
+            };
+            match batch {
+                Ok(changes) => match Push::of_commit(&changes) {
+                    Ok(pushes) => {
+                        let links = lock(&self.inner.links);
+                        for push in pushes {
+                            let push = Arc::new(push);
+                            for (peer, link) in links.iter() {
+                                self.offer(*peer, link, push.clone());
+                            }
+                        }
+                    }
+                    // The log has them: the next pull sends them.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a commit could not be encoded for its push")
+                    }
+                },
+                // Missed batches are in the log: the next pull sends them.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "broadcast fell behind; catch-up will send the rest"
+                    );
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+            if self.stopping() {
+                return;
+            }
+        }
+    }
+}
