@@ -2,6 +2,8 @@
 //! the bytes stored (log entries and device-owned states), with a claim per
 //! origin that this device can vouch for.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use sea_orm::TransactionTrait;
 
 use crate::change::EncodedChange;
@@ -9,6 +11,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::protocol::{Batch, ErrorCode, ErrorMessage, PullRequest, PullResponse};
 use crate::store;
+use crate::trust::seal::{Husk, SealProof};
 
 /// The largest page a peer may ask for.
 pub const MAX_PULL_LIMIT: u32 = 10_000;
@@ -69,6 +72,7 @@ impl Engine {
             let full = held.len() as u64 == remaining;
             let mut reach = upto;
             let mut changes = Vec::with_capacity(held.len());
+            let mut seqs = Vec::with_capacity(held.len());
             let mut cut = full;
             for (seq, change) in held {
                 if bytes.saturating_add(change.len()) > PAGE_BYTES && bytes > 0 {
@@ -77,8 +81,8 @@ impl Engine {
                 }
                 bytes = bytes.saturating_add(change.len());
                 reach = seq;
+                seqs.push(seq);
                 changes.push(change);
-                remaining -= 1;
             }
             if !cut {
                 reach = upto;
@@ -86,12 +90,24 @@ impl Engine {
                 has_more = true;
                 break;
             }
+            // Vouch only as far as the seals prove.
+            let (seals, vouched) = prove(&tx, origin, after, reach, &seqs).await?;
+            if vouched < reach {
+                let keep = seqs.iter().take_while(|s| **s <= vouched).count();
+                changes.truncate(keep);
+                cut = false;
+                if vouched == after {
+                    continue;
+                }
+            }
+            remaining -= changes.len() as u64;
             batches.push(Batch {
                 origin,
                 device,
                 after,
-                upto: reach,
+                upto: vouched,
                 changes,
+                seals,
             });
             if cut {
                 has_more = true;
@@ -103,4 +119,68 @@ impl Engine {
         metrics::counter!("syncable_changes_sent_total").increment(sent as u64);
         Ok(Ok(PullResponse { batches, has_more }))
     }
+}
+
+/// The seals that prove the changes `sent` (by number) of `origin` and the
+/// numbers in `(after, reach]` left out of them, and how far that proof
+/// reaches: every number up to it is a change sent or a husk, inside a
+/// stored seal whose tree is known well enough to prove them.
+async fn prove(
+    tx: &sea_orm::DatabaseTransaction,
+    origin: uuid::Uuid,
+    after: u64,
+    reach: u64,
+    sent: &[u64],
+) -> Result<(Vec<SealProof>, u64), EngineError> {
+    if reach <= after {
+        return Ok((Vec::new(), after));
+    }
+    let sent: BTreeSet<u64> = sent.iter().copied().collect();
+    let husks: BTreeMap<u64, Husk> = store::husks_between(tx, origin, after, reach)
+        .await?
+        .into_iter()
+        .filter(|h| !sent.contains(&h.seq))
+        .map(|h| (h.seq, h))
+        .collect();
+    let mut vouched = after;
+    let mut proofs = Vec::new();
+    for (seal, skeleton) in store::seals_between(tx, origin, after, reach).await? {
+        if seal.first > vouched.saturating_add(1) {
+            break;
+        }
+        let lo = vouched.saturating_add(1);
+        let hi = seal.last.min(reach);
+        let mut ok = vouched;
+        for p in lo..=hi {
+            if sent.contains(&p) || husks.contains_key(&p) {
+                ok = p;
+            } else {
+                break;
+            }
+        }
+        if ok == vouched {
+            break;
+        }
+        let revealed: BTreeSet<u64> = sent
+            .range(seal.first.max(lo)..=ok)
+            .chain(husks.range(seal.first.max(lo)..=ok).map(|(s, _)| s))
+            .map(|s| s - seal.first)
+            .collect();
+        let Some(hashes) = skeleton.prove(seal.len(), &revealed) else {
+            break;
+        };
+        proofs.push(SealProof {
+            husks: husks
+                .range(seal.first.max(lo)..=ok)
+                .map(|(_, h)| h.clone())
+                .collect(),
+            seal,
+            hashes,
+        });
+        vouched = ok;
+        if ok < hi {
+            break;
+        }
+    }
+    Ok((proofs, vouched))
 }

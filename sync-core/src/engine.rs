@@ -22,13 +22,14 @@ use crate::project::TableInfo;
 use crate::registry::Registry;
 use crate::snapshot::Backfill;
 use crate::store;
+use crate::transaction::Commit;
+use crate::trust::DeviceKey;
 use crate::vector::{Received, VersionVector};
 
-/// How an engine is opened.
+/// How an engine is opened (besides its database and key: see
+/// [`Engine::open`]).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// This device's id. A database remembers the device it was opened as.
-    pub device: Uuid,
     /// How far ahead of this device's clock a received timestamp may be.
     pub max_drift: Duration,
     /// Where physical time comes from.
@@ -39,8 +40,8 @@ pub struct EngineConfig {
     /// write, or by an open [`SyncTransaction`](crate::SyncTransaction))
     /// before it fails with [`EngineError::Busy`].
     pub writer_timeout: Duration,
-    /// The incarnation to open as; `None` (always, outside tests): a new
-    /// random one. See `docs/architecture.md`.
+    /// What the incarnation to open as derives from; `None` (always,
+    /// outside tests): a new random one. See `docs/architecture.md`.
     #[doc(hidden)]
     pub origin: Option<Uuid>,
     #[doc(hidden)]
@@ -48,11 +49,10 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// Defaults for `device`: the system clock, a 60 s drift bound, every
-    /// registered model, a 30 s writer timeout.
-    pub fn new(device: Uuid) -> Self {
+    /// Defaults: the system clock, a 60 s drift bound, every registered
+    /// model, a 30 s writer timeout.
+    pub fn new() -> Self {
         Self {
-            device,
             max_drift: Duration::from_secs(60),
             time: Arc::new(SystemTime),
             registry: None,
@@ -102,6 +102,12 @@ impl EngineConfig {
     }
 }
 
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// What the engine has done since it was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -118,6 +124,9 @@ pub struct Stats {
     pub parked: u64,
     /// Conflict log entries added.
     pub conflicts: u64,
+    /// Received changes no seal proved to be their device's (forged,
+    /// tampered with, from a device not or no longer in the library).
+    pub unverified: u64,
 }
 
 #[derive(Default)]
@@ -128,6 +137,7 @@ pub(crate) struct Counters {
     pub(crate) held_back: AtomicU64,
     pub(crate) parked: AtomicU64,
     pub(crate) conflicts: AtomicU64,
+    pub(crate) unverified: AtomicU64,
 }
 
 /// What the engine keeps in memory, always equal to what is committed.
@@ -149,13 +159,18 @@ pub(crate) struct Memory {
     pub(crate) backfill: Backfill,
     /// Changes held back for now, and why: each is counted once.
     pub(crate) held_back: BTreeMap<(Uuid, u64), String>,
+    /// The library's membership.
+    pub(crate) membership: crate::trust::members::Membership,
     pub(crate) last_prune_ms: u64,
 }
 
 pub(crate) struct Inner {
     pub(crate) db: DatabaseConnection,
     pub(crate) device: Uuid,
+    pub(crate) key: DeviceKey,
     pub(crate) origin: Uuid,
+    /// What `origin` derives from (see [`crate::trust::origin_of`]).
+    pub(crate) nonce: Uuid,
     pub(crate) registry: Registry,
     pub(crate) tables: Vec<TableInfo>,
     pub(crate) clock: Mutex<Hlc>,
@@ -164,7 +179,7 @@ pub(crate) struct Inner {
     pub(crate) writer_timeout: Duration,
     pub(crate) memory: Mutex<Memory>,
     pub(crate) faults: crate::__private::Faults,
-    pub(crate) publisher: broadcast::Sender<Arc<[Change]>>,
+    pub(crate) publisher: broadcast::Sender<Arc<Commit>>,
     pub(crate) applied: broadcast::Sender<Arc<[Change]>>,
     pub(crate) counters: Counters,
 }
@@ -196,12 +211,19 @@ pub(crate) struct WriteTx<'e> {
 }
 
 impl Engine {
-    /// Opens the engine on `db`: creates or checks the `_sync_*` tables,
-    /// checks every synced model's table, starts a new incarnation of this
-    /// device (see `docs/architecture.md`: change numbers are never reused,
-    /// even after the database was rolled back or copied), and resumes the
-    /// clock from its persisted value.
-    pub async fn open(db: DatabaseConnection, config: EngineConfig) -> Result<Self, EngineError> {
+    /// Opens the engine on `db` as the device whose key is `key` (its id is
+    /// the key's, [`DeviceKey::device`]; a database remembers the device it
+    /// was opened as): creates or checks the `_sync_*` tables, checks every
+    /// synced model's table, starts a new incarnation of this device (see
+    /// `docs/architecture.md`: change numbers are never reused, even after
+    /// the database was rolled back or copied), and resumes the clock from
+    /// its persisted value.
+    pub async fn open(
+        db: DatabaseConnection,
+        key: DeviceKey,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let device = key.device();
         let registry = match config.registry {
             Some(registry) => registry,
             None => Registry::global()?,
@@ -217,14 +239,14 @@ impl Engine {
             Some(bytes) => {
                 let stored =
                     Uuid::from_slice(&bytes).map_err(|e| store::corrupt("_sync_meta", e))?;
-                if stored != config.device {
+                if stored != device {
                     return Err(EngineError::WrongDevice {
                         stored,
-                        configured: config.device,
+                        configured: device,
                     });
                 }
             }
-            None => store::set_meta(&tx, META_DEVICE, config.device.as_bytes().to_vec()).await?,
+            None => store::set_meta(&tx, META_DEVICE, device.as_bytes().to_vec()).await?,
         }
         let (tables, problems) = crate::schema::inspect(&tx, &registry).await?;
         if !problems.is_empty() {
@@ -233,10 +255,11 @@ impl Engine {
         // A new incarnation: numbers and clock ids this device hands out
         // from now on can be no peer's already. It commits before any
         // write of it, and a rollback that loses it loses those writes too.
-        let origin = config.origin.unwrap_or_else(Uuid::new_v4);
+        let nonce = config.origin.unwrap_or_else(Uuid::new_v4);
+        let origin = crate::trust::origin_of(device, nonce);
         store::set_meta(&tx, META_ORIGIN, origin.as_bytes().to_vec()).await?;
         let mut script = store::Script::default();
-        store::save_origins(&mut script, &[(origin, config.device)]);
+        store::save_origins(&mut script, &[(origin, device)]);
         script.run(&tx).await?;
         let last = store::get_meta_u64(&tx, META_CLOCK).await?;
         let received = store::load_received(&tx).await?;
@@ -249,6 +272,9 @@ impl Engine {
         let held_rows = store::held_rows(&tx).await?.len() as u64;
         let peers = store::load_peers(&tx).await?;
         let backfill = crate::snapshot::load_backfill(&tx).await?;
+        let mut membership = crate::trust::members::Membership::default();
+        membership.add(store::load_members(&tx).await?);
+        membership.recompute(device, peers.iter().map(|p| p.peer));
         tx.commit().await?;
         let clock = Hlc::new(origin, NTP64(last), config.max_drift)?;
         let memory = Memory {
@@ -267,14 +293,17 @@ impl Engine {
                 .collect(),
             backfill,
             held_back: BTreeMap::new(),
+            membership,
             last_prune_ms: 0,
         };
-        tracing::info!(device = %config.device, %origin, "engine opened");
+        tracing::info!(%device, %origin, "engine opened");
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
-                device: config.device,
+                device,
+                key,
                 origin,
+                nonce,
                 registry,
                 tables,
                 clock: Mutex::new(clock),
@@ -347,10 +376,11 @@ impl Engine {
         })
     }
 
-    /// Committed changes of this device, batch by batch, as they commit. A
-    /// subscriber that falls more than 1024 batches behind misses some (it
-    /// is told so by the channel); catch-up from the log covers them.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<[Change]>> {
+    /// This device's commits, as they commit, with their seals: what a
+    /// transport pushes to peers ([`Commit::pushes`]). A subscriber that
+    /// falls more than 1024 commits behind misses some (it is told so by the
+    /// channel); catch-up from the log covers them.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Commit>> {
         self.inner.publisher.subscribe()
     }
 
@@ -362,15 +392,22 @@ impl Engine {
         self.inner.applied.subscribe()
     }
 
-    pub(crate) fn publish(&self, changes: Vec<Change>) {
-        if changes.is_empty() {
+    pub(crate) fn publish(&self, commit: Commit) {
+        if commit.changes.is_empty() {
             return;
         }
-        let n = changes.len() as u64;
+        let n = commit.changes.len() as u64;
         self.inner.counters.written.fetch_add(n, Ordering::Relaxed);
         metrics::counter!("syncable_changes_written_total").increment(n);
         // No subscriber is not an error: the log keeps every change.
-        let _ = self.inner.publisher.send(changes.into());
+        if self.inner.publisher.receiver_count() > 0 {
+            let _ = self.inner.publisher.send(Arc::new(commit));
+        }
+    }
+
+    /// This device's key.
+    pub(crate) fn key(&self) -> &DeviceKey {
+        &self.inner.key
     }
 
     pub(crate) fn clock(&self) -> MutexGuard<'_, Hlc> {
@@ -413,6 +450,7 @@ impl Engine {
             held_back: c.held_back.load(Ordering::Relaxed),
             parked: c.parked.load(Ordering::Relaxed),
             conflicts: c.conflicts.load(Ordering::Relaxed),
+            unverified: c.unverified.load(Ordering::Relaxed),
         }
     }
 

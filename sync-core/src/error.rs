@@ -39,6 +39,10 @@ pub enum EngineError {
         /// The device the engine was opened as.
         configured: Uuid,
     },
+    /// A membership operation that cannot be done (pairing a removed
+    /// device, removing this one).
+    #[error("membership: {0}")]
+    Membership(String),
     /// The model is not registered with this engine.
     #[error("model `{0}` is not registered with this engine")]
     UnknownModel(String),

@@ -17,6 +17,7 @@ pub mod clock;
 mod conflict;
 mod engine;
 mod error;
+mod membership;
 mod merge;
 mod model;
 mod peers;
@@ -30,6 +31,7 @@ mod snapshot;
 mod state;
 mod store;
 mod transaction;
+mod trust;
 mod value;
 mod vector;
 mod write;
@@ -43,6 +45,7 @@ pub use change::{Change, EncodedChange, FieldChange, Op};
 pub use conflict::{Conflict, ConflictKind, Write};
 pub use engine::{Engine, EngineConfig, Stats, SyncedRow};
 pub use error::EngineError;
+pub use membership::MAX_MEMBER_RECORDS;
 pub use model::{
     CaptureError, FieldMeta, FieldRole, FieldValue, ModelMeta, Ownership, Reference, SyncEntity,
     SyncModel,
@@ -50,8 +53,9 @@ pub use model::{
 pub use peers::{PeerStatus, Phase, Status};
 pub use protocol::{
     Ack, Batch, DecodeError, ErrorCode, ErrorMessage, Heartbeat, HeldBack, Hello,
-    MAX_MESSAGE_BYTES, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, PullRequest, PullResponse,
-    Push, SnapshotCursor, SnapshotRequest, SnapshotResponse, SnapshotRow, decode, encode,
+    MAX_MESSAGE_BYTES, MIN_PROTOCOL_VERSION, Members, Message, PROTOCOL_VERSION, PullRequest,
+    PullResponse, Push, SnapshotCursor, SnapshotRequest, SnapshotResponse, SnapshotRow, decode,
+    encode,
 };
 pub use receive::{ApplyReport, Outcome, RejectReason, Rejection};
 pub use registry::{ModelDescriptor, Registry, RegistryError, dependency_order};
@@ -61,15 +65,10 @@ pub use snapshot::MAX_SNAPSHOT_LIMIT;
 pub use state::SharedImage;
 pub use store::{SCHEMA_VERSION, StoreError};
 pub use sync_derive::Syncable;
-pub use transaction::SyncTransaction;
+pub use transaction::{Commit, SyncTransaction};
+pub use trust::{
+    Admission, DeviceKey, Hash, Husk, KeyError, Member, MemberRecord, ProofError, PublicKey,
+    Removal, Seal, SealProof, origin_of,
+};
 pub use value::{ValueError, WireValue};
 pub use vector::VersionVector;
-
-impl Push {
-    /// The pushes of a local commit: batches of its contiguous changes, cut
-    /// so that each fits a frame (each batch's claim starts where the
-    /// previous one ends).
-    pub fn of_commit(changes: &[Change]) -> Result<Vec<Message>, EngineError> {
-        session::push_of(changes)
-    }
-}

@@ -124,8 +124,32 @@ const BOOKKEEPING_MS: u64 = 1_000;
 impl Engine {
     /// Pairs a peer: it may sync with this device, and pruning waits for its
     /// acknowledgements.
+    ///
+    /// Pairing also admits the peer into the library: this device signs an
+    /// admission that every other member believes, so that devices that
+    /// never meet the peer accept its changes relayed by others. A removed
+    /// device cannot be paired again (it would need a new key, and so a new
+    /// id).
     pub async fn pair(&self, peer: Uuid) -> Result<(), EngineError> {
-        if self.is_paired(peer) {
+        if peer == self.device() {
+            return Err(EngineError::Membership(
+                "a device cannot pair with itself".into(),
+            ));
+        }
+        let (paired, admitted, removed) = {
+            let m = self.memory();
+            (
+                m.peers.contains_key(&peer),
+                m.membership.admitted(self.device(), peer),
+                m.membership.is_removed(peer),
+            )
+        };
+        if removed {
+            return Err(EngineError::Membership(format!(
+                "device {peer} was removed from the library"
+            )));
+        }
+        if paired && admitted {
             return Ok(());
         }
         let now = self.now_ms();
@@ -133,10 +157,26 @@ impl Engine {
             last_seen: Some(now),
             ..PeerMemory::default()
         };
+        let admission = crate::trust::MemberRecord::admit(self.key(), peer, now);
+        let (id, bytes) = admission
+            .id()
+            .map_err(|e| EngineError::Malformed(e.to_string()))?;
         let w = self.write_tx().await?;
-        store::save_peers(&w.tx, &[memory.record(peer)]).await?;
+        if !paired {
+            store::save_peers(&w.tx, &[memory.record(peer)]).await?;
+        }
+        let mut script = store::Script::default();
+        store::save_members(&mut script, &[(id, bytes)]);
+        script.run(&w.tx).await?;
         w.tx.commit().await?;
-        self.memory().peers.insert(peer, memory);
+        let mut m = self.memory();
+        if !paired {
+            m.peers.insert(peer, memory);
+        }
+        m.membership.add(vec![(id, admission)]);
+        let me = self.device();
+        let peers: Vec<Uuid> = m.peers.keys().copied().collect();
+        m.membership.recompute(me, peers);
         Ok(())
     }
 
@@ -145,7 +185,11 @@ impl Engine {
         let w = self.write_tx().await?;
         store::remove_peer(&w.tx, peer).await?;
         w.tx.commit().await?;
-        self.memory().peers.remove(&peer);
+        let mut m = self.memory();
+        m.peers.remove(&peer);
+        let me = self.device();
+        let peers: Vec<Uuid> = m.peers.keys().copied().collect();
+        m.membership.recompute(me, peers);
         Ok(())
     }
 
@@ -328,6 +372,7 @@ impl Engine {
         let mut dropped = 0;
         for (origin, floor) in &floors {
             dropped += store::prune_log(&w.tx, *origin, *floor).await?;
+            store::prune_proofs(&w.tx, *origin, *floor).await?;
         }
         w.tx.commit().await?;
         {

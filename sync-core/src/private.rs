@@ -191,8 +191,6 @@ pub struct Faults {
     pub fail_before_log_write: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-pub use crate::session::push_of;
-
 /// Protocol steps a session takes, for tests that drive them one by one.
 pub mod steps {
     use crate::engine::Engine;
@@ -243,6 +241,7 @@ pub mod steps {
                 device: b.device,
                 claim: Some((b.after, b.upto)),
                 changes: b.changes,
+                proofs: Some(b.seals),
             })
             .collect();
         Ok(engine
@@ -252,6 +251,46 @@ pub mod steps {
             })
             .await?
             .0)
+    }
+
+    /// `changes` (of `engine`'s current origin, numbered in a row) as one
+    /// batch sealed by `engine`'s key, whatever they say: a paired device
+    /// that signs what it should not (tests of what receivers refuse on
+    /// content, not on signature).
+    pub fn sealed_batch(
+        engine: &Engine,
+        changes: &[crate::change::Change],
+    ) -> Result<Batch, EngineError> {
+        use crate::trust::seal::{Seal, SealProof, change_leaf};
+        let first = changes.first().map_or(0, |c| c.seq);
+        let mut encoded = Vec::with_capacity(changes.len());
+        let mut leaves = Vec::with_capacity(changes.len());
+        for (i, c) in changes.iter().enumerate() {
+            if c.origin != engine.origin() || c.seq != first + i as u64 {
+                return Err(EngineError::Malformed(
+                    "changes of this origin, numbered in a row".into(),
+                ));
+            }
+            let bytes = c
+                .encode()
+                .map_err(|e| EngineError::Malformed(e.to_string()))?;
+            leaves.push(change_leaf(c, bytes.as_bytes()));
+            encoded.push(bytes);
+        }
+        let seal = Seal::sign(engine.key(), engine.inner.nonce, first, &leaves)
+            .ok_or_else(|| EngineError::Malformed("nothing to seal".into()))?;
+        Ok(Batch {
+            origin: engine.origin(),
+            device: engine.device(),
+            after: first.saturating_sub(1),
+            upto: seal.last,
+            changes: encoded,
+            seals: vec![SealProof {
+                seal,
+                husks: Vec::new(),
+                hashes: Vec::new(),
+            }],
+        })
     }
 
     /// Notes a peer's acknowledgement, as a session does on an `Ack`.

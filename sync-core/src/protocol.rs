@@ -8,12 +8,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::change::EncodedChange;
+use crate::trust::{Hash, MemberRecord, SealProof};
 use crate::vector::VersionVector;
 
 /// The protocol version this engine speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest protocol version this engine still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 2;
+pub const MIN_PROTOCOL_VERSION: u16 = 3;
 /// The largest encoded message accepted. Larger payloads are paged.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -38,6 +39,8 @@ pub enum Message {
     Heartbeat(Heartbeat),
     /// The sender refuses something, and says why.
     Error(ErrorMessage),
+    /// The library's membership records the sender holds.
+    Members(Members),
 }
 
 impl Message {
@@ -53,6 +56,7 @@ impl Message {
             Message::Ack(_) => 7,
             Message::Heartbeat(_) => 8,
             Message::Error(_) => 9,
+            Message::Members(_) => 10,
         }
     }
 
@@ -68,6 +72,7 @@ impl Message {
             Message::Ack(_) => "ack",
             Message::Heartbeat(_) => "heartbeat",
             Message::Error(_) => "error",
+            Message::Members(_) => "members",
         }
     }
 }
@@ -87,6 +92,9 @@ pub struct Hello {
     pub vector: VersionVector,
     /// Whether the sender is a new device that still needs a snapshot.
     pub needs_backfill: bool,
+    /// A digest of the membership records the sender holds.
+    #[serde(with = "serde_bytes")]
+    pub members: Hash,
 }
 
 /// Changes of one origin with a claim: whoever holds everything of `origin`
@@ -105,6 +113,10 @@ pub struct Batch {
     pub upto: u64,
     /// The changes, in number order, as their origin encoded them.
     pub changes: Vec<EncodedChange>,
+    /// The seals of the commits these changes belong to, with what proves
+    /// the changes (and the numbers the claim covers without them) against
+    /// each.
+    pub seals: Vec<SealProof>,
 }
 
 /// Pushed changes.
@@ -224,6 +236,16 @@ pub struct Ack {
 pub struct Heartbeat {
     /// The sender's vector.
     pub vector: VersionVector,
+    /// A digest of the membership records the sender holds.
+    #[serde(with = "serde_bytes")]
+    pub members: Hash,
+}
+
+/// Membership records: sent whole when two devices' digests differ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Members {
+    /// The records.
+    pub records: Vec<MemberRecord>,
 }
 
 /// Why a peer refuses.
@@ -350,6 +372,7 @@ mod tests {
             max_version: PROTOCOL_VERSION,
             vector: [(Uuid::from_u128(1), 5)].into_iter().collect(),
             needs_backfill: false,
+            members: [3; 32],
         })
     }
 

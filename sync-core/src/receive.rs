@@ -29,6 +29,8 @@ use crate::project::{Facts, Input, Presence, RecordKey};
 use crate::protocol::{SnapshotCursor, SnapshotRow};
 use crate::state::{OwnedState, RecordState, SharedImage};
 use crate::store;
+use crate::trust::check::check_batch;
+use crate::trust::seal::{Husk, Seal, SealProof, Skeleton};
 use crate::vector::{Received, VersionVector};
 use crate::write;
 
@@ -74,6 +76,10 @@ pub enum RejectReason {
     },
     /// The record does not fit the model (for good).
     Malformed(String),
+    /// Not proven to be its device's (no valid seal, a device not or no
+    /// longer in the library): the vector stops before it, and a peer that
+    /// holds the genuine change sends it.
+    Unverified(String),
 }
 
 impl RejectReason {
@@ -93,6 +99,7 @@ impl std::fmt::Display for RejectReason {
             RejectReason::ClockAhead(why) => write!(f, "clock ahead: {why}"),
             RejectReason::NotOwner { owner } => write!(f, "not the owner (owned by {owner})"),
             RejectReason::Malformed(why) => write!(f, "malformed: {why}"),
+            RejectReason::Unverified(why) => write!(f, "unverified: {why}"),
         }
     }
 }
@@ -203,6 +210,9 @@ pub(crate) struct InBatch {
     /// batch carries what the receiver lacks of them.
     pub(crate) claim: Option<(u64, u64)>,
     pub(crate) changes: Vec<EncodedChange>,
+    /// The seals that prove the changes and the claim; `None` for changes
+    /// the application hands over itself ([`Engine::apply`]).
+    pub(crate) proofs: Option<Vec<SealProof>>,
 }
 
 /// What a snapshot page does besides its rows.
@@ -266,6 +276,7 @@ impl Engine {
                 device,
                 claim: None,
                 changes,
+                proofs: None,
             })
             .collect();
         Ok(self
@@ -308,18 +319,29 @@ impl Engine {
         let mut in_batch: BTreeSet<(Uuid, u64)> = BTreeSet::new();
         let mut conflicts: Vec<NewConflict> = Vec::new();
         let mut held_rows: Vec<store::HeldRow> = Vec::new();
+        // Refused for good, logged all the same: a relay forwards what it
+        // received, and each receiver decides for itself.
+        let mut refused_log: Vec<(Uuid, u64, EncodedChange)> = Vec::new();
+        // Husks a claim passes only if their record's newer state is here.
+        let mut husk_checks: Vec<(usize, Uuid, Uuid, Husk)> = Vec::new();
+        // Husks of device-owned changes superseded here.
+        let mut husks: Vec<(Uuid, Husk)> = Vec::new();
+        let mut learned: Vec<(Seal, Skeleton)> = Vec::new();
+        let mut unverified = 0u64;
         {
             let clock = self.clock();
-            for batch in &incoming.batches {
+            for (batch_ix, batch) in incoming.batches.iter().enumerate() {
                 // A claim whose numbers do not fit what the store holds
                 // (SQLite's signed 64-bit integers) proves nothing.
                 let mut track = ClaimTrack {
                     valid: batch.claim.is_some_and(|(a, u)| a <= u && u <= MAX_SEQ),
                     held_back: BTreeSet::new(),
                 };
+                let mut decoded: Vec<(Change, &EncodedChange)> =
+                    Vec::with_capacity(batch.changes.len());
                 for bytes in &batch.changes {
-                    let change = match bytes.decode() {
-                        Ok(c) => c,
+                    match bytes.decode() {
+                        Ok(c) => decoded.push((c, bytes)),
                         Err(e) => {
                             track.valid = false;
                             let reason = RejectReason::Malformed(format!("does not decode: {e}"));
@@ -329,9 +351,37 @@ impl Engine {
                                 model: String::new(),
                                 reason,
                             });
-                            continue;
                         }
-                    };
+                    }
+                }
+                // A batch from a peer is believed as far as its seals prove.
+                let proven = batch.proofs.as_ref().map(|proofs| {
+                    let standing = self.memory().membership.standing(batch.device);
+                    check_batch(
+                        batch.origin,
+                        batch.device,
+                        batch.claim,
+                        &decoded,
+                        proofs,
+                        &standing,
+                    )
+                });
+                if let Some(p) = &proven {
+                    if let Some(why) = &p.refused {
+                        tracing::warn!(origin = %batch.origin, device = %batch.device, %why, "a batch its seals do not prove");
+                        unverified += decoded.len().max(1) as u64;
+                    }
+                    if !p.claim_proven {
+                        track.valid = false;
+                    }
+                    if let Some(cut) = p.cut {
+                        // The claim stops at the removal.
+                        if batch.claim.is_some_and(|(_, u)| u > cut) {
+                            track.valid = false;
+                        }
+                    }
+                }
+                for (change, bytes) in decoded {
                     let (origin, seq) = (change.origin, change.seq);
                     let in_claim = batch.claim.is_none_or(|(a, u)| seq > a && seq <= u);
                     if origin != batch.origin || change.device != batch.device || !in_claim {
@@ -339,8 +389,19 @@ impl Engine {
                         let reason = RejectReason::Malformed(
                             "a change outside its batch's origin or claim".into(),
                         );
-                        outcomes.push((origin, seq, Outcome::Refused(reason.clone())));
                         report.rejected.push(Rejection {
+                            origin,
+                            seq,
+                            model: change.model.clone(),
+                            reason,
+                        });
+                        continue;
+                    }
+                    if let Some(why) = proven.as_ref().and_then(|p| p.refusal(seq)) {
+                        let reason = RejectReason::Unverified(why);
+                        track.held_back.insert(seq);
+                        outcomes.push((origin, seq, Outcome::HeldBack(reason.clone())));
+                        report.held_back.push(Rejection {
                             origin,
                             seq,
                             model: change.model.clone(),
@@ -367,6 +428,9 @@ impl Engine {
                         }
                         Err(reason) if reason.is_final() => {
                             final_seqs.push((origin, seq));
+                            if proven.is_some() {
+                                refused_log.push((origin, seq, bytes.clone()));
+                            }
                             outcomes.push((origin, seq, Outcome::Refused(reason.clone())));
                             report.rejected.push(Rejection {
                                 origin,
@@ -386,6 +450,18 @@ impl Engine {
                             });
                         }
                     }
+                }
+                if let Some(p) = proven
+                    && p.refused.is_none()
+                {
+                    for husk in p.husks {
+                        if p.cut.is_some_and(|c| husk.seq > c) {
+                            track.held_back.insert(husk.seq);
+                            continue;
+                        }
+                        husk_checks.push((batch_ix, batch.origin, batch.device, husk));
+                    }
+                    learned.extend(p.learned);
                 }
                 claims.push(track);
             }
@@ -418,7 +494,13 @@ impl Engine {
 
         phases.mark("triage");
         // Merge, in memory.
-        let keys: BTreeSet<RecordKey> = items.iter().filter_map(|i| self.key_of(i)).collect();
+        let mut keys: BTreeSet<RecordKey> = items.iter().filter_map(|i| self.key_of(i)).collect();
+        keys.extend(husk_checks.iter().filter_map(|(_, _, _, h)| {
+            Some(RecordKey {
+                rank: registry.rank(&h.model)?,
+                id: h.record,
+            })
+        }));
         let mut facts = Facts::default();
         facts
             .rows
@@ -473,16 +555,35 @@ impl Engine {
                             *slot = Some(RecordState::Shared(state));
                             Ok(m)
                         }
-                        Ownership::DeviceOwned => merge::merge_state(
-                            slot,
-                            RecordState::Owned(OwnedState {
-                                change: change.clone(),
-                                bytes: bytes.clone(),
-                            }),
-                            owner_field,
-                            site,
-                            &mut conflicts,
-                        ),
+                        Ownership::DeviceOwned => {
+                            let old = match slot.as_ref() {
+                                Some(RecordState::Owned(o)) => Some(o.clone()),
+                                _ => None,
+                            };
+                            let m = merge::merge_state(
+                                slot,
+                                RecordState::Owned(OwnedState {
+                                    change: change.clone(),
+                                    bytes: bytes.clone(),
+                                }),
+                                owner_field,
+                                site,
+                                &mut conflicts,
+                            );
+                            // What no longer stands here as a state is kept
+                            // as a husk, to prove the hole in a catch-up.
+                            match (&m, old) {
+                                (Ok(Merged::Changed), Some(o)) => husks.push((
+                                    o.change.origin,
+                                    Husk::of(&o.change, o.bytes.as_bytes()),
+                                )),
+                                (Ok(Merged::Superseded), _) => {
+                                    husks.push((change.origin, Husk::of(change, bytes.as_bytes())))
+                                }
+                                _ => {}
+                            }
+                            m
+                        }
                     },
                     Item::Row { state, .. } => {
                         merge::merge_state(slot, state.clone(), owner_field, site, &mut conflicts)
@@ -538,6 +639,36 @@ impl Engine {
                         }
                     }
                 }
+            }
+        }
+        // A husk lets a claim pass its number only if the record's newer
+        // state, by the same device, is here.
+        for (batch_ix, origin, device, husk) in husk_checks {
+            let newer = registry
+                .rank(&husk.model)
+                .and_then(|rank| {
+                    working.get(&RecordKey {
+                        rank,
+                        id: husk.record,
+                    })
+                })
+                .and_then(|s| s.as_ref())
+                .is_some_and(|s| match s {
+                    RecordState::Owned(o) => o.change.device == device && o.change.hlc > husk.hlc,
+                    RecordState::Shared(_) => false,
+                });
+            if newer {
+                husks.push((origin, husk));
+            } else if let Some(track) = claims.get_mut(batch_ix) {
+                track.held_back.insert(husk.seq);
+                report.held_back.push(Rejection {
+                    origin,
+                    seq: husk.seq,
+                    model: husk.model.clone(),
+                    reason: RejectReason::Unverified(
+                        "a change left out as superseded, whose newer state is not here".into(),
+                    ),
+                });
             }
         }
         let changed: BTreeMap<RecordKey, RecordState> = working
@@ -644,7 +775,15 @@ impl Engine {
             }
         }
 
+        if unverified > 0 {
+            metrics::counter!("syncable_unverified_total").increment(unverified);
+            self.inner
+                .counters
+                .unverified
+                .fetch_add(unverified, Ordering::Relaxed);
+        }
         if items.is_empty()
+            && refused_log.is_empty()
             && held_rows.is_empty()
             && incoming.snapshot.is_none()
             && incoming.retried.is_empty()
@@ -658,8 +797,12 @@ impl Engine {
         // Write it all.
         phases.mark("outcomes");
         let mut script = store::Script::default();
+        writes.log.extend(refused_log);
         write::script(&mut script, registry, &mut writes)?;
         store::save_received(&mut script, &received, &received_before, &touched_origins)?;
+        let seals = self.merge_learned(&w.tx, learned).await?;
+        store::save_seals(&mut script, &seals)?;
+        store::save_husks(&mut script, &husks)?;
         let fresh: Vec<(Uuid, Uuid)> = new_origins
             .iter()
             .filter(|(o, _)| !known_origins.contains_key(o))
@@ -746,6 +889,35 @@ impl Engine {
         Ok((report, outcomes))
     }
 
+    /// What was learned of seals' trees, merged with what is stored of
+    /// them, one entry per seal.
+    async fn merge_learned(
+        &self,
+        tx: &sea_orm::DatabaseTransaction,
+        learned: Vec<(Seal, Skeleton)>,
+    ) -> Result<Vec<(Seal, Skeleton)>, EngineError> {
+        let mut by_seal: BTreeMap<(Uuid, u64), (Seal, Skeleton)> = BTreeMap::new();
+        for (seal, skeleton) in learned {
+            match by_seal.get_mut(&(seal.origin, seal.last)) {
+                Some((_, known)) => known.merge(skeleton),
+                None => {
+                    by_seal.insert((seal.origin, seal.last), (seal, skeleton));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(by_seal.len());
+        for ((origin, last), (seal, mut skeleton)) in by_seal {
+            if !skeleton.is_complete(seal.len())
+                && let Some((stored, known)) = store::seal_at(tx, origin, last).await?
+                && stored == seal
+            {
+                skeleton.merge(known);
+            }
+            out.push((seal, skeleton));
+        }
+        Ok(out)
+    }
+
     /// Counts changes held back for now, each once however often it comes.
     fn count_held_back(&self, report: &ApplyReport) {
         let mut m = self.memory();
@@ -829,7 +1001,7 @@ impl Engine {
         if let Some(device) = known.get(&change.origin).or(fresh.get(&change.origin))
             && *device != change.device
         {
-            return Err(RejectReason::Malformed(format!(
+            return Err(RejectReason::Unverified(format!(
                 "origin {} is an incarnation of {device}, not {}",
                 change.origin, change.device
             )));

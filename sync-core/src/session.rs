@@ -5,7 +5,6 @@
 
 use uuid::Uuid;
 
-use crate::change::Change;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::protocol::{
@@ -109,6 +108,7 @@ fn in_batches(batches: Vec<Batch>) -> Vec<InBatch> {
             device: b.device,
             claim: Some((b.after, b.upto)),
             changes: b.changes,
+            proofs: Some(b.seals),
         })
         .collect()
 }
@@ -157,6 +157,7 @@ impl Session {
             max_version: PROTOCOL_VERSION,
             vector: self.engine.vector(),
             needs_backfill: self.engine.needs_backfill(),
+            members: self.engine.members_digest(),
         })])
     }
 
@@ -173,7 +174,15 @@ impl Session {
             self.engine.heard_from(peer, None);
         }
         let output = match (self.state, message) {
-            (SessionState::Handshake, Message::Hello(hello)) => self.hello(hello).await?,
+            (SessionState::Handshake, Message::Hello(hello)) => {
+                let members = self.members_if_differ(&hello.members);
+                let mut out = self.hello(hello).await?;
+                // Membership first: the peer checks what follows against it.
+                if let (None, Some(m)) = (&out.close, members) {
+                    out.send.insert(0, m);
+                }
+                out
+            }
             (SessionState::Handshake, Message::Error(e)) => self.remote_error(e).await?,
             (SessionState::Handshake, _) => Output::refuse(
                 ErrorCode::Unexpected,
@@ -203,10 +212,15 @@ impl Session {
                 }
                 Output::default()
             }
+            (_, Message::Members(members)) => {
+                self.engine.add_members(members.records).await?;
+                Output::default()
+            }
             (_, Message::Heartbeat(beat)) => {
                 if let Some(peer) = self.peer {
                     self.engine.heard_from(peer, Some(&beat.vector));
                 }
+                let members = self.members_if_differ(&beat.members);
                 // The peer holds something this device lacks (a push that
                 // was lost, or never sent): fetch it now.
                 let mine = self.engine.vector();
@@ -218,9 +232,14 @@ impl Session {
                         .iter()
                         .any(|(o, s)| o != self.engine.origin() && s > mine.get(o))
                 {
-                    Output::send(self.pull())
+                    let mut out = Output::send(self.pull());
+                    out.send.extend(members);
+                    out
                 } else {
-                    Output::default()
+                    Output {
+                        send: members.into_iter().collect(),
+                        ..Output::default()
+                    }
                 }
             }
             (_, Message::Error(e)) => self.remote_error(e).await?,
@@ -500,47 +519,18 @@ impl Session {
     pub fn heartbeat(&self) -> Message {
         Message::Heartbeat(Heartbeat {
             vector: self.engine.vector(),
+            members: self.engine.members_digest(),
         })
     }
-}
 
-/// The pushes of a local commit: batches of this device's contiguous
-/// changes, cut so that each fits a frame, in order (each batch's claim
-/// starts where the previous one ends).
-pub fn push_of(changes: &[Change]) -> Result<Vec<Message>, EngineError> {
-    let mut messages = Vec::new();
-    let mut batch: Option<Batch> = None;
-    let mut bytes = 0usize;
-    for change in changes {
-        let encoded = change
-            .encode()
-            .map_err(|e| EngineError::Malformed(e.to_string()))?;
-        let fits = batch.as_ref().is_some_and(|b| {
-            b.origin == change.origin
-                && b.upto + 1 == change.seq
-                && bytes.saturating_add(encoded.len()) <= crate::catchup::PAGE_BYTES
-        });
-        if !fits {
-            if let Some(b) = batch.take() {
-                messages.push(Message::Push(Push { batches: vec![b] }));
-            }
-            bytes = 0;
-            batch = Some(Batch {
-                origin: change.origin,
-                device: change.device,
-                after: change.seq.saturating_sub(1),
-                upto: change.seq.saturating_sub(1),
-                changes: Vec::new(),
-            });
-        }
-        if let Some(b) = batch.as_mut() {
-            bytes = bytes.saturating_add(encoded.len());
-            b.upto = change.seq;
-            b.changes.push(encoded);
-        }
+    /// This device's membership records, if the peer's digest says it
+    /// holds others: each side then merges the other's, and the digests
+    /// agree.
+    fn members_if_differ(&self, theirs: &crate::trust::Hash) -> Option<Message> {
+        (*theirs != self.engine.members_digest()).then(|| {
+            Message::Members(crate::protocol::Members {
+                records: self.engine.member_records(),
+            })
+        })
     }
-    if let Some(b) = batch {
-        messages.push(Message::Push(Push { batches: vec![b] }));
-    }
-    Ok(messages)
 }

@@ -16,16 +16,19 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::change::{Change, FieldChange, Op};
+use crate::change::{Change, EncodedChange, FieldChange, Op};
 use crate::clock::Timestamp;
 use crate::engine::{Engine, META_CLOCK, WriteTx};
 use crate::error::EngineError;
 use crate::merge::{self, NewConflict, Site};
 use crate::model::{CaptureError, FieldRole, Ownership, SyncModel};
 use crate::project::{Facts, Input, Rank, RecordKey, key_hash};
+use crate::protocol::{Batch, Message, Push};
 use crate::registry::ModelDescriptor;
 use crate::state::{OwnedState, RecordState, SharedState};
 use crate::store;
+use crate::trust::Hash;
+use crate::trust::seal::{Husk, Seal, SealProof, Skeleton, change_leaf};
 use crate::value::WireValue;
 use crate::write;
 
@@ -488,6 +491,8 @@ impl<'e> SyncTransaction<'e> {
             .collect();
 
         let mut changes = Vec::with_capacity(pending.len());
+        let mut sealed: Vec<(u64, Hash, EncodedChange)> = Vec::with_capacity(pending.len());
+        let mut husks: Vec<(Uuid, Husk)> = Vec::new();
         let mut log = Vec::new();
         let mut fixed: BTreeMap<RecordKey, i64> = BTreeMap::new();
         let mut conflicts: Vec<NewConflict> = Vec::new();
@@ -568,6 +573,7 @@ impl<'e> SyncTransaction<'e> {
                 model: meta.name,
                 record: p.id,
             };
+            sealed.push((p.seq, change_leaf(&change, bytes.as_bytes()), bytes.clone()));
             match meta.ownership {
                 Ownership::Shared => {
                     let mut state = match slot.take() {
@@ -579,6 +585,14 @@ impl<'e> SyncTransaction<'e> {
                     log.push((origin, p.seq, bytes));
                 }
                 Ownership::DeviceOwned => {
+                    // The state it replaces is a change peers may still
+                    // lack: its husk proves the hole it leaves.
+                    if let Some(RecordState::Owned(old)) = slot.take() {
+                        husks.push((
+                            old.change.origin,
+                            Husk::of(&old.change, old.bytes.as_bytes()),
+                        ));
+                    }
                     *slot = Some(RecordState::Owned(OwnedState {
                         change: change.clone(),
                         bytes,
@@ -619,8 +633,24 @@ impl<'e> SyncTransaction<'e> {
         )?;
         writes.conflicts.extend(conflicts);
         writes.log = log;
+        // One seal per commit: its changes are numbered without gaps.
+        sealed.sort_by_key(|(seq, _, _)| *seq);
+        let first = sealed.first().map_or(0, |(seq, _, _)| *seq);
+        let leaves: Vec<Hash> = sealed.iter().map(|(_, leaf, _)| *leaf).collect();
+        let seal =
+            Seal::sign(engine.key(), engine.inner.nonce, first, &leaves).ok_or_else(|| {
+                EngineError::Malformed("a commit's changes are not numbered in a row".into())
+            })?;
+        if seal.len() != sealed.len() as u64 {
+            return Err(EngineError::Malformed(
+                "a commit's changes are not numbered in a row".into(),
+            ));
+        }
+        let skeleton = Skeleton::of_leaves(&leaves);
         let mut script = store::Script::default();
         write::script(&mut script, registry, &mut writes)?;
+        store::save_seals(&mut script, &[(seal.clone(), skeleton)])?;
+        store::save_husks(&mut script, &husks)?;
         let before = engine.received();
         let mut received = before.clone();
         received.insert(origin, 1, next_seq.saturating_sub(1));
@@ -647,7 +677,12 @@ impl<'e> SyncTransaction<'e> {
             writes.conflicts.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        engine.publish(changes.clone());
+        engine.publish(Commit {
+            changes: changes.clone(),
+            encoded: sealed.into_iter().map(|(_, _, bytes)| bytes).collect(),
+            leaves,
+            seal,
+        });
         Ok(changes)
     }
 
@@ -660,4 +695,62 @@ impl<'e> SyncTransaction<'e> {
 
 fn model_meta<M: SyncModel>(_: &M) -> &'static crate::model::ModelMeta {
     &M::META
+}
+
+/// A commit of this device, as published to subscribers: its changes, as
+/// encoded, and its seal.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The changes, in number order.
+    pub changes: Vec<Change>,
+    encoded: Vec<EncodedChange>,
+    leaves: Vec<Hash>,
+    seal: Seal,
+}
+
+impl Commit {
+    /// The seal.
+    pub fn seal(&self) -> &Seal {
+        &self.seal
+    }
+
+    /// The pushes of this commit: its changes in batches cut so that each
+    /// fits a frame, in order (each batch's claim starts where the previous
+    /// one ends), each with the seal and what proves its part of it.
+    pub fn pushes(&self) -> Vec<Message> {
+        let skeleton = Skeleton::of_leaves(&self.leaves);
+        let len = self.seal.len();
+        let mut messages = Vec::new();
+        let mut start = 0usize;
+        while start < self.encoded.len() {
+            let mut end = start;
+            let mut bytes = 0usize;
+            while end < self.encoded.len()
+                && (end == start
+                    || bytes.saturating_add(self.encoded[end].len()) <= crate::catchup::PAGE_BYTES)
+            {
+                bytes = bytes.saturating_add(self.encoded[end].len());
+                end += 1;
+            }
+            let revealed: BTreeSet<u64> = (start as u64..end as u64).collect();
+            let hashes = skeleton.prove(len, &revealed).unwrap_or_default();
+            let first = self.seal.first;
+            messages.push(Message::Push(Push {
+                batches: vec![Batch {
+                    origin: self.seal.origin,
+                    device: self.seal.device(),
+                    after: first + start as u64 - 1,
+                    upto: first + end as u64 - 1,
+                    changes: self.encoded[start..end].to_vec(),
+                    seals: vec![SealProof {
+                        seal: self.seal.clone(),
+                        husks: Vec::new(),
+                        hashes,
+                    }],
+                }],
+            }));
+            start = end;
+        }
+        messages
+    }
 }

@@ -164,11 +164,7 @@ async fn a_copied_database_run_twice_loses_no_write() {
     assert!(net.settle(2).await);
     snapshot(&net.nodes[0].dev, &copy_path).await;
     let twin = device_at(&copy_path, 1, time.clone()).await;
-    net.nodes.push(common::sim::Node {
-        dev: twin,
-        sessions: Default::default(),
-        online: true,
-    });
+    net.nodes.push(common::sim::Node::new(twin));
     // Both copies write, as the same device, before they meet anyone.
     write_tags(&mut net, 0, 4, "first").await;
     write_tags(&mut net, 2, 4, "second").await;
@@ -278,10 +274,12 @@ async fn a_pool_of_connections_never_meets_a_busy_database() {
 async fn an_open_transaction_blocks_writers_with_a_clear_timeout_and_never_status() {
     let dir = tempfile::tempdir().unwrap();
     let db = common::file_database(&dir.path().join("t.sqlite"), 2).await;
-    let config = sync_core::EngineConfig::new(common::device_id(1))
+    let config = sync_core::EngineConfig::new()
         .time(std::sync::Arc::new(ManualTime::new(common::EPOCH)))
         .writer_timeout(Duration::from_millis(200));
-    let engine = sync_core::Engine::open(db, config).await.unwrap();
+    let engine = sync_core::Engine::open(db, common::device_key(1), config)
+        .await
+        .unwrap();
     let b = device(2).await;
     let mut tx = b.engine.begin().await.unwrap();
     tx.insert(new_tag("from b")).await.unwrap();

@@ -18,7 +18,7 @@ use common::sim::Net;
 use common::{Device, collection, device, entry, file, location, membership, seat, tag, volume};
 use sea_orm::{ActiveValue::Set, EntityTrait};
 use sync_core::__private::steps;
-use sync_core::{Batch, Change, ConflictKind, Op, RejectReason, SyncModel, WireValue};
+use sync_core::{Change, ConflictKind, Op, RejectReason, SyncModel, WireValue};
 use uuid::Uuid;
 
 fn new_tag(name: &str) -> tag::ActiveModel {
@@ -339,13 +339,11 @@ async fn a_change_refused_for_good_does_not_stop_its_origin() {
         },
     ]);
     changes[0] = forged;
-    let batch = || Batch {
-        origin: b.engine.origin(),
-        device: b.id,
-        after: 0,
-        upto: 41,
-        changes: changes.iter().map(|c| c.encode().unwrap()).collect(),
-    };
+    // B signs it: a paired device that writes what it should not.
+    a.engine.pair(b.id).await.unwrap();
+    let sealed = steps::sealed_batch(&b.engine, &changes).unwrap();
+    assert_eq!((sealed.after, sealed.upto), (0, 41));
+    let batch = || sealed.clone();
     let report = steps::apply_batches(&a.engine, vec![batch()])
         .await
         .unwrap();
@@ -632,13 +630,9 @@ async fn numbers_that_do_not_fit_are_refused() {
         RejectReason::Malformed(_)
     ));
     changes[0].seq = 1;
-    let claim = Batch {
-        origin: a.engine.origin(),
-        device: a.id,
-        after: 0,
-        upto: u64::MAX,
-        changes: changes.iter().map(|c| c.encode().unwrap()).collect(),
-    };
+    b.engine.pair(a.id).await.unwrap();
+    let mut claim = steps::sealed_batch(&a.engine, &changes).unwrap();
+    claim.upto = u64::MAX;
     let report = steps::apply_batches(&b.engine, vec![claim]).await.unwrap();
     assert_eq!(report.applied, 1, "the change itself is fine");
     assert_eq!(

@@ -135,17 +135,19 @@ async fn a_gap_from_a_third_device_is_never_skipped() {
     net.run(1_000).await;
     // c writes 1, 2, 3; b only ever hears 3 (pushed), never 1 and 2.
     let c_id = net.nodes[2].dev.engine.origin();
+    let mut commits = net.nodes[2].dev.engine.subscribe();
     let first = write_tags(&net.nodes[2].dev, 1, "one").await;
     let second = write_tags(&net.nodes[2].dev, 1, "two").await;
-    let third = write_tags(&net.nodes[2].dev, 1, "three").await;
-    let b = &net.nodes[1].dev;
-    let batch = sync_core::Batch {
-        origin: c_id,
-        device: net.nodes[2].dev.id,
-        after: 2,
-        upto: 3,
-        changes: third.iter().map(|c| c.encode().unwrap()).collect(),
+    write_tags(&net.nodes[2].dev, 1, "three").await;
+    commits.recv().await.unwrap();
+    commits.recv().await.unwrap();
+    let third = commits.recv().await.unwrap();
+    let Message::Push(push) = third.pushes().remove(0) else {
+        panic!("a commit's push")
     };
+    let batch = push.batches.into_iter().next().unwrap();
+    assert_eq!((batch.after, batch.upto), (2, 3));
+    let b = &net.nodes[1].dev;
     steps::apply_batches(&b.engine, vec![batch]).await.unwrap();
     assert_eq!(
         b.engine.vector().get(c_id),
@@ -342,6 +344,7 @@ async fn unpaired_devices_other_libraries_and_other_versions_are_refused() {
             max_version: max,
             vector: Default::default(),
             needs_backfill: false,
+            members: [0; 32],
         })
     };
     let out = session
@@ -474,8 +477,9 @@ async fn pages_and_pushes_of_large_rows_are_cut_to_fit_a_message() {
     net.connect_all().await;
     assert!(net.settle(3).await);
     // A 9 MiB commit pushed live: cut into several pushes.
+    let mut commits = net.nodes[0].dev.engine.subscribe();
     let live = write_big(&net.nodes[0].dev, (30..60).map(big).collect()).await;
-    assert!(sync_core::Push::of_commit(&live).unwrap().len() > 1);
+    assert!(commits.recv().await.unwrap().pushes().len() > 1);
     net.committed(0, live);
     assert!(net.settle(3).await);
     // And caught up by pull while apart: paged by size.

@@ -105,6 +105,7 @@ async fn a_catch_up_that_skips_an_owners_swap_still_reaches_its_final_state() {
     let f2 = tx.insert(make("b.txt")).await.unwrap();
     let first = tx.commit().await.unwrap();
     peer.receive(&first).await;
+    peer.engine.pair(owner.id).await.unwrap();
 
     // The owner swaps the two names through a temporary one.
     for (row, name) in [(&f1, "tmp"), (&f2, "a.txt"), (&f1, "b.txt")] {

@@ -10,6 +10,7 @@ mod log;
 mod rows;
 mod side;
 mod table;
+mod trust;
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, Value};
 use uuid::Uuid;
@@ -18,10 +19,11 @@ pub(crate) use log::*;
 pub(crate) use rows::*;
 pub(crate) use side::*;
 pub(crate) use table::*;
+pub(crate) use trust::*;
 
 /// The schema this engine writes. Bumped by every change to the `_sync_*`
 /// tables.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The engine's storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -376,6 +378,29 @@ const TABLES: &[&str] = &[
     )",
     "CREATE UNIQUE INDEX IF NOT EXISTS _sync_conflicts_once
         ON _sync_conflicts (model, record, coalesce(field, ''), loser_hlc)",
+    // Seals of commits (this device's and relayed ones), with what is known
+    // of each one's Merkle tree, until every peer has the commit.
+    "CREATE TABLE IF NOT EXISTS _sync_seals (
+        origin BLOB NOT NULL,
+        last INTEGER NOT NULL,
+        first INTEGER NOT NULL,
+        seal BLOB NOT NULL,
+        skeleton BLOB NOT NULL,
+        UNIQUE (origin, last)
+    )",
+    // Device-owned changes a newer state superseded: what proves them in
+    // a catch-up that skips them.
+    "CREATE TABLE IF NOT EXISTS _sync_husks (
+        origin BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        husk BLOB NOT NULL,
+        PRIMARY KEY (origin, seq)
+    ) WITHOUT ROWID",
+    // The library's membership records, by hash.
+    "CREATE TABLE IF NOT EXISTS _sync_members (
+        id BLOB PRIMARY KEY NOT NULL,
+        record BLOB NOT NULL
+    ) WITHOUT ROWID",
 ];
 
 /// Creates the `_sync_*` tables, or checks the ones there.

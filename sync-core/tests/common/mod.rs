@@ -360,8 +360,15 @@ pub struct Device {
     pub id: Uuid,
 }
 
+/// Device `n`'s key: the same for every run, so ids are stable.
+pub fn device_key(n: u128) -> sync_core::DeviceKey {
+    let mut seed = [0xD0; 32];
+    seed[..16].copy_from_slice(&n.to_le_bytes());
+    sync_core::DeviceKey::from_seed(seed).unwrap()
+}
+
 pub fn device_id(n: u128) -> Uuid {
-    Uuid::from_u128(0xD000 + n)
+    device_key(n).device()
 }
 
 /// A device over a fresh in-memory database.
@@ -418,11 +425,12 @@ async fn create_all_if_missing(db: &DatabaseConnection) {
 }
 
 pub async fn open_device(db: DatabaseConnection, n: u128, time: ManualTime) -> Device {
-    let id = device_id(n);
-    let config = EngineConfig::new(id)
+    let key = device_key(n);
+    let id = key.device();
+    let config = EngineConfig::new()
         .time(Arc::new(time.clone()))
         .max_drift(Duration::from_secs(5));
-    let engine = Engine::open(db, config).await.unwrap();
+    let engine = Engine::open(db, key, config).await.unwrap();
     Device { engine, time, id }
 }
 

@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use sync_core::{__private::push_of, Change, Message, Session, SessionConfig};
+use std::sync::Arc;
+
+use sync_core::{Change, Commit, Message, Session, SessionConfig};
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::Device;
@@ -22,6 +25,8 @@ pub struct Faults {
 
 pub struct Node {
     pub dev: Device,
+    /// The device's commits, to push.
+    commits: broadcast::Receiver<Arc<Commit>>,
     pub sessions: BTreeMap<usize, Session>,
     pub online: bool,
 }
@@ -39,12 +44,25 @@ pub struct Net {
     pub written: Vec<Change>,
 }
 
+impl Node {
+    /// A device on the network, online, with no session yet.
+    pub fn new(dev: Device) -> Self {
+        Self {
+            commits: dev.engine.subscribe(),
+            dev,
+            sessions: BTreeMap::new(),
+            online: true,
+        }
+    }
+}
+
 impl Net {
     pub fn new(devices: Vec<Device>, seed: u64) -> Self {
         Self {
             nodes: devices
                 .into_iter()
                 .map(|dev| Node {
+                    commits: dev.engine.subscribe(),
                     dev,
                     sessions: BTreeMap::new(),
                     online: true,
@@ -140,10 +158,12 @@ impl Net {
 
     /// Commits `changes` written on `a`: pushes them to its peers.
     pub fn committed(&mut self, a: usize, changes: Vec<Change>) {
-        for push in push_of(&changes).unwrap() {
-            let peers: Vec<usize> = self.nodes[a].sessions.keys().copied().collect();
-            for p in peers {
-                self.send(a, p, &push);
+        while let Ok(commit) = self.nodes[a].commits.try_recv() {
+            for push in commit.pushes() {
+                let peers: Vec<usize> = self.nodes[a].sessions.keys().copied().collect();
+                for p in peers {
+                    self.send(a, p, &push);
+                }
             }
         }
         self.written.extend(changes);
