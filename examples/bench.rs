@@ -26,7 +26,9 @@ use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ConnectOptions, ConnectionTrait, Database,
     DatabaseConnection, IntoActiveModel, TransactionTrait,
 };
-use syncable::core::{Change, Engine, EngineConfig, Message, Session, SessionConfig, SyncModel};
+use syncable::core::{
+    Change, DeviceKey, Engine, EngineConfig, Message, Session, SessionConfig, SyncModel,
+};
 use uuid::Uuid;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -288,7 +290,8 @@ async fn plain() -> Result<DatabaseConnection, Error> {
 async fn fresh_engine() -> Result<Engine, Error> {
     let path = scratch().join(format!("{}.sqlite", Uuid::new_v4()));
     let db = open(&path, &SYNCHRONOUS.with(|s| s.borrow().clone())).await?;
-    Ok(Engine::open(db, EngineConfig::new(Uuid::new_v4())).await?)
+    let (key, _) = DeviceKey::generate()?;
+    Ok(Engine::open(db, key, EngineConfig::new()).await?)
 }
 
 /// `n` tag creations written by a fresh engine, as changes.

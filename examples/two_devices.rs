@@ -13,7 +13,7 @@ use std::time::Duration;
 use sea_orm::{
     ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Schema,
 };
-use syncable::core::{Change, Engine, EngineConfig, SyncModel};
+use syncable::core::{Change, DeviceKey, Engine, EngineConfig, SyncModel};
 use uuid::Uuid;
 
 mod tag {
@@ -76,9 +76,9 @@ async fn open_device(name: &str) -> Result<Engine, Error> {
         .await?;
     db.execute(&schema.create_table_from_entity(tagging::Entity))
         .await?;
-    let device = Uuid::new_v4();
-    println!("{name:>6} is device {device}");
-    Ok(Engine::open(db, EngineConfig::new(device)).await?)
+    let (key, _) = DeviceKey::generate()?;
+    println!("{name:>6} is device {}", key.device());
+    Ok(Engine::open(db, key, EngineConfig::new()).await?)
 }
 
 fn new_tag(name: &str) -> tag::ActiveModel {

@@ -408,7 +408,7 @@ async fn the_location_entry_cycle_arrives_in_any_order() {
         .unwrap();
     let mut changes = Vec::new();
     while let Ok(batch) = committed.try_recv() {
-        changes.extend(batch.iter().cloned());
+        changes.extend(batch.changes.iter().cloned());
     }
     changes.reverse();
     for change in changes {

@@ -127,6 +127,12 @@ pub struct Stats {
     /// Received changes no seal proved to be their device's (forged,
     /// tampered with, from a device not or no longer in the library).
     pub unverified: u64,
+    /// Claims ("everything of this origin up to n") from peers that their
+    /// seals did not prove, so the vector did not follow them.
+    pub claims_refused: u64,
+    /// Hellos refused because they named another device than the one the
+    /// transport authenticated.
+    pub impersonations: u64,
 }
 
 #[derive(Default)]
@@ -138,6 +144,8 @@ pub(crate) struct Counters {
     pub(crate) parked: AtomicU64,
     pub(crate) conflicts: AtomicU64,
     pub(crate) unverified: AtomicU64,
+    pub(crate) claims_refused: AtomicU64,
+    pub(crate) impersonations: AtomicU64,
 }
 
 /// What the engine keeps in memory, always equal to what is committed.
@@ -451,6 +459,8 @@ impl Engine {
             parked: c.parked.load(Ordering::Relaxed),
             conflicts: c.conflicts.load(Ordering::Relaxed),
             unverified: c.unverified.load(Ordering::Relaxed),
+            claims_refused: c.claims_refused.load(Ordering::Relaxed),
+            impersonations: c.impersonations.load(Ordering::Relaxed),
         }
     }
 

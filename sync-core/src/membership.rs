@@ -88,12 +88,16 @@ impl Engine {
             return Ok(0);
         }
         let was_removed: Vec<Uuid> = self.memory().membership.removed().collect();
-        let w = self.write_tx().await?;
-        let mut script = store::Script::default();
-        let rows: Vec<(Hash, Vec<u8>)> = fresh.iter().map(|(id, b, _)| (*id, b.clone())).collect();
-        store::save_members(&mut script, &rows);
-        script.run(&w.tx).await?;
-        w.tx.commit().await?;
+        {
+            // The writer is released before the unpairing below takes it.
+            let w = self.write_tx().await?;
+            let mut script = store::Script::default();
+            let rows: Vec<(Hash, Vec<u8>)> =
+                fresh.iter().map(|(id, b, _)| (*id, b.clone())).collect();
+            store::save_members(&mut script, &rows);
+            script.run(&w.tx).await?;
+            w.tx.commit().await?;
+        }
         let n = fresh.len();
         let newly_removed: Vec<Uuid> = {
             let mut m = self.memory();

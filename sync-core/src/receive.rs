@@ -328,6 +328,7 @@ impl Engine {
         let mut husks: Vec<(Uuid, Husk)> = Vec::new();
         let mut learned: Vec<(Seal, Skeleton)> = Vec::new();
         let mut unverified = 0u64;
+        let mut claims_refused = 0u64;
         {
             let clock = self.clock();
             for (batch_ix, batch) in incoming.batches.iter().enumerate() {
@@ -369,10 +370,12 @@ impl Engine {
                 if let Some(p) = &proven {
                     if let Some(why) = &p.refused {
                         tracing::warn!(origin = %batch.origin, device = %batch.device, %why, "a batch its seals do not prove");
-                        unverified += decoded.len().max(1) as u64;
                     }
                     if !p.claim_proven {
                         track.valid = false;
+                        if batch.claim.is_some_and(|(a, u)| u > a) {
+                            claims_refused += 1;
+                        }
                     }
                     if let Some(cut) = p.cut {
                         // The claim stops at the removal.
@@ -398,6 +401,7 @@ impl Engine {
                         continue;
                     }
                     if let Some(why) = proven.as_ref().and_then(|p| p.refusal(seq)) {
+                        unverified += 1;
                         let reason = RejectReason::Unverified(why);
                         track.held_back.insert(seq);
                         outcomes.push((origin, seq, Outcome::HeldBack(reason.clone())));
@@ -775,6 +779,13 @@ impl Engine {
             }
         }
 
+        if claims_refused > 0 {
+            metrics::counter!("syncable_claims_refused_total").increment(claims_refused);
+            self.inner
+                .counters
+                .claims_refused
+                .fetch_add(claims_refused, Ordering::Relaxed);
+        }
         if unverified > 0 {
             metrics::counter!("syncable_unverified_total").increment(unverified);
             self.inner

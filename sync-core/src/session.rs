@@ -288,6 +288,11 @@ impl Session {
             && hello.device != authenticated
         {
             metrics::counter!("syncable_impersonations_refused_total").increment(1);
+            self.engine
+                .inner
+                .counters
+                .impersonations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(%authenticated, claimed = %hello.device, "a peer said hello in another device's name");
             return Ok(Output::refuse(
                 ErrorCode::NotPaired,

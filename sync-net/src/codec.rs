@@ -60,6 +60,9 @@ pub enum FrameError {
     /// The payload is not a message, or not the kind its header says.
     #[error("{0}")]
     Decode(String),
+    /// A frame started and did not finish in time.
+    #[error("a frame started and did not finish within {0:?}")]
+    Stalled(std::time::Duration),
     /// A message too large to send in one frame.
     #[error("message of {0} bytes is too large for one frame; page it")]
     Oversized(usize),
@@ -103,12 +106,34 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
 
 /// Reads one frame and decodes its message.
 pub async fn read_message<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Message, FrameError> {
-    let mut header = [0u8; HEADER_BYTES];
-    match reader.read_exact(&mut header[..1]).await {
+    read_message_within(reader, None).await
+}
+
+/// Reads one frame and decodes its message; once the frame's first byte
+/// has arrived, the rest must arrive within `body` (a peer that starts a
+/// frame and stalls holds the stream no longer than that). Waiting for a
+/// frame to start is not bounded: a quiet stream is not an attack.
+pub async fn read_message_within<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    body: Option<std::time::Duration>,
+) -> Result<Message, FrameError> {
+    let mut first = [0u8; 1];
+    match reader.read_exact(&mut first).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
         Err(e) => return Err(e.into()),
     }
+    match body {
+        Some(limit) => tokio::time::timeout(limit, read_rest(reader, first[0]))
+            .await
+            .map_err(|_| FrameError::Stalled(limit))?,
+        None => read_rest(reader, first[0]).await,
+    }
+}
+
+async fn read_rest<R: AsyncRead + Unpin>(reader: &mut R, first: u8) -> Result<Message, FrameError> {
+    let mut header = [0u8; HEADER_BYTES];
+    header[0] = first;
     reader.read_exact(&mut header[1..]).await?;
     let version = u16::from_be_bytes([header[0], header[1]]);
     let kind = header[2];
@@ -169,6 +194,7 @@ mod tests {
     fn heartbeat() -> Message {
         Message::Heartbeat(Heartbeat {
             vector: VersionVector::new(),
+            members: [0; 32],
         })
     }
 
@@ -189,6 +215,7 @@ mod tests {
                     after: 0,
                     upto: 7,
                     changes: Vec::new(),
+                    seals: Vec::new(),
                 })
                 .collect(),
             has_more: false,

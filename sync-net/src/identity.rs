@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
+use sync_core::DeviceKey;
 use uuid::Uuid;
 
 use crate::error::NetError;
@@ -39,9 +40,13 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
-/// This device's id, key and certificate.
+/// This device's id, key and certificate. The key is Ed25519; it signs the
+/// TLS handshakes and the device's commits, and the device id is derived
+/// from it ([`sync_core::PublicKey::device`]), so no one can claim the id
+/// without the key.
 pub struct Identity {
     device: Uuid,
+    signing: DeviceKey,
     key: Vec<u8>,
     cert: Vec<u8>,
     fingerprint: Fingerprint,
@@ -108,8 +113,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<()
 }
 
 impl Identity {
-    /// Loads the identity in `dir`, creating it (a new device id, key and
-    /// certificate) on first use.
+    /// Loads the identity in `dir`, creating it (a new key, the device id
+    /// it names, and a certificate) on first use.
     pub fn load_or_create(dir: &Path) -> Result<Self, NetError> {
         std::fs::create_dir_all(dir).map_err(|source| NetError::File {
             path: dir.to_owned(),
@@ -121,38 +126,70 @@ impl Identity {
         if let (Some(id), Some(key), Some(cert)) =
             (read(&id_path)?, read(&key_path)?, read(&cert_path)?)
         {
+            let signing = DeviceKey::from_pkcs8(&key).map_err(|e| NetError::Corrupt {
+                path: key_path.clone(),
+                reason: format!(
+                    "{e} (an identity made before device keys were Ed25519: move the data \
+                     directory away and pair the device again)"
+                ),
+            })?;
             let text = String::from_utf8_lossy(&id);
-            let device = Uuid::parse_str(text.trim()).map_err(|e| NetError::Corrupt {
+            let stored = Uuid::parse_str(text.trim()).map_err(|e| NetError::Corrupt {
                 path: id_path.clone(),
                 reason: e.to_string(),
             })?;
-            let fingerprint = Fingerprint::of(&cert);
+            if stored != signing.device() {
+                return Err(NetError::Corrupt {
+                    path: id_path,
+                    reason: format!(
+                        "device id {stored} is not the one its key names ({})",
+                        signing.device()
+                    ),
+                });
+            }
+            if crate::tls::cert_key(&cert) != Some(signing.public()) {
+                return Err(NetError::Corrupt {
+                    path: cert_path,
+                    reason: "the certificate is not for this device's key".into(),
+                });
+            }
             return Ok(Self {
-                device,
+                device: stored,
+                signing,
+                fingerprint: Fingerprint::of(&cert),
                 key,
                 cert,
-                fingerprint,
             });
         }
-        let device = Uuid::new_v4();
-        let key_pair =
-            rcgen::KeyPair::generate().map_err(|e| NetError::Certificate(e.to_string()))?;
+        let (signing, key) =
+            DeviceKey::generate().map_err(|e| NetError::Certificate(e.to_string()))?;
+        let device = signing.device();
+        let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+            &rustls::pki_types::PrivatePkcs8KeyDer::from(key.as_slice()),
+            &rcgen::PKCS_ED25519,
+        )
+        .map_err(|e| NetError::Certificate(e.to_string()))?;
         let params = rcgen::CertificateParams::new(vec![format!("{device}.syncable")])
             .map_err(|e| NetError::Certificate(e.to_string()))?;
         let cert = params
             .self_signed(&key_pair)
             .map_err(|e| NetError::Certificate(e.to_string()))?;
-        let key = key_pair.serialize_der();
         let cert = cert.der().to_vec();
         write_atomic(&key_path, &key, true)?;
         write_atomic(&cert_path, &cert, false)?;
         write_atomic(&id_path, device.to_string().as_bytes(), false)?;
         Ok(Self {
             device,
+            signing,
             fingerprint: Fingerprint::of(&cert),
             key,
             cert,
         })
+    }
+
+    /// The key that signs this device's commits (and its TLS handshakes).
+    pub fn signing_key(&self) -> &DeviceKey {
+        &self.signing
     }
 
     /// The device id.

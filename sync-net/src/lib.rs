@@ -40,10 +40,10 @@ mod tls;
 
 pub use codec::{
     COMPRESS_ABOVE, COMPRESSED, FrameError, HEADER_BYTES, MAX_FRAME_BYTES, read_message,
-    write_message,
+    read_message_within, write_message,
 };
 pub use error::NetError;
 pub use identity::{Fingerprint, Identity};
-pub use node::{LinkStats, Node, NodeConfig};
-pub use pairing::{PairingCode, PeerRecord};
-pub use tls::{ALPN_PAIR, ALPN_SYNC, MAX_STREAMS, close_code, dial, install_provider};
+pub use node::{LinkStats, Node, NodeConfig, NodeCounters};
+pub use pairing::{PairingCode, PeerRecord, request_as};
+pub use tls::{ALPN_PAIR, ALPN_SYNC, MAX_STREAMS, close_code, dial, dial_with, install_provider};

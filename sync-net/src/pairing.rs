@@ -11,7 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use uuid::Uuid;
 
 use crate::error::NetError;
-use crate::identity::{Fingerprint, write_atomic};
+use crate::identity::{Fingerprint, Identity, write_atomic};
+use crate::tls;
 
 const CODE_PREFIX: &str = "SYNC-";
 /// The largest pairing message accepted.
@@ -104,6 +105,83 @@ pub(crate) async fn read_pair<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>
     rmp_serde::from_slice(&bytes).map_err(|e| NetError::PairingRefused(e.to_string()))
 }
 
+/// Asks the device that printed `code` to pair with `device` (this
+/// device, as `identity`): connects with the pairing protocol, checks that
+/// the inviting device's key names the code's device, and sends the
+/// request. Returns the answer.
+pub(crate) async fn request(
+    endpoint: &quinn::Endpoint,
+    identity: &Identity,
+    code: &PairingCode,
+    device: Uuid,
+    addr: Option<SocketAddr>,
+    deadline: std::time::Duration,
+) -> Result<PairReply, NetError> {
+    let client = tls::client_config(identity, code.fingerprint, tls::ALPN_PAIR)?;
+    let connect = |e: String| NetError::Connect {
+        addr: code.addr,
+        reason: e,
+    };
+    let connection = endpoint
+        .connect_with(client, code.addr, "syncable")
+        .map_err(|e| connect(e.to_string()))?
+        .await
+        .map_err(|e| connect(e.to_string()))?;
+    if tls::peer_device(&connection) != Some(code.device) {
+        connection.close(tls::close_code::PROTOCOL.into(), b"wrong device");
+        return Err(NetError::PairingRefused(format!(
+            "the inviting device's key does not name {}",
+            code.device
+        )));
+    }
+    let exchange = async {
+        let (mut send, mut recv) = connection.open_bi().await?;
+        write_pair(
+            &mut send,
+            &PairRequest {
+                device,
+                library: code.library,
+                token: code.token,
+                addr,
+            },
+        )
+        .await?;
+        read_pair::<_, PairReply>(&mut recv).await
+    };
+    let reply = tokio::time::timeout(deadline, exchange)
+        .await
+        .map_err(|_| NetError::PairingRefused("the inviting device did not answer".into()))?;
+    connection.close(0u32.into(), b"paired");
+    reply
+}
+
+/// A pairing request in any device's name, from a throwaway endpoint:
+/// what a holder of a code could send (tests of what the inviting side
+/// refuses). Returns the answer: the inviting device's id, or its refusal.
+#[doc(hidden)]
+pub async fn request_as(
+    identity: &Identity,
+    code: &PairingCode,
+    device: Uuid,
+) -> Result<Uuid, NetError> {
+    tls::install_provider();
+    let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .map_err(|e| NetError::Endpoint(e.to_string()))?;
+    match request(
+        &endpoint,
+        identity,
+        code,
+        device,
+        None,
+        std::time::Duration::from_secs(10),
+    )
+    .await?
+    {
+        PairReply::Accepted { device } => Ok(device),
+        PairReply::Refused { reason } => Err(NetError::PairingRefused(reason)),
+    }
+}
+
 /// A paired peer as remembered in the data directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRecord {
@@ -157,6 +235,16 @@ impl PeerStore {
         self.peers.retain(|p| p.device != record.device);
         self.peers.push(record);
         self.save()
+    }
+
+    /// Forgets a peer.
+    pub(crate) fn remove(&mut self, device: Uuid) -> Result<(), NetError> {
+        let before = self.peers.len();
+        self.peers.retain(|p| p.device != device);
+        if self.peers.len() != before {
+            self.save()?;
+        }
+        Ok(())
     }
 
     /// Remembers where a peer was reached.

@@ -4,7 +4,7 @@
 //!
 //! What the server guards against: a flood of pairing connections (at most
 //! [`MAX_PAIRING`] are served at once, the rest are closed at once), a
-//! client that never finishes its request (each step has a deadline), a
+//! client that never finishes its request (each step has a deadline, [`crate::NodeConfig::pairing_deadline`]), a
 //! guessed token (compared in constant time, and a code is spent by its
 //! first valid use), and a code used to take over a device that is already
 //! paired (a code admits only a new device id: the holder of a code cannot
@@ -19,10 +19,6 @@ use crate::error::NetError;
 use crate::node::{Node, lock};
 use crate::pairing::{PairReply, PairRequest, PeerRecord, read_pair, write_pair};
 use crate::tls::{self, close_code};
-
-/// The longest a pairing client may take over one step (opening its
-/// stream, sending its request).
-pub(crate) const STEP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Pairing connections served at once; more are refused.
 pub(crate) const MAX_PAIRING: usize = 4;
@@ -41,12 +37,14 @@ impl Node {
         let _slot = PairingSlot(self);
         if busy >= MAX_PAIRING {
             metrics::counter!("syncable_pairing_refused_total", "why" => "busy").increment(1);
+            crate::node::Counters::bump(&self.inner.counters.pairing_refused);
             tracing::warn!(addr = %connection.remote_address(), "too many pairing attempts at once");
             connection.close(close_code::BUSY.into(), b"too many pairing attempts");
             return;
         }
         if let Err(e) = self.pair_with(&connection).await {
             metrics::counter!("syncable_pairing_refused_total", "why" => "failed").increment(1);
+            crate::node::Counters::bump(&self.inner.counters.pairing_refused);
             tracing::warn!(addr = %connection.remote_address(), error = %e, "pairing failed");
             connection.close(close_code::PROTOCOL.into(), b"pairing failed");
         }
@@ -55,21 +53,23 @@ impl Node {
     async fn pair_with(&self, connection: &quinn::Connection) -> Result<(), NetError> {
         let fingerprint = tls::peer_fingerprint(connection)
             .ok_or_else(|| NetError::PairingRefused("no client certificate".into()))?;
+        let deadline = self.inner.config.pairing_deadline;
         let step = |what: &'static str| {
             move |_| NetError::PairingRefused(format!("the other device took too long to {what}"))
         };
-        let (mut send, mut recv) = tokio::time::timeout(STEP_DEADLINE, connection.accept_bi())
+        let (mut send, mut recv) = tokio::time::timeout(deadline, connection.accept_bi())
             .await
             .map_err(step("open its stream"))??;
-        let request: PairRequest = tokio::time::timeout(STEP_DEADLINE, read_pair(&mut recv))
+        let request: PairRequest = tokio::time::timeout(deadline, read_pair(&mut recv))
             .await
             .map_err(step("send its request"))??;
         let reply = self.admit(&request, fingerprint, connection).await?;
         if let PairReply::Refused { reason } = &reply {
             metrics::counter!("syncable_pairing_refused_total", "why" => "refused").increment(1);
+            crate::node::Counters::bump(&self.inner.counters.pairing_refused);
             tracing::warn!(device = %request.device, %reason, "pairing refused");
         }
-        tokio::time::timeout(STEP_DEADLINE, write_pair(&mut send, &reply))
+        tokio::time::timeout(deadline, write_pair(&mut send, &reply))
             .await
             .map_err(step("read the answer"))??;
         let _ = send.finish();
@@ -88,8 +88,16 @@ impl Node {
         if request.library != self.inner.config.library {
             return Ok(refusal("another library"));
         }
-        if request.device == self.device() || request.device.is_nil() {
+        if tls::peer_device(connection) != Some(request.device) {
+            return Ok(refusal(
+                "the device id is not the one the certificate's key names",
+            ));
+        }
+        if request.device == self.device() {
             return Ok(refusal("that device id cannot be paired"));
+        }
+        if self.inner.engine.is_removed(request.device) {
+            return Ok(refusal("that device was removed from the library"));
         }
         let known = {
             let peers = lock(&self.inner.peers);

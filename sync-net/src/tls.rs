@@ -196,6 +196,33 @@ pub(crate) fn client_config(
     Ok(config)
 }
 
+/// The Ed25519 public key a certificate is for, parsed from its subject
+/// public key info (the key the TLS handshake proved possession of).
+pub(crate) fn cert_key(cert: &[u8]) -> Option<sync_core::PublicKey> {
+    // SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING (32 bytes) }
+    const ED25519_SPKI: [u8; 12] = [
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    let der = CertificateDer::from(cert);
+    let parsed = webpki::EndEntityCert::try_from(&der).ok()?;
+    let spki = parsed.subject_public_key_info();
+    let bytes = spki.as_ref();
+    if bytes.len() != 44 || bytes[..12] != ED25519_SPKI {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&bytes[12..]);
+    Some(sync_core::PublicKey(key))
+}
+
+/// The device the other side authenticated as: the one its certificate's
+/// key names.
+pub(crate) fn peer_device(connection: &quinn::Connection) -> Option<uuid::Uuid> {
+    let identity = connection.peer_identity()?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    cert_key(certs.first()?.as_ref()).map(|k| k.device())
+}
+
 /// The fingerprint of the certificate the other side presented.
 pub(crate) fn peer_fingerprint(connection: &quinn::Connection) -> Option<Fingerprint> {
     let identity = connection.peer_identity()?;
@@ -220,6 +247,17 @@ pub async fn dial(
     expected: Fingerprint,
     addr: std::net::SocketAddr,
 ) -> Result<quinn::Connection, NetError> {
+    dial_with(identity, expected, addr, ALPN_SYNC).await
+}
+
+/// [`dial`] with another protocol ([`ALPN_PAIR`] for a pairing
+/// connection).
+pub async fn dial_with(
+    identity: &Identity,
+    expected: Fingerprint,
+    addr: std::net::SocketAddr,
+    alpn: &[u8],
+) -> Result<quinn::Connection, NetError> {
     install_provider();
     let bind: std::net::SocketAddr = if addr.is_ipv6() {
         "[::]:0"
@@ -229,7 +267,7 @@ pub async fn dial(
     .parse()
     .map_err(|e: std::net::AddrParseError| NetError::Endpoint(e.to_string()))?;
     let endpoint = quinn::Endpoint::client(bind).map_err(|e| NetError::Endpoint(e.to_string()))?;
-    let config = client_config(identity, expected, ALPN_SYNC)?;
+    let config = client_config(identity, expected, alpn)?;
     endpoint
         .connect_with(config, addr, "syncable")
         .map_err(|e| NetError::Connect {

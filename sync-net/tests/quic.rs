@@ -7,163 +7,15 @@
     unreachable_pub
 )]
 
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::{
-    ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, EntityTrait, PaginatorTrait,
-    Schema,
-};
+use common::*;
+use sea_orm::{EntityTrait, PaginatorTrait};
 use sync_core::{ErrorCode, Message, SyncModel};
-use sync_net::{Node, NodeConfig, PeerRecord};
-use uuid::Uuid;
-
-mod tag {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, sync_core::Syncable)]
-    #[sea_orm(table_name = "tags")]
-    #[sync(shared)]
-    pub struct Model {
-        #[sea_orm(primary_key)]
-        pub id: i32,
-        #[sea_orm(unique)]
-        #[sync(id)]
-        pub gid: Uuid,
-        pub name: String,
-        pub color: Option<String>,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
-mod volume {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, sync_core::Syncable)]
-    #[sea_orm(table_name = "volumes")]
-    #[sync(device_owned)]
-    pub struct Model {
-        #[sea_orm(primary_key)]
-        pub id: i32,
-        #[sea_orm(unique)]
-        #[sync(id)]
-        pub gid: Uuid,
-        #[sync(owner)]
-        pub device: Uuid,
-        pub name: String,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
-const LIBRARY: Uuid = Uuid::from_u128(0x5EED);
-
-async fn start(dir: &Path) -> Node {
-    start_with(dir, |c| c).await
-}
-
-async fn start_with(dir: &Path, tune: impl FnOnce(NodeConfig) -> NodeConfig) -> Node {
-    std::fs::create_dir_all(dir).unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.join("library.sqlite").display());
-    let mut options = ConnectOptions::new(url);
-    options.max_connections(1).sqlx_logging(false);
-    let db = Database::connect(options).await.unwrap();
-    let schema = Schema::new(db.get_database_backend());
-    for mut stmt in [
-        schema.create_table_from_entity(tag::Entity),
-        schema.create_table_from_entity(volume::Entity),
-    ] {
-        stmt.if_not_exists();
-        db.execute(&stmt).await.unwrap();
-    }
-    let mut config = NodeConfig::new(LIBRARY, "127.0.0.1:0".parse().unwrap());
-    config.heartbeat = Duration::from_millis(200);
-    config.anti_entropy = Duration::from_millis(500);
-    Node::start(db, dir, tune(config)).await.unwrap()
-}
-
-async fn pair(a: &Node, b: &Node) {
-    let code = a.invite().unwrap();
-    let text = code.encode().unwrap();
-    let code = sync_net::PairingCode::decode(&text).unwrap();
-    assert_eq!(b.accept(&code).await.unwrap(), a.device());
-}
-
-/// Waits for a condition that the system must reach; the bound only keeps a
-/// broken build from hanging, it measures nothing.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("never happened: {what}");
-}
-
-async fn converged(nodes: &[&Node]) -> bool {
-    let mut contents = Vec::new();
-    for n in nodes {
-        contents.push(n.engine().content().await.unwrap());
-    }
-    contents.windows(2).all(|w| w[0] == w[1])
-}
-
-async fn write_tags(node: &Node, n: usize, prefix: &str) -> Vec<Uuid> {
-    let mut tx = node.engine().begin().await.unwrap();
-    let mut ids = Vec::new();
-    for i in 0..n {
-        let gid = Uuid::new_v4();
-        tx.insert(tag::ActiveModel {
-            gid: Set(gid),
-            name: Set(format!("{prefix}{i}")),
-            color: Set(None),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        ids.push(gid);
-    }
-    tx.commit().await.unwrap();
-    ids
-}
-
-async fn add_volume(node: &Node, name: &str) {
-    let mut tx = node.engine().begin().await.unwrap();
-    tx.insert(volume::ActiveModel {
-        gid: Set(Uuid::new_v4()),
-        device: Set(node.device()),
-        name: Set(name.into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-}
-
-async fn rename(node: &Node, id: Uuid, name: &str) {
-    let mut tx = node.engine().begin().await.unwrap();
-    let mut row = tag::Model::find_by_id(tx.connection(), id)
-        .await
-        .unwrap()
-        .unwrap();
-    row.name = name.into();
-    tx.update(row).await.unwrap();
-    tx.commit().await.unwrap();
-}
+use sync_net::PeerRecord;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_converge_and_a_fourth_backfills() {
@@ -320,6 +172,7 @@ async fn hostile_frames_get_errors_while_the_node_keeps_serving() {
         max_version: sync_core::PROTOCOL_VERSION,
         vector: Default::default(),
         needs_backfill: false,
+        members: [0; 32],
     });
     sync_net::write_message(&mut main_send, &hello)
         .await

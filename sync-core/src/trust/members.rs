@@ -173,8 +173,8 @@ impl Membership {
     pub(crate) fn add(&mut self, records: Vec<(Hash, MemberRecord)>) -> Vec<(Hash, MemberRecord)> {
         let mut new = Vec::new();
         for (id, r) in records {
-            if !self.records.contains_key(&id) {
-                self.records.insert(id, r.clone());
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.records.entry(id) {
+                slot.insert(r.clone());
                 new.push((id, r));
             }
         }

@@ -58,11 +58,26 @@ impl Node {
     /// A sync connection: its certificate must be a paired device's, and
     /// that device is who the link speaks with.
     async fn accept_sync(&self, connection: quinn::Connection) {
+        let device = tls::peer_device(&connection);
+        if let Some(d) = device
+            && self.inner.engine.is_removed(d)
+        {
+            tracing::warn!(device = %d, "refused a device removed from the library");
+            metrics::counter!("syncable_connections_refused_total", "why" => "removed")
+                .increment(1);
+            super::Counters::bump(&self.inner.counters.connections_refused);
+            connection.close(close_code::REMOVED.into(), b"removed from the library");
+            return;
+        }
+        // The pinned certificate, and the device its key names.
         let peer = tls::peer_fingerprint(&connection)
-            .and_then(|fp| lock(&self.inner.peers).by_fingerprint(fp).map(|p| p.device));
+            .and_then(|fp| lock(&self.inner.peers).by_fingerprint(fp).map(|p| p.device))
+            .filter(|p| Some(*p) == device);
         let Some(peer) = peer else {
             tracing::warn!(addr = %connection.remote_address(), "refused a device that is not paired");
-            metrics::counter!("syncable_connections_refused_total").increment(1);
+            metrics::counter!("syncable_connections_refused_total", "why" => "not paired")
+                .increment(1);
+            super::Counters::bump(&self.inner.counters.connections_refused);
             connection.close(
                 close_code::NOT_PAIRED.into(),
                 b"this device is not paired with the library",
@@ -77,6 +92,9 @@ impl Node {
         let mut backoff: HashMap<Uuid, (Instant, Duration)> = HashMap::new();
         let mut shutdown = self.inner.shutdown.subscribe();
         loop {
+            if let Err(e) = self.enforce_removals() {
+                tracing::warn!(error = %e, "a removed peer could not be forgotten");
+            }
             let peers = self.peers();
             for peer in peers {
                 let Some(addr) = peer.addr else { continue };
@@ -234,21 +252,16 @@ impl Node {
                 _ = shutdown.changed() => return,
             };
             match batch {
-                Ok(changes) => match Push::of_commit(&changes) {
-                    Ok(pushes) => {
-                        let links = lock(&self.inner.links);
-                        for push in pushes {
-                            let push = Arc::new(push);
-                            for (peer, link) in links.iter() {
-                                self.offer(*peer, link, push.clone());
-                            }
+                Ok(commit) => {
+                    let pushes = commit.pushes();
+                    let links = lock(&self.inner.links);
+                    for push in pushes {
+                        let push = Arc::new(push);
+                        for (peer, link) in links.iter() {
+                            self.offer(*peer, link, push.clone());
                         }
                     }
-                    // The log has them: the next pull sends them.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "a commit could not be encoded for its push")
-                    }
-                },
+                }
                 // Missed batches are in the log: the next pull sends them.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::Node;
-use crate::codec::{FrameError, read_message, write_message};
+use crate::codec::{FrameError, read_message_within, write_message};
 use crate::error::NetError;
 use crate::tls::close_code;
 
@@ -75,7 +75,11 @@ impl Node {
         // needs its own hello); one that misbehaves is closed alone.
         let extra = tokio::spawn(self.clone().extra_streams(connection.clone(), peer));
         let (frames_tx, mut frames) = mpsc::channel(READ_AHEAD);
-        let reader = tokio::spawn(read_frames(recv, frames_tx));
+        let reader = tokio::spawn(read_frames(
+            recv,
+            frames_tx,
+            self.inner.config.frame_deadline,
+        ));
         let (replies, replies_rx) = mpsc::channel::<Message>(REPLIES);
         let writer = tokio::spawn(self.clone().write_loop(peer, send, replies_rx, pushes));
         let mut session =
@@ -235,10 +239,11 @@ impl Node {
         while let Ok((mut send, mut recv)) = connection.accept_bi().await {
             let engine = self.inner.engine.clone();
             let config = self.session_config();
+            let deadline = self.inner.config.frame_deadline;
             tokio::spawn(async move {
                 let mut session = Session::authenticated(engine, config, peer);
                 loop {
-                    let message = match read_message(&mut recv).await {
+                    let message = match read_message_within(&mut recv, Some(deadline)).await {
                         Ok(m) => m,
                         Err(FrameError::Closed) => return,
                         Err(e) => {
@@ -286,9 +291,13 @@ pub(crate) fn frame_error_code(e: &FrameError) -> (sync_core::ErrorCode, bool) {
     }
 }
 
-async fn read_frames(mut recv: quinn::RecvStream, out: mpsc::Sender<Result<Message, FrameError>>) {
+async fn read_frames(
+    mut recv: quinn::RecvStream,
+    out: mpsc::Sender<Result<Message, FrameError>>,
+    deadline: std::time::Duration,
+) {
     loop {
-        let frame = read_message(&mut recv).await;
+        let frame = read_message_within(&mut recv, Some(deadline)).await;
         let stop = match &frame {
             Ok(_) => false,
             Err(e) => !e.frame_consumed(),

@@ -22,10 +22,8 @@ use uuid::Uuid;
 
 use crate::error::NetError;
 use crate::identity::{Fingerprint, Identity};
-use crate::pairing::{
-    PairReply, PairRequest, PairingCode, PeerRecord, PeerStore, read_pair, write_pair,
-};
-use crate::tls::{self, ALPN_PAIR, close_code};
+use crate::pairing::{PairReply, PairingCode, PeerRecord, PeerStore};
+use crate::tls::{self, close_code};
 
 pub(crate) use endpoint::LinkHandle;
 
@@ -49,12 +47,18 @@ pub struct NodeConfig {
     pub pull_limit: u32,
     /// Snapshot paging.
     pub snapshot_limit: u32,
+    /// How long a frame may take to arrive once it started: a peer that
+    /// starts frames and stalls holds a stream no longer.
+    pub frame_deadline: Duration,
+    /// How long each step of a pairing may take (the other device opening
+    /// its stream, sending its request, reading the answer).
+    pub pairing_deadline: Duration,
     /// Pushes queued for one peer before further ones are dropped (the
     /// peer then catches up from the log: nothing is lost, and a slow peer
     /// holds no unbounded memory).
     pub queue: usize,
-    /// Engine settings. Its device id is replaced by the identity's in the
-    /// data directory.
+    /// Engine settings (the device and its key are the identity's in the
+    /// data directory).
     pub engine: EngineConfig,
     /// For tests: every push waits here before it is written, so a test can
     /// prove that pushes to all peers are in flight at once.
@@ -84,9 +88,34 @@ impl NodeConfig {
             pull_limit: 1_000,
             snapshot_limit: 2_000,
             queue: 1_024,
-            engine: EngineConfig::new(Uuid::nil()),
+            frame_deadline: Duration::from_secs(30),
+            pairing_deadline: Duration::from_secs(5),
+            engine: EngineConfig::new(),
             send_barrier: None,
         }
+    }
+}
+
+/// What a node refused since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeCounters {
+    /// Sync connections refused at the handshake (a device not paired, or
+    /// removed from the library).
+    pub connections_refused: u64,
+    /// Pairing attempts refused (too many at once, a bad or spent code, a
+    /// device already known, a step past its deadline).
+    pub pairing_refused: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) connections_refused: std::sync::atomic::AtomicU64,
+    pub(crate) pairing_refused: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -125,6 +154,7 @@ pub(crate) struct Inner {
     pub(crate) dial_now: Notify,
     /// Pairing connections being served now.
     pub(crate) pairing: std::sync::atomic::AtomicUsize,
+    pub(crate) counters: Counters,
 }
 
 /// A device on the network.
@@ -156,17 +186,21 @@ impl Node {
     ) -> Result<Self, NetError> {
         tls::install_provider();
         let identity = Identity::load_or_create(dir)?;
-        let mut engine_config = config.engine.clone();
-        engine_config.device = identity.device();
-        let engine = Engine::open(db, engine_config).await?;
+        let engine =
+            Engine::open(db, identity.signing_key().clone(), config.engine.clone()).await?;
         let server = tls::server_config(&identity)?;
         let endpoint = quinn::Endpoint::server(server, config.listen)
             .map_err(|e| NetError::Endpoint(e.to_string()))?;
-        let peers = PeerStore::load(dir)?;
+        let mut peers = PeerStore::load(dir)?;
         // The peer file is written before the database (see `remember`):
         // whatever a crash left between the two, this brings them in line.
-        for p in peers.all() {
-            engine.pair(p.device).await?;
+        // A peer removed from the library meanwhile is forgotten.
+        for p in peers.all().to_vec() {
+            if engine.is_removed(p.device) {
+                peers.remove(p.device)?;
+            } else {
+                engine.pair(p.device).await?;
+            }
         }
         let (shutdown, _) = watch::channel(false);
         let node = Self {
@@ -185,6 +219,7 @@ impl Node {
                 tasks: Mutex::new(Vec::new()),
                 dial_now: Notify::new(),
                 pairing: std::sync::atomic::AtomicUsize::new(0),
+                counters: Counters::default(),
             }),
         };
         let accept = tokio::spawn(node.clone().accept_loop());
@@ -236,6 +271,16 @@ impl Node {
         v
     }
 
+    /// What this node refused since it started.
+    pub fn counters(&self) -> NodeCounters {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.inner.counters;
+        NodeCounters {
+            connections_refused: c.connections_refused.load(Relaxed),
+            pairing_refused: c.pairing_refused.load(Relaxed),
+        }
+    }
+
     /// Per-peer link counters.
     pub fn link_stats(&self) -> HashMap<Uuid, LinkStats> {
         lock(&self.inner.stats).clone()
@@ -271,36 +316,15 @@ impl Node {
                 ours: self.inner.config.library,
             });
         }
-        let client = tls::client_config(&self.inner.identity, code.fingerprint, ALPN_PAIR)?;
-        let connect = |e: String| NetError::Connect {
-            addr: code.addr,
-            reason: e,
-        };
-        let connection = self
-            .inner
-            .endpoint
-            .connect_with(client, code.addr, "syncable")
-            .map_err(|e| connect(e.to_string()))?
-            .await
-            .map_err(|e| connect(e.to_string()))?;
-        let exchange = async {
-            let (mut send, mut recv) = connection.open_bi().await?;
-            write_pair(
-                &mut send,
-                &PairRequest {
-                    device: self.device(),
-                    library: self.inner.config.library,
-                    token: code.token,
-                    addr: self.addr().ok(),
-                },
-            )
-            .await?;
-            read_pair::<_, PairReply>(&mut recv).await
-        };
-        let reply = tokio::time::timeout(crate::pairing_server::STEP_DEADLINE * 2, exchange)
-            .await
-            .map_err(|_| NetError::PairingRefused("the inviting device did not answer".into()))??;
-        connection.close(0u32.into(), b"paired");
+        let reply = crate::pairing::request(
+            &self.inner.endpoint,
+            &self.inner.identity,
+            code,
+            self.device(),
+            self.addr().ok(),
+            self.inner.config.pairing_deadline * 2,
+        )
+        .await?;
         match reply {
             PairReply::Accepted { device } if device == code.device => {
                 self.remember(PeerRecord {
@@ -336,6 +360,37 @@ impl Node {
         lock(&self.inner.peers).upsert(record)?;
         self.inner.engine.pair(device).await?;
         self.inner.dial_now.notify_one();
+        Ok(())
+    }
+
+    /// Removes a device from the library: this device signs its removal
+    /// (which spreads to every member with the membership), forgets it,
+    /// closes its connection, and refuses its key from now on; every member
+    /// refuses its changes past what this device held of it.
+    pub async fn remove(&self, device: Uuid) -> Result<(), NetError> {
+        self.inner.engine.remove(device).await?;
+        self.enforce_removals()?;
+        Ok(())
+    }
+
+    /// Closes links to, and forgets, peers removed from the library (by
+    /// this device or, as the membership says, by another).
+    pub(crate) fn enforce_removals(&self) -> Result<(), NetError> {
+        let removed: Vec<Uuid> = self
+            .peers()
+            .iter()
+            .map(|p| p.device)
+            .chain(lock(&self.inner.links).keys().copied())
+            .filter(|d| self.inner.engine.is_removed(*d))
+            .collect();
+        for device in removed {
+            lock(&self.inner.peers).remove(device)?;
+            if let Some(link) = lock(&self.inner.links).remove(&device) {
+                link.connection
+                    .close(close_code::REMOVED.into(), b"removed from the library");
+            }
+            tracing::warn!(%device, "removed from the library: disconnected and forgotten");
+        }
         Ok(())
     }
 
