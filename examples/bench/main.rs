@@ -13,7 +13,7 @@
 //! device that missed changes catches up through the protocol, in memory).
 //! Databases are SQLite files in WAL mode, on disk.
 
-#[path = "library/mod.rs"]
+#[path = "../library/mod.rs"]
 mod library;
 
 use std::future::Future;
