@@ -8,7 +8,10 @@
 //! ```
 //!
 //! While it runs it reads commands on standard input: `tag NAME`,
-//! `collection NAME`, `index PATH`, `tags`, `status`, `invite`, `quit`.
+//! `collection NAME`, `index PATH`, `tags`, `status`, `peers`,
+//! `remove DEVICE`, `invite`, `quit`. Run with the node stopped, `status`,
+//! `peers` and `remove DEVICE` do the same once and exit; `watch` runs and
+//! prints the status every second. `--json` prints status as JSON.
 #![allow(unreachable_pub)]
 
 #[path = "library/mod.rs"]
@@ -34,6 +37,9 @@ struct Args {
     /// Where to listen for peers.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Print status as JSON (one object per line).
+    #[arg(long)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +57,18 @@ enum Command {
     },
     /// Runs.
     Run,
+    /// Runs, printing the status every second.
+    Watch,
+    /// Prints this device's status and exits.
+    Status,
+    /// Lists the paired devices and exits.
+    Peers,
+    /// Removes a device from the library (its key is refused from now on,
+    /// everywhere the removal spreads) and exits.
+    Remove {
+        /// The device id, as `peers` prints it.
+        device: Uuid,
+    },
 }
 
 fn library_file(dir: &Path) -> PathBuf {
@@ -70,12 +88,16 @@ fn read_library(dir: &Path) -> Result<Uuid, Error> {
 async fn start(dir: &Path, listen: SocketAddr, library: Uuid) -> Result<Node, Error> {
     let db = library::open_database(&dir.join("library.sqlite")).await?;
     let node = Node::start(db, dir, NodeConfig::new(library, listen)).await?;
-    println!("device {} listening on {}", node.device(), node.addr()?);
+    eprintln!("device {} listening on {}", node.device(), node.addr()?);
     Ok(node)
 }
 
-async fn status(node: &Node) -> Result<(), Error> {
+async fn status(node: &Node, json: bool) -> Result<(), Error> {
     let s = node.status().await?;
+    if json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(());
+    }
     println!("device {}  phase {:?}", s.device, s.phase);
     println!(
         "log {}  waiting {}  conflicts {}",
@@ -109,13 +131,62 @@ async fn status(node: &Node) -> Result<(), Error> {
     Ok(())
 }
 
-async fn command(node: &Node, line: &str) -> Result<bool, Error> {
+async fn peers(node: &Node, json: bool) -> Result<(), Error> {
+    let s = node.status().await?;
+    if json {
+        println!("{}", serde_json::to_string(&s.peers)?);
+        return Ok(());
+    }
+    let connected = node.connected();
+    for p in node.peers() {
+        let status = s.peers.iter().find(|s| s.peer == p.device);
+        println!(
+            "{}  {}  {}{}",
+            p.device,
+            p.addr.map_or("address unknown".into(), |a| a.to_string()),
+            if connected.contains(&p.device) {
+                "connected"
+            } else {
+                "offline"
+            },
+            if status.is_some_and(|s| s.expired) {
+                "  (expired)"
+            } else {
+                ""
+            }
+        );
+    }
+    for removed in node
+        .engine()
+        .member_records()
+        .iter()
+        .filter_map(|r| match r {
+            syncable::core::MemberRecord::Remove(r) => Some(r.device),
+            _ => None,
+        })
+    {
+        println!("{removed}  removed");
+    }
+    Ok(())
+}
+
+async fn remove(node: &Node, device: &str) -> Result<(), Error> {
+    let device = Uuid::parse_str(device.trim())
+        .map_err(|e| format!("{device:?} is not a device id ({e}); `peers` lists them"))?;
+    node.remove(device).await?;
+    println!("device {device} removed from the library");
+    Ok(())
+}
+
+async fn command(node: &Node, line: &str, json: bool) -> Result<bool, Error> {
     let (verb, rest) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
     let rest = rest.trim();
     match verb {
         "" => {}
         "quit" | "exit" => return Ok(false),
-        "status" => status(node).await?,
+        "status" => status(node, json || rest == "json").await?,
+        "peers" => peers(node, json).await?,
+        "remove" if !rest.is_empty() => remove(node, rest).await?,
         "invite" => println!("{}", node.invite()?.encode()?),
         "tag" if !rest.is_empty() => {
             let mut tx = node.engine().begin().await?;
@@ -158,19 +229,21 @@ async fn command(node: &Node, line: &str) -> Result<bool, Error> {
             }
         }
         _ => println!(
-            "commands: tag NAME | collection NAME | index PATH | tags | status | invite | quit"
+            "commands: tag NAME | collection NAME | index PATH | tags | status [json] | peers | remove DEVICE | invite | quit"
         ),
     }
     Ok(true)
 }
 
-async fn run(node: Node) -> Result<(), Error> {
+async fn run(node: Node, json: bool, watch: bool) -> Result<(), Error> {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
+            _ = ticks.tick(), if watch => status(&node, json).await?,
             line = lines.next_line(), if stdin_open => match line? {
-                Some(line) => match command(&node, &line).await {
+                Some(line) => match command(&node, &line, json).await {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => println!("error: {e}"),
@@ -210,7 +283,7 @@ async fn main() -> Result<(), Error> {
                 "pairing code (valid 10 minutes, once):\n{}",
                 node.invite()?.encode()?
             );
-            run(node).await?;
+            run(node, args.json, false).await?;
         }
         Command::Join { code } => {
             let code = PairingCode::decode(&code)?;
@@ -228,11 +301,22 @@ async fn main() -> Result<(), Error> {
             let node = start(&args.dir, args.listen, code.library).await?;
             let peer = node.accept(&code).await?;
             println!("paired with {peer}");
-            run(node).await?;
+            run(node, args.json, false).await?;
         }
-        Command::Run => {
+        Command::Run | Command::Watch => {
             let node = start(&args.dir, args.listen, read_library(&args.dir)?).await?;
-            run(node).await?;
+            run(node, args.json, matches!(args.command, Command::Watch)).await?;
+        }
+        Command::Status | Command::Peers | Command::Remove { .. } => {
+            let node = start(&args.dir, args.listen, read_library(&args.dir)?).await?;
+            let done = match &args.command {
+                Command::Status => status(&node, args.json).await,
+                Command::Peers => peers(&node, args.json).await,
+                Command::Remove { device } => remove(&node, &device.to_string()).await,
+                _ => Ok(()),
+            };
+            node.shutdown().await;
+            done?;
         }
     }
     Ok(())

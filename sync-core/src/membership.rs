@@ -46,6 +46,15 @@ impl Engine {
                 "a device cannot remove itself; remove it from another device".into(),
             ));
         }
+        {
+            let m = self.memory();
+            if !m.membership.is_member(device) && !m.membership.is_removed(device) {
+                return Err(EngineError::Membership(format!(
+                    "device {device} is not a member of this library (a typo? the paired \
+                     devices are listed by status)"
+                )));
+            }
+        }
         let cutoff: Vec<(Uuid, u64)> = {
             let m = self.memory();
             m.origins

@@ -18,7 +18,8 @@ use crate::store::{self, PeerRecord};
 use crate::vector::VersionVector;
 
 /// Where the device stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// A new device loading a snapshot: rows done of total.
     Backfilling {
@@ -34,7 +35,7 @@ pub enum Phase {
 }
 
 /// One paired peer, as this device sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PeerStatus {
     /// The peer.
     pub peer: Uuid,
@@ -59,7 +60,7 @@ pub struct PeerStatus {
 }
 
 /// The device's sync status.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Status {
     /// This device.
     pub device: Uuid,

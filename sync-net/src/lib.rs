@@ -44,6 +44,6 @@ pub use codec::{
 };
 pub use error::NetError;
 pub use identity::{Fingerprint, Identity};
-pub use node::{LinkStats, Node, NodeConfig, NodeCounters};
+pub use node::{DEFAULT_RETENTION, LinkStats, Node, NodeConfig, NodeCounters};
 pub use pairing::{PairingCode, PeerRecord, request_as};
 pub use tls::{ALPN_PAIR, ALPN_SYNC, MAX_STREAMS, close_code, dial, dial_with, install_provider};

@@ -296,3 +296,56 @@ async fn a_broadcast_to_ten_peers_has_every_send_in_flight_at_once() {
         p.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_expires_after_the_retention_horizon_and_resyncs_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_with(&dir.path().join("a"), |mut c| {
+        c.retention = Some(Duration::from_millis(300));
+        c
+    })
+    .await;
+    let b = start(&dir.path().join("b")).await;
+    let c = start(&dir.path().join("c")).await;
+    pair(&a, &b).await;
+    pair(&a, &c).await;
+    write_tags(&a, 5, "before").await;
+    eventually("b and c have a's tags", || async {
+        converged(&[&a, &b, &c]).await
+    })
+    .await;
+    let b_id = b.device();
+    b.shutdown().await;
+    drop(b);
+
+    let away = write_tags(&a, 7, "while b was away").await;
+    eventually("a expires the silent b", || async {
+        let s = a.status().await.unwrap();
+        s.peers.iter().any(|p| p.peer == b_id && p.expired)
+    })
+    .await;
+    // Only c holds back pruning now: once c acknowledged everything, a's
+    // log empties although b never acknowledged the last seven changes.
+    eventually("a prunes what c acknowledged", || async {
+        a.engine().prune().await.unwrap();
+        a.status().await.unwrap().log_len == 0
+    })
+    .await;
+
+    let b = start(&dir.path().join("b")).await;
+    eventually("b resynced from a snapshot", || async {
+        converged(&[&a, &b, &c]).await
+    })
+    .await;
+    for id in away {
+        assert!(
+            tag::Model::find_by_id(b.engine().database(), id)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    c.shutdown().await;
+}

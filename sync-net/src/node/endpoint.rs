@@ -27,6 +27,8 @@ pub(crate) struct LinkHandle {
 
 /// How often the dial loop looks for peers to reach when nothing wakes it.
 const DIAL_TICK: Duration = Duration::from_millis(100);
+/// How often silent peers are checked against the retention horizon.
+const EXPIRY_TICK: Duration = Duration::from_secs(10);
 
 impl Node {
     pub(crate) async fn accept_loop(self) {
@@ -91,9 +93,18 @@ impl Node {
     pub(crate) async fn dial_loop(self) {
         let mut backoff: HashMap<Uuid, (Instant, Duration)> = HashMap::new();
         let mut shutdown = self.inner.shutdown.subscribe();
+        let mut next_expiry = Instant::now();
         loop {
             if let Err(e) = self.enforce_removals() {
                 tracing::warn!(error = %e, "a removed peer could not be forgotten");
+            }
+            if let Some(horizon) = self.inner.config.retention
+                && Instant::now() >= next_expiry
+            {
+                next_expiry = Instant::now() + EXPIRY_TICK.min(horizon);
+                if let Err(e) = self.inner.engine.expire_peers(horizon).await {
+                    tracing::warn!(error = %e, "peers could not be expired");
+                }
             }
             let peers = self.peers();
             for peer in peers {

@@ -27,6 +27,9 @@ use crate::tls::{self, close_code};
 
 pub(crate) use endpoint::LinkHandle;
 
+/// The default retention horizon: 30 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// How a node runs.
 #[derive(Clone)]
 pub struct NodeConfig {
@@ -57,6 +60,10 @@ pub struct NodeConfig {
     /// peer then catches up from the log: nothing is lost, and a slow peer
     /// holds no unbounded memory).
     pub queue: usize,
+    /// How long a paired device may stay silent before it stops holding
+    /// back pruning here; when it returns it must resync from a snapshot.
+    /// `None` keeps every device's changes until it acknowledges them.
+    pub retention: Option<Duration>,
     /// Engine settings (the device and its key are the identity's in the
     /// data directory).
     pub engine: EngineConfig,
@@ -88,6 +95,7 @@ impl NodeConfig {
             pull_limit: 1_000,
             snapshot_limit: 2_000,
             queue: 1_024,
+            retention: Some(DEFAULT_RETENTION),
             frame_deadline: Duration::from_secs(30),
             pairing_deadline: Duration::from_secs(5),
             engine: EngineConfig::new(),
