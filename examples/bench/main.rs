@@ -9,12 +9,22 @@
 //! ```
 //!
 //! Sections: `write` (local writes: batched, one-row transactions, updates),
-//! `apply` (received shared inserts and one-field updates), `catchup` (a
-//! device that missed changes catches up through the protocol, in memory).
-//! Databases are SQLite files in WAL mode, on disk.
+//! `apply` (received shared inserts and one-field updates), `trust` (the
+//! same inserts signed by their origin and verified on receipt, beside the
+//! trusted apply), `catchup` (a device that missed changes catches up
+//! through the protocol, in memory). Over loopback QUIC, with real nodes on
+//! a two-worker runtime: `latency` (one write to 2 and 10 devices, beside a
+//! raw quinn round trip of the same bytes), `transfer` (a 1,000-write
+//! transaction; a restarted device catching up 1,000 and 100,000 missed
+//! changes), `backfill` (a new device, in a child process, backfills 100,000
+//! entries while two others write: rows/s, idle and peak memory).
+//! `net` names the three network sections. Databases are SQLite files in WAL
+//! mode, on disk; the network sections use the example app's settings
+//! (synchronous=NORMAL).
 
 #[path = "../library/mod.rs"]
 mod library;
+mod net;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -59,6 +69,28 @@ struct Args {
     /// Missed changes in the catch-up section.
     #[arg(long, default_value_t = 1_000)]
     missed: usize,
+    /// Writes timed in each latency run (net section).
+    #[arg(long, default_value_t = 200)]
+    writes: usize,
+    /// Writes of the big transaction (net section).
+    #[arg(long, default_value_t = 1_000)]
+    tx_rows: usize,
+    /// Changes a restarted node missed (net section).
+    #[arg(long, default_value_t = 1_000)]
+    missed_net: usize,
+    /// A second, larger catch-up after a restart (0: skip).
+    #[arg(long, default_value_t = 100_000)]
+    missed_net_large: usize,
+    /// Entries a new device backfills (backfill section).
+    #[arg(long, default_value_t = 100_000)]
+    backfill: usize,
+    /// A second, larger backfill (0: skip; 1000000 for the big one).
+    #[arg(long, default_value_t = 0)]
+    backfill_large: usize,
+    #[arg(long, hide = true)]
+    child_dir: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    code: Option<String>,
 }
 
 async fn open(path: &Path, synchronous: &str) -> Result<DatabaseConnection, Error> {
@@ -306,6 +338,90 @@ async fn created(n: usize) -> Result<(Vec<tag::Model>, Vec<Change>), Error> {
     Ok((rows, changes))
 }
 
+/// `n` tag creations written by `source`, as changes.
+async fn created_by(source: &Engine, n: usize) -> Result<Vec<Change>, Error> {
+    let mut tx = source.begin().await?;
+    for i in 0..n {
+        tx.insert(new_tag(i)).await?;
+    }
+    Ok(tx.commit().await?)
+}
+
+async fn trust_section(args: &Args) -> Result<(), Error> {
+    use syncable::core::__private::steps;
+    println!();
+    println!("trust: received inserts signed by their origin, checked on receipt");
+    println!(
+        "{:<44} {:>9} {:>9} {:>10} | {:>9} {:>9} {:>10} | {:>6}",
+        "", "min ms", "med ms", "changes/s", "min ms", "med ms", "changes/s", "ratio"
+    );
+    println!(
+        "{:<44} {:>31} | {:>31} |",
+        "", "sealed, verified, applied", "trusted apply, same changes"
+    );
+    let n = args.inserts;
+    let source = fresh_engine().await?;
+    let changes = created_by(&source, n).await?;
+    let batch = 1_000.min(n);
+    let signed = measure(args.reps, || {
+        let changes = changes.clone();
+        let source = &source;
+        async move {
+            let target = fresh_engine().await?;
+            target.pair(source.device()).await?;
+            let t = Instant::now();
+            for chunk in changes.chunks(batch) {
+                let sealed = steps::sealed_batch(source, chunk)?;
+                let report = steps::apply_batches(&target, vec![sealed]).await?;
+                if report.applied != chunk.len() as u64 {
+                    return Err(format!("applied {} of {}", report.applied, chunk.len()).into());
+                }
+            }
+            Ok(t.elapsed())
+        }
+    })
+    .await?;
+    let trusted = measure(args.reps, || {
+        let changes = changes.clone();
+        async move {
+            let target = fresh_engine().await?;
+            let t = Instant::now();
+            for chunk in changes.chunks(batch) {
+                target.apply(chunk.to_vec()).await?;
+            }
+            Ok(t.elapsed())
+        }
+    })
+    .await?;
+    row(
+        &format!("{n} inserts, batches of {batch}"),
+        n,
+        signed,
+        trusted,
+    );
+    // Signing alone, as the origin pays it per commit.
+    let sign = measure(args.reps, || {
+        let changes = changes.clone();
+        let source = &source;
+        async move {
+            let t = Instant::now();
+            for chunk in changes.chunks(batch) {
+                steps::sealed_batch(source, chunk)?;
+            }
+            Ok(t.elapsed())
+        }
+    })
+    .await?;
+    println!(
+        "{:<44} {:>9.2} {:>9.2} {:>10.0} |",
+        "  of which encoding, hashing, signing",
+        ms(sign.min),
+        ms(sign.median),
+        n as f64 / sign.median.as_secs_f64()
+    );
+    Ok(())
+}
+
 async fn apply_section(args: &Args) -> Result<(), Error> {
     header("apply: received shared changes", "changes/s");
     let n = args.inserts;
@@ -493,34 +609,72 @@ async fn catchup_section(args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Error> {
+fn main() -> Result<(), Error> {
     let args = Args::parse();
     // RUST_LOG=sync_core=debug prints the receive path's phase timings.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
+    let net_runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
+    if args.sections.iter().any(|s| s == "__backfill-child") {
+        return net_runtime()?.block_on(net::backfill_child(&args));
+    }
     let dir = tempfile::tempdir()?;
     SYNCHRONOUS.with(|s| *s.borrow_mut() = args.synchronous.to_uppercase());
     SCRATCH.with(|s| *s.borrow_mut() = Some(dir.path().to_owned()));
     let all = args.sections.is_empty();
-    let wants = |s: &str| all || args.sections.iter().any(|x| x == s);
+    let wants = |s: &str| {
+        all || args
+            .sections
+            .iter()
+            .any(|x| x == s || (x == "net" && ["latency", "transfer", "backfill"].contains(&s)))
+    };
     println!(
         "Syncable bench: SQLite WAL, synchronous={}, {} repetitions, files in {}",
         args.synchronous.to_uppercase(),
         args.reps,
         dir.path().display()
     );
-    if wants("write") {
-        write_section(&args).await?;
-    }
-    if wants("apply") {
-        apply_section(&args).await?;
-    }
-    if wants("catchup") {
-        catchup_section(&args).await?;
-    }
+    let local = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    local.block_on(async {
+        if wants("write") {
+            write_section(&args).await?;
+        }
+        if wants("apply") {
+            apply_section(&args).await?;
+        }
+        if wants("trust") {
+            trust_section(&args).await?;
+        }
+        if wants("catchup") {
+            catchup_section(&args).await?;
+        }
+        Ok::<_, Error>(())
+    })?;
+    drop(local);
+    let net = net_runtime()?;
+    let root = dir.path().join("net");
+    net.block_on(async {
+        if wants("latency") {
+            net::latency_section(&args, &root).await?;
+        }
+        if wants("transfer") {
+            net::transfer_section(&args, &root).await?;
+        }
+        if wants("backfill") {
+            net::backfill_section(&args, &root).await?;
+        }
+        Ok::<_, Error>(())
+    })?;
+    drop(net);
     drop(dir);
     Ok(())
 }

@@ -52,7 +52,7 @@ pub use model::{
 };
 pub use peers::{PeerStatus, Phase, Status};
 pub use protocol::{
-    Ack, Batch, DecodeError, ErrorCode, ErrorMessage, Heartbeat, HeldBack, Hello,
+    Ack, Batch, DecodeError, ErrorCode, ErrorMessage, Heartbeat, HeldBack, Hello, MAX_LINKS,
     MAX_MESSAGE_BYTES, MIN_PROTOCOL_VERSION, Members, Message, PROTOCOL_VERSION, PullRequest,
     PullResponse, Push, SnapshotCursor, SnapshotRequest, SnapshotResponse, SnapshotRow, decode,
     encode,

@@ -79,14 +79,16 @@ impl Engine {
         {
             let m = self.memory();
             for r in records.into_iter().take(MAX_MEMBER_RECORDS) {
+                let (id, bytes) = r.id().map_err(|e| EngineError::Malformed(e.to_string()))?;
+                // Records held here were verified when they arrived.
+                if m.membership.has(&id) {
+                    continue;
+                }
                 if !r.signed() {
                     bad += 1;
                     continue;
                 }
-                let (id, bytes) = r.id().map_err(|e| EngineError::Malformed(e.to_string()))?;
-                if !m.membership.has(&id) {
-                    fresh.push((id, bytes, r));
-                }
+                fresh.push((id, bytes, r));
             }
         }
         if bad > 0 {

@@ -6,14 +6,14 @@
 //! it to a crash costs a page sent again, never a change. The status is
 //! read from memory alone, so it never waits for the writer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use uuid::Uuid;
 
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::protocol::HeldBack;
+use crate::protocol::{HeldBack, MAX_LINKS};
 use crate::store::{self, PeerRecord};
 use crate::vector::VersionVector;
 
@@ -97,6 +97,8 @@ pub(crate) struct PeerMemory {
     pub(crate) held_back: BTreeMap<Uuid, HeldBack>,
     /// Changes of ours it holds back, as it said.
     pub(crate) held_back_there: Vec<HeldBack>,
+    /// The devices it has a session with, as of its last heartbeat.
+    pub(crate) links: Option<BTreeSet<Uuid>>,
 }
 
 impl PeerMemory {
@@ -241,7 +243,38 @@ impl Engine {
     pub fn set_connected(&self, peer: Uuid, connected: bool) {
         if let Some(p) = self.memory().peers.get_mut(&peer) {
             p.connected = connected;
+            if !connected {
+                p.links = None;
+            }
         }
+    }
+
+    /// The peers this device has a session with now.
+    pub fn connected_peers(&self) -> Vec<Uuid> {
+        let m = self.memory();
+        m.peers
+            .iter()
+            .filter(|(_, p)| p.connected)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Notes the devices `peer` said it has a session with.
+    pub(crate) fn note_links(&self, peer: Uuid, links: &[Uuid]) {
+        if let Some(p) = self.memory().peers.get_mut(&peer) {
+            p.links = Some(links.iter().take(MAX_LINKS).copied().collect());
+        }
+    }
+
+    /// Whether `peer`, as of its last heartbeat, has a session with
+    /// `device`: then `device` pushes its commits to it directly, and
+    /// relaying them is redundant (a push it misses, it pulls).
+    pub fn peer_linked_to(&self, peer: Uuid, device: Uuid) -> bool {
+        self.memory()
+            .peers
+            .get(&peer)
+            .and_then(|p| p.links.as_ref())
+            .is_some_and(|links| links.contains(&device))
     }
 
     /// Notes what `peer` acknowledged (it also counts as hearing from it, and

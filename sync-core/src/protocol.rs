@@ -239,7 +239,15 @@ pub struct Heartbeat {
     /// A digest of the membership records the sender holds.
     #[serde(with = "serde_bytes")]
     pub members: Hash,
+    /// The devices the sender has a session with now: each of them pushes
+    /// its own commits to the sender directly, so a relay need not forward
+    /// them (at most [`MAX_LINKS`] are read).
+    #[serde(default)]
+    pub links: Vec<Uuid>,
 }
+
+/// The most entries of [`Heartbeat::links`] a receiver reads.
+pub const MAX_LINKS: usize = 4_096;
 
 /// Membership records: sent whole when two devices' digests differ.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

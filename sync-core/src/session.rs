@@ -219,6 +219,7 @@ impl Session {
             (_, Message::Heartbeat(beat)) => {
                 if let Some(peer) = self.peer {
                     self.engine.heard_from(peer, Some(&beat.vector));
+                    self.engine.note_links(peer, &beat.links);
                 }
                 let members = self.members_if_differ(&beat.members);
                 // The peer holds something this device lacks (a push that
@@ -525,6 +526,7 @@ impl Session {
         Message::Heartbeat(Heartbeat {
             vector: self.engine.vector(),
             members: self.engine.members_digest(),
+            links: self.engine.connected_peers(),
         })
     }
 

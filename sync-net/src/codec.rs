@@ -195,6 +195,7 @@ mod tests {
         Message::Heartbeat(Heartbeat {
             vector: VersionVector::new(),
             members: [0; 32],
+            links: Vec::new(),
         })
     }
 

@@ -228,7 +228,8 @@ impl Node {
     }
 
     /// Relays batches received from `from` to every other connected peer
-    /// that, as far as its last message said, lacks them.
+    /// that, as far as its last message said, lacks them and has no session
+    /// with their origin device (which pushes them to it directly).
     pub(crate) fn relay(&self, from: Uuid, batches: Vec<Batch>) {
         let links = lock(&self.inner.links);
         for (peer, link) in links.iter() {
@@ -239,7 +240,9 @@ impl Node {
             let wanted: Vec<Batch> = batches
                 .iter()
                 .filter(|b| {
-                    b.device != *peer && known.as_ref().is_none_or(|v| v.get(b.origin) < b.upto)
+                    b.device != *peer
+                        && known.as_ref().is_none_or(|v| v.get(b.origin) < b.upto)
+                        && !self.inner.engine.peer_linked_to(*peer, b.device)
                 })
                 .cloned()
                 .collect();

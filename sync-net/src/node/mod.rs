@@ -64,6 +64,10 @@ pub struct NodeConfig {
     /// back pruning here; when it returns it must resync from a snapshot.
     /// `None` keeps every device's changes until it acknowledges them.
     pub retention: Option<Duration>,
+    /// How often the write-ahead log is checkpointed in the background
+    /// (see [`Engine::checkpoint`](sync_core::Engine::checkpoint)); `None`
+    /// leaves checkpoints to SQLite, inside commits.
+    pub checkpoint: Option<Duration>,
     /// Engine settings (the device and its key are the identity's in the
     /// data directory).
     pub engine: EngineConfig,
@@ -96,6 +100,7 @@ impl NodeConfig {
             snapshot_limit: 2_000,
             queue: 1_024,
             retention: Some(DEFAULT_RETENTION),
+            checkpoint: Some(Duration::from_secs(1)),
             frame_deadline: Duration::from_secs(30),
             pairing_deadline: Duration::from_secs(5),
             engine: EngineConfig::new(),
@@ -234,6 +239,22 @@ impl Node {
         let dial = tokio::spawn(node.clone().dial_loop());
         let broadcast = tokio::spawn(node.clone().broadcast_loop());
         lock(&node.inner.tasks).extend([accept, dial, broadcast]);
+        if let Some(period) = node.inner.config.checkpoint {
+            let engine = node.inner.engine.clone();
+            let mut shutdown = node.inner.shutdown.subscribe();
+            let checkpoints = tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(period) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    if let Err(e) = engine.checkpoint().await {
+                        tracing::debug!(error = %e, "checkpoint failed");
+                    }
+                }
+            });
+            lock(&node.inner.tasks).push(checkpoints);
+        }
         node.inner.dial_now.notify_one();
         tracing::info!(device = %node.device(), addr = ?node.addr(), "node started");
         Ok(node)
