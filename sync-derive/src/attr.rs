@@ -58,10 +58,42 @@ pub(crate) struct Container {
     pub(crate) name: Option<(Span, String)>,
     /// `#[sea_orm(table_name = "...")]`
     pub(crate) table_name: Option<String>,
+    /// A `#[sync(...)]` here did not parse (already reported): what it
+    /// may have said is unknown, so nothing is reported as missing.
+    pub(crate) broken: bool,
 }
 
-const CONTAINER_KEYS: &str = "`shared`, `device_owned`, `name = \"...\"`";
-const FIELD_KEYS: &str = "`id`, `owner`, `references = path::to::Entity`, `skip`";
+const CONTAINER_KEYS: &[&str] = &["shared", "device_owned", "name = \"...\""];
+const FIELD_KEYS: &[&str] = &["id", "owner", "references = path::to::Entity", "skip"];
+
+/// `key`, `key`, ... as a message lists them.
+fn listed(keys: &[&str]) -> String {
+    keys.iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `#[sync]` or `#[sync()]` with nothing inside: which keys fit there.
+fn bare(attr: &Attribute, keys: &[&str], place: &str, note: Option<&str>) -> Option<syn::Error> {
+    let empty = match &attr.meta {
+        syn::Meta::Path(_) => true,
+        syn::Meta::List(list) => list.tokens.is_empty(),
+        syn::Meta::NameValue(_) => false,
+    };
+    empty.then(|| {
+        let mut message = format!(
+            "`#[sync]` needs a key {place}: write `#[sync(KEY)]` with one of {}",
+            listed(keys)
+        );
+        if let Some(note) = note {
+            message.push_str("; ");
+            message.push_str(note);
+            message.push_str(", so remove the attribute if that is what you meant");
+        }
+        syn::Error::new_spanned(attr, message)
+    })
+}
 
 impl Container {
     pub(crate) fn from_ast(cx: &Ctxt, attrs: &[Attribute]) -> Self {
@@ -69,9 +101,15 @@ impl Container {
         let mut device_owned = Attr::none(cx, "device_owned");
         let mut name = Attr::none(cx, "name");
         let mut table_name = None;
+        let mut broken = false;
 
         for attr in attrs {
             if attr.path().is_ident("sync") {
+                if let Some(err) = bare(attr, CONTAINER_KEYS, "on the struct", None) {
+                    cx.syn_error(err);
+                    broken = true;
+                    continue;
+                }
                 let parsed = attr.parse_nested_meta(|meta| {
                     if meta.path.is_ident("shared") {
                         reject_value(&meta, "shared")?;
@@ -95,6 +133,7 @@ impl Container {
                 });
                 if let Err(err) = parsed {
                     cx.syn_error(err);
+                    broken = true;
                 }
             } else if attr.path().is_ident("sea_orm") {
                 let _ = attr.parse_nested_meta(|meta| {
@@ -114,6 +153,7 @@ impl Container {
             device_owned: device_owned.get().map(|(s, ())| s),
             name: name.get(),
             table_name,
+            broken,
         }
     }
 }
@@ -132,6 +172,8 @@ pub(crate) struct Field {
     pub(crate) column_variant: Option<String>,
     /// `#[sea_orm(column_name = "...")]`: the SQL column's name.
     pub(crate) column_name: Option<String>,
+    /// A `#[sync(...)]` here did not parse (already reported).
+    pub(crate) broken: bool,
 }
 
 impl Field {
@@ -144,9 +186,20 @@ impl Field {
         let mut ignored = false;
         let mut column_variant = None;
         let mut column_name = None;
+        let mut broken = false;
 
         for attr in attrs {
             if attr.path().is_ident("sync") {
+                if let Some(err) = bare(
+                    attr,
+                    FIELD_KEYS,
+                    "on a field",
+                    Some("a field with no `#[sync]` attribute is synced as data"),
+                ) {
+                    cx.syn_error(err);
+                    broken = true;
+                    continue;
+                }
                 let parsed = attr.parse_nested_meta(|meta| {
                     if meta.path.is_ident("id") {
                         reject_value(&meta, "id")?;
@@ -167,6 +220,7 @@ impl Field {
                 });
                 if let Err(err) = parsed {
                     cx.syn_error(err);
+                    broken = true;
                 }
             } else if attr.path().is_ident("sea_orm") {
                 let _ = attr.parse_nested_meta(|meta| {
@@ -197,6 +251,7 @@ impl Field {
             ignored,
             column_variant,
             column_name,
+            broken,
         }
     }
 }
@@ -256,11 +311,44 @@ fn path_value(meta: &ParseNestedMeta<'_>) -> syn::Result<syn::Path> {
     }
 }
 
-fn unknown_key(meta: &ParseNestedMeta<'_>, expected: &str, place: &str) -> syn::Error {
+fn unknown_key(meta: &ParseNestedMeta<'_>, expected: &[&str], place: &str) -> syn::Error {
     let key = meta.path.to_token_stream().to_string().replace(' ', "");
-    meta.error(format!(
-        "unknown sync attribute `{key}` {place}; expected one of {expected}"
-    ))
+    let nearest = expected
+        .iter()
+        .map(|k| k.split_whitespace().next().unwrap_or(k))
+        .map(|k| (edit_distance(&key, k), k))
+        .filter(|(d, k)| *d > 0 && *d <= (k.len() / 3).max(1))
+        .min();
+    let mut message = format!(
+        "unknown sync attribute `{key}` {place}; expected one of {}",
+        listed(expected)
+    );
+    if let Some((_, k)) = nearest {
+        message = format!(
+            "unknown sync attribute `{key}` {place}: did you mean `{k}`? (expected one of {})",
+            listed(expected)
+        );
+    }
+    syn::Error::new_spanned(&meta.path, message)
+}
+
+/// Levenshtein distance between two keys (short strings: the plain
+/// quadratic table is enough).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// Consumes a sea-orm key the derive does not read: `key`, `key = value` or

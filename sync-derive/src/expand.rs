@@ -230,6 +230,87 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
     }
 }
 
+/// What a failed derive emits beside its errors, on a struct with named
+/// fields (a sea-orm model): impls that say nothing, so that the model's
+/// uses elsewhere (`tx.insert(...)`) add no "SyncModel is not implemented"
+/// to the real mistake. The build fails on the errors; this code never runs
+/// and is never registered.
+pub(crate) fn fallback(input: &syn::DeriveInput) -> TokenStream {
+    let syn::Data::Struct(syn::DataStruct {
+        fields: syn::Fields::Named(_),
+        ..
+    }) = &input.data
+    else {
+        return TokenStream::new();
+    };
+    if !input.generics.params.is_empty() {
+        return TokenStream::new();
+    }
+    let core = core_path();
+    let ident = &input.ident;
+    quote! {
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals, unused_qualifications, unused_variables, clippy::all)]
+        const _: () = {
+            use #core::__private as __sync;
+
+            #[automatically_derived]
+            impl __sync::SyncModel for #ident {
+                const NAME: &'static str = "";
+                const META: __sync::ModelMeta = __sync::ModelMeta {
+                    name: "",
+                    table: "",
+                    ownership: __sync::Ownership::Shared,
+                    fields: &[],
+                    local_key: "",
+                    local_key_column: "",
+                    local_only: &[],
+                    local_only_columns: &[],
+                };
+                fn sync_id(&self) -> __sync::Uuid {
+                    __sync::Uuid::nil()
+                }
+                fn owner(&self) -> __sync::Option<__sync::Uuid> {
+                    __sync::Option::None
+                }
+                fn local_key(&self) -> i64 {
+                    0
+                }
+                fn changed_fields(old: &Self, new: &Self) -> ::std::vec::Vec<usize> {
+                    ::std::vec::Vec::new()
+                }
+                fn wire(&self) -> __sync::Result<::std::vec::Vec<__sync::WireValue>, __sync::CaptureError> {
+                    __sync::Result::Ok(::std::vec::Vec::new())
+                }
+                fn to_sql(
+                    index: usize,
+                    value: &__sync::WireValue,
+                ) -> __sync::Result<__sync::Value, __sync::ValueError> {
+                    __sync::Result::Err(__sync::ValueError::Unsupported(::std::string::String::new()))
+                }
+                fn read_field(
+                    index: usize,
+                    row: &__sync::sea_orm::QueryResult,
+                    alias: &str,
+                ) -> __sync::Result<__sync::WireValue, __sync::sea_orm::DbErr> {
+                    __sync::Result::Err(__sync::sea_orm::DbErr::Custom(::std::string::String::new()))
+                }
+                fn local_defaults() -> ::std::vec::Vec<__sync::Value> {
+                    ::std::vec::Vec::new()
+                }
+                fn column_nullable(index: usize) -> bool {
+                    false
+                }
+            }
+
+            #[automatically_derived]
+            impl __sync::SyncEntity for <#ident as __sync::sea_orm::ModelTrait>::Entity {
+                type SyncModel = #ident;
+            }
+        };
+    }
+}
+
 /// The path of the engine crate as the deriving crate sees it: `sync_core`
 /// (possibly renamed) when it depends on it, else the `syncable` facade's
 /// re-export.

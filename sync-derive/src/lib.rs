@@ -133,7 +133,11 @@ pub fn derive_syncable(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     match derive(&input) {
         Ok(tokens) => tokens.into(),
-        Err(err) => err.to_compile_error().into(),
+        Err(err) => {
+            let mut tokens = err.to_compile_error();
+            tokens.extend(expand::fallback(&input));
+            tokens.into()
+        }
     }
 }
 

@@ -43,6 +43,7 @@ pub(crate) fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>>
     let wire_name = match (&cont.attrs.name, &cont.attrs.table_name) {
         (Some((_, name)), _) => Some(name.clone()),
         (None, Some(table)) => Some(table.clone()),
+        (None, None) if cont.attrs.broken => None,
         (None, None) => {
             cx.error_spanned_by(
                 cont.ident,
@@ -127,6 +128,20 @@ pub(crate) fn check<'a>(cx: &Ctxt, cont: &'a Container<'a>) -> Option<Model<'a>>
         );
     }
 
+    for (field, what) in [(id, "id"), (owner, "owner")] {
+        if let Some(field) = field.filter(|f| f.is_option()) {
+            cx.error_spanned_by(
+                field.ty,
+                format!(
+                    "the `#[sync({what})]` field must be a `Uuid`, not an `Option`: every row \
+                     needs one, so make the column non-null (`pub {}: Uuid`, and a `NOT NULL` \
+                     column in the table)",
+                    field.ident
+                ),
+            );
+        }
+    }
+
     let synced = cont
         .fields
         .iter()
@@ -178,6 +193,7 @@ fn check_ownership(cx: &Ctxt, cont: &Container<'_>) -> Option<Ownership> {
             ));
             None
         }
+        (None, None) if cont.attrs.broken => None,
         (None, None) => {
             cx.error_spanned_by(
                 cont.ident,
@@ -263,7 +279,9 @@ fn exactly_one<'a>(
 ) -> Option<&'a Field<'a>> {
     let mut marked = cont.fields.iter().filter_map(|f| marker(f).map(|s| (f, s)));
     let Some((first, _)) = marked.next() else {
-        cx.error_spanned_by(cont.ident, missing);
+        if !cont.fields.iter().any(|f| f.attrs.broken) {
+            cx.error_spanned_by(cont.ident, missing);
+        }
         return None;
     };
     let mut ok = true;

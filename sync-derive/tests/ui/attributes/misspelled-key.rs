@@ -1,0 +1,23 @@
+mod tag {
+    use sea_orm::entity::prelude::*;
+    use sync_core::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "tags")]
+    #[sync(shared)]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[sync(id)]
+        pub gid: Uuid,
+        #[sync(refrences = Entity)]
+        pub parent_id: Option<i32>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+fn main() {}
