@@ -40,6 +40,10 @@ struct Args {
     /// Print status as JSON (one object per line).
     #[arg(long)]
     json: bool,
+    /// Serve the status page, /status and /metrics here (for example
+    /// 127.0.0.1:8080; it has no authentication, keep it on loopback).
+    #[arg(long)]
+    http: Option<SocketAddr>,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,10 +89,15 @@ fn read_library(dir: &Path) -> Result<Uuid, Error> {
     Ok(Uuid::parse_str(text.trim())?)
 }
 
-async fn start(dir: &Path, listen: SocketAddr, library: Uuid) -> Result<Node, Error> {
+async fn start(args: &Args, library: Uuid) -> Result<Node, Error> {
+    let dir = &args.dir;
     let db = library::open_database(&dir.join("library.sqlite")).await?;
-    let node = Node::start(db, dir, NodeConfig::new(library, listen)).await?;
+    let node = Node::start(db, dir, NodeConfig::new(library, args.listen)).await?;
     eprintln!("device {} listening on {}", node.device(), node.addr()?);
+    if let Some(addr) = args.http {
+        let bound = node.serve_http(addr).await?;
+        eprintln!("status page at http://{bound}/");
+    }
     Ok(node)
 }
 
@@ -273,20 +282,20 @@ async fn main() -> Result<(), Error> {
             }
             let library = Uuid::new_v4();
             std::fs::write(library_file(&args.dir), library.to_string())?;
-            let node = start(&args.dir, args.listen, library).await?;
+            let node = start(&args, library).await?;
             println!("library {library} created");
             node.shutdown().await;
         }
         Command::Invite => {
-            let node = start(&args.dir, args.listen, read_library(&args.dir)?).await?;
+            let node = start(&args, read_library(&args.dir)?).await?;
             println!(
                 "pairing code (valid 10 minutes, once):\n{}",
                 node.invite()?.encode()?
             );
             run(node, args.json, false).await?;
         }
-        Command::Join { code } => {
-            let code = PairingCode::decode(&code)?;
+        Command::Join { ref code } => {
+            let code = PairingCode::decode(code)?;
             match read_library(&args.dir) {
                 Ok(library) if library != code.library => {
                     return Err(format!(
@@ -298,17 +307,17 @@ async fn main() -> Result<(), Error> {
                 Ok(_) => {}
                 Err(_) => std::fs::write(library_file(&args.dir), code.library.to_string())?,
             }
-            let node = start(&args.dir, args.listen, code.library).await?;
+            let node = start(&args, code.library).await?;
             let peer = node.accept(&code).await?;
             println!("paired with {peer}");
             run(node, args.json, false).await?;
         }
         Command::Run | Command::Watch => {
-            let node = start(&args.dir, args.listen, read_library(&args.dir)?).await?;
+            let node = start(&args, read_library(&args.dir)?).await?;
             run(node, args.json, matches!(args.command, Command::Watch)).await?;
         }
         Command::Status | Command::Peers | Command::Remove { .. } => {
-            let node = start(&args.dir, args.listen, read_library(&args.dir)?).await?;
+            let node = start(&args, read_library(&args.dir)?).await?;
             let done = match &args.command {
                 Command::Status => status(&node, args.json).await,
                 Command::Peers => peers(&node, args.json).await,

@@ -32,6 +32,8 @@
 
 mod codec;
 mod error;
+#[cfg(feature = "http")]
+mod http;
 mod identity;
 mod node;
 mod pairing;
@@ -43,6 +45,8 @@ pub use codec::{
     read_message_within, write_message,
 };
 pub use error::NetError;
+#[cfg(feature = "http")]
+pub use http::HttpStatus;
 pub use identity::{Fingerprint, Identity};
 pub use node::{DEFAULT_RETENTION, LinkStats, Node, NodeConfig, NodeCounters};
 pub use pairing::{PairingCode, PeerRecord, request_as};

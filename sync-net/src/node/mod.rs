@@ -110,7 +110,7 @@ impl NodeConfig {
 }
 
 /// What a node refused since it started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NodeCounters {
     /// Sync connections refused at the handshake (a device not paired, or
     /// removed from the library).
@@ -133,7 +133,7 @@ impl Counters {
 }
 
 /// What a node reports about one peer's link.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LinkStats {
     /// Pushes written to the peer.
     pub pushes_sent: u64,
@@ -421,6 +421,18 @@ impl Node {
             tracing::warn!(%device, "removed from the library: disconnected and forgotten");
         }
         Ok(())
+    }
+
+    /// Fires when the node shuts down.
+    #[cfg(feature = "http")]
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    /// Keeps a task of the node's, aborted when it shuts down.
+    #[cfg(feature = "http")]
+    pub(crate) fn keep_task(&self, task: tokio::task::JoinHandle<()>) {
+        lock(&self.inner.tasks).push(task);
     }
 
     /// Stops the node: pushes already queued are written, links close, the
