@@ -94,3 +94,131 @@ async fn the_status_page_status_and_metrics_show_peers_lag_and_conflicts() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A headless Chromium, if this machine has one.
+fn chromium() -> Option<std::path::PathBuf> {
+    [
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ]
+    .iter()
+    .find_map(|name| {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|dir| std::path::Path::new(dir).join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// The page as the browser rendered it after its scripts ran.
+fn rendered(browser: &std::path::Path, url: &str, screenshot: Option<&std::path::Path>) -> String {
+    let mut command = std::process::Command::new(browser);
+    command.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--window-size=1100,760",
+        "--virtual-time-budget=4000",
+    ]);
+    match screenshot {
+        Some(path) => command.arg(format!("--screenshot={}", path.display())),
+        None => command.arg("--dump-dom"),
+    };
+    let output = command.arg(url).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_sees_both_devices_the_lag_fall_to_zero_and_a_conflict() {
+    let Some(browser) = chromium() else {
+        eprintln!(
+            "skipped: no headless Chromium on this machine (apt-get install chromium; \
+             .ci/run installs it where it can)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a")).await;
+    let b = start(&dir.path().join("b")).await;
+    pair(&a, &b).await;
+    let http = a.serve_http("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let url = format!("http://{http}/");
+    let (a_id, b_id) = (a.device().to_string(), b.device().to_string());
+
+    let ids = write_tags(&a, 50, "t").await;
+    eventually("b acknowledged a's writes", || async {
+        a.status()
+            .await
+            .unwrap()
+            .peers
+            .iter()
+            .all(|p| p.behind == 0)
+    })
+    .await;
+    let page = {
+        let (browser, url) = (browser.clone(), url.clone());
+        tokio::task::spawn_blocking(move || rendered(&browser, &url, None))
+            .await
+            .unwrap()
+    };
+    assert!(page.contains(&a_id), "this device is named: {page}");
+    let row = page
+        .split("<tr")
+        .find(|r| r.contains(&b_id))
+        .unwrap_or_else(|| panic!("the paired device is listed: {page}"));
+    assert!(row.contains(">connected<"), "{row}");
+    assert!(
+        row.contains("class=\"lag-behind\">0<"),
+        "the lag fell to zero: {row}"
+    );
+    assert!(page.contains(">ready<"), "{page}");
+
+    // A concurrent edit on both devices: the loser shows among the conflicts
+    // of one of them; make it a's by letting a's rename lose (b's clock is
+    // moved on by writing after a).
+    for _ in 0..20 {
+        tokio::join!(rename(&a, ids[0], "from a"), rename(&b, ids[0], "from b"));
+        if a.status().await.unwrap().conflicts > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    eventually("a logged a conflict", || async {
+        a.status().await.unwrap().conflicts > 0
+    })
+    .await;
+    let page = {
+        let (browser, url) = (browser.clone(), url.clone());
+        tokio::task::spawn_blocking(move || rendered(&browser, &url, None))
+            .await
+            .unwrap()
+    };
+    assert!(
+        page.contains("class=\"conflict\""),
+        "a conflict row is shown: {page}"
+    );
+    assert!(page.contains("tags."), "{page}");
+
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    {
+        let (browser, url, shot) = (browser.clone(), url.clone(), shot.clone());
+        tokio::task::spawn_blocking(move || rendered(&browser, &url, Some(&shot)))
+            .await
+            .unwrap();
+    }
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+    eprintln!("screenshot: {}", shot.display());
+    a.shutdown().await;
+    b.shutdown().await;
+}
