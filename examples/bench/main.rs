@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use library::tag;
 use sea_orm::{
-    ActiveModelTrait, EntityTrait, ActiveValue::Set, ConnectOptions, ConnectionTrait, Database,
-    DatabaseConnection, IntoActiveModel, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ConnectOptions, ConnectionTrait, Database,
+    DatabaseConnection, EntityTrait, IntoActiveModel, TransactionTrait,
 };
 use syncable::core::{
     Change, DeviceKey, Engine, EngineConfig, Message, Session, SessionConfig, SyncModel,

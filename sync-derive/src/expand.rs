@@ -20,27 +20,32 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
     let pk_name = model.primary_key.wire_name();
     let pk_column = model.primary_key.column_name();
 
-    // Type assertions carry the user's span, so a wrong type is reported at
-    // the field, with the trait's `on_unimplemented` message.
+    // Each use of a field's type through one of the derive's traits is a
+    // fully qualified path spanned at the type: a wrong type is reported
+    // there, once (rustc merges the identical reports of several uses), with
+    // the trait's `on_unimplemented` message. The impls carry no
+    // where-clauses, so they exist whatever the field types and nothing that
+    // needs them (the registration, the application's `tx.insert`) adds an
+    // error of its own.
     let id_ty = model.id.ty;
-    let mut assertions = vec![quote_spanned! {id_ty.span()=>
-        #id_ty: __sync::GlobalIdType,
-    }];
+    let sync_id = quote_spanned! {id_ty.span()=>
+        <#id_ty as __sync::GlobalIdType>::to_uuid(&self.#id_ident)
+    };
     let pk_ty = model.primary_key.ty;
-    assertions.push(quote_spanned! {pk_ty.span()=>
-        #pk_ty: __sync::PrimaryKeyType,
-    });
+    let local_key = quote_spanned! {pk_ty.span()=>
+        <#pk_ty as __sync::PrimaryKeyType>::to_key(&self.#pk_ident)
+    };
 
     let owner_fn = match model.owner {
         Some(owner) => {
             let owner_ident = owner.ident;
             let owner_ty = owner.ty;
-            assertions.push(quote_spanned! {owner_ty.span()=>
-                #owner_ty: __sync::OwnerIdType,
-            });
+            let to_uuid = quote_spanned! {owner_ty.span()=>
+                <#owner_ty as __sync::OwnerIdType>::to_uuid(&self.#owner_ident)
+            };
             quote! {
                 fn owner(&self) -> __sync::Option<__sync::Uuid> {
-                    __sync::Option::Some(__sync::OwnerIdType::to_uuid(&self.#owner_ident))
+                    __sync::Option::Some(#to_uuid)
                 }
             }
         }
@@ -51,7 +56,6 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
         },
     };
 
-    let mut target_assertions = Vec::new();
     let mut field_metas = Vec::new();
     let mut changed_checks = Vec::new();
     let mut wire_values = Vec::new();
@@ -72,14 +76,17 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
             Role::Owner => quote!(__sync::FieldRole::Owner),
             Role::Data => quote!(__sync::FieldRole::Data),
             Role::Reference(target) => {
-                quote!(__sync::FieldRole::Reference {
-                    target: <<#target as __sync::SyncEntity>::SyncModel as __sync::SyncModel>::NAME,
-                })
+                let name = quote_spanned! {target.span()=>
+                    <<#target as __sync::SyncEntity>::SyncModel as __sync::SyncModel>::NAME
+                };
+                quote!(__sync::FieldRole::Reference { target: #name })
             }
         };
         let nullable = match role {
             // What the type says, aliases included.
-            Role::Reference(_) => quote!(<#ty as __sync::ForeignKeyType>::NULLABLE),
+            Role::Reference(_) => {
+                quote_spanned!(ty.span()=> <#ty as __sync::ForeignKeyType>::NULLABLE)
+            }
             _ => quote!(#spelled_nullable),
         };
         field_metas.push(quote! {
@@ -101,17 +108,10 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
                 <<Self as __sync::sea_orm::ModelTrait>::Entity as __sync::sea_orm::EntityTrait>::Column::#variant
             ),
         });
-        if let Role::Reference(target) = role {
-            assertions.push(quote_spanned! {ty.span()=>
-                #ty: __sync::ForeignKeyType,
+        if let Role::Reference(_) = role {
+            wire_values.push(quote_spanned! {ty.span()=>
+                __sync::WireValue::I64(<#ty as __sync::ForeignKeyType>::to_key(&self.#f))
             });
-            // Only on the SyncModel impl: on the SyncEntity impl, a reference
-            // cycle (location <-> entry, a self-reference) would make proving
-            // either entity's impl recurse forever.
-            target_assertions.push(quote_spanned! {target.span()=>
-                #target: __sync::SyncEntity,
-            });
-            wire_values.push(quote!(__sync::encode_key(&self.#f)));
             read_arms.push(quote!(#index => __sync::read_key(row, alias),));
         } else {
             wire_values.push(quote!(__sync::encode_field::<#ty>(&self.#f, MODEL, #name)?));
@@ -136,15 +136,8 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
 
             const MODEL: &str = #wire_name;
 
-            // The field types' requirements are where-clauses of the impl:
-            // a wrong type is reported once, at the field, and the body is
-            // checked as if it were right, so no cascade follows.
             #[automatically_derived]
-            impl __sync::SyncModel for #ident
-            where
-                #(#assertions)*
-                #(#target_assertions)*
-            {
+            impl __sync::SyncModel for #ident {
                 const NAME: &'static str = #wire_name;
 
                 const META: __sync::ModelMeta = __sync::ModelMeta {
@@ -159,13 +152,13 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
                 };
 
                 fn sync_id(&self) -> __sync::Uuid {
-                    __sync::GlobalIdType::to_uuid(&self.#id_ident)
+                    #sync_id
                 }
 
                 #owner_fn
 
                 fn local_key(&self) -> i64 {
-                    __sync::PrimaryKeyType::to_key(&self.#pk_ident)
+                    #local_key
                 }
 
                 fn changed_fields(old: &Self, new: &Self) -> ::std::vec::Vec<usize> {
@@ -216,10 +209,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
             }
 
             #[automatically_derived]
-            impl __sync::SyncEntity for <#ident as __sync::sea_orm::ModelTrait>::Entity
-            where
-                #(#assertions)*
-            {
+            impl __sync::SyncEntity for <#ident as __sync::sea_orm::ModelTrait>::Entity {
                 type SyncModel = #ident;
             }
 
