@@ -2,6 +2,8 @@
 //! temporary directory, pairing, and waiting for a condition.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::path::Path;
 use std::time::Duration;
 
