@@ -56,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         delay: Duration::from_millis(args.delay_ms),
         jitter: Duration::from_millis(args.jitter_ms),
     };
-    let link = relay::Relay::start(args.a, args.b, faults, args.seed).await;
+    let link = relay::Relay::start(args.a, args.b, faults, args.seed).await?;
     println!("{} reaches {} at {}", args.a, args.b, link.for_a);
     println!("{} reaches {} at {}", args.b, args.a, link.for_b);
     println!("commands: cut | heal | stats | quit");

@@ -71,7 +71,9 @@ async fn three_nodes_converge_through_loss_delay_reordering_and_a_partition() {
     let addr = |i: usize| nodes[i].addr().unwrap();
     let mut relays = Vec::new();
     for (seed, (i, j)) in [(0usize, 1usize), (0, 2), (1, 2)].into_iter().enumerate() {
-        let relay = Relay::start(addr(i), addr(j), LOSSY, seed as u64).await;
+        let relay = Relay::start(addr(i), addr(j), LOSSY, seed as u64)
+            .await
+            .unwrap();
         pair_through(&nodes[i], &nodes[j], &relay).await;
         relays.push(((i, j), relay));
     }

@@ -60,9 +60,14 @@ pub struct Relay {
 impl Relay {
     /// Starts relaying between the endpoints at `a` and `b`, with faults
     /// drawn from `seed`.
-    pub async fn start(a: SocketAddr, b: SocketAddr, faults: Faults, seed: u64) -> Self {
-        let facing_a = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let facing_b = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    pub async fn start(
+        a: SocketAddr,
+        b: SocketAddr,
+        faults: Faults,
+        seed: u64,
+    ) -> std::io::Result<Self> {
+        let facing_a = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let facing_b = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let cut = Arc::new(AtomicBool::new(false));
         let counts = Arc::new(Counts::default());
         let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(seed)));
@@ -79,7 +84,7 @@ impl Relay {
                         continue;
                     }
                     let (drop, copies, delay) = {
-                        let mut rng = rng.lock().unwrap();
+                        let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
                         let drop = rng.random_bool(faults.drop);
                         let copies = if rng.random_bool(faults.duplicate) {
                             2
@@ -123,13 +128,13 @@ impl Relay {
             forward(facing_a.clone(), facing_b.clone(), b),
             forward(facing_b.clone(), facing_a.clone(), a),
         ];
-        Self {
-            for_a: facing_a.local_addr().unwrap(),
-            for_b: facing_b.local_addr().unwrap(),
+        Ok(Self {
+            for_a: facing_a.local_addr()?,
+            for_b: facing_b.local_addr()?,
             cut,
             counts,
             tasks,
-        }
+        })
     }
 
     /// Cuts the link (every datagram is discarded) or heals it.
