@@ -45,6 +45,7 @@ impl Engine {
         let mut batches = Vec::new();
         let mut has_more = false;
         let mut bytes = 0usize;
+        let mut carried: BTreeSet<(uuid::Uuid, u64)> = BTreeSet::new();
         for (origin, upto) in mine.iter() {
             let after = request.vector.get(origin);
             if upto <= after {
@@ -101,6 +102,9 @@ impl Engine {
                 }
             }
             remaining -= changes.len() as u64;
+            for seq in seqs.iter().take(changes.len()) {
+                carried.insert((origin, *seq));
+            }
             batches.push(Batch {
                 origin,
                 device,
@@ -114,10 +118,65 @@ impl Engine {
                 break;
             }
         }
+        self.add_newer_states(&tx, request, &origins, &mut batches, &carried)
+            .await?;
         tx.commit().await?;
         let sent: usize = batches.iter().map(|b| b.changes.len()).sum();
         metrics::counter!("syncable_changes_sent_total").increment(sent as u64);
         Ok(Ok(PullResponse { batches, has_more }))
+    }
+}
+
+impl Engine {
+    /// A husk (a superseded device-owned change left out) is believed only
+    /// beside its record's newer state. A page cut before that state, or a
+    /// newer state by another incarnation of the device, would leave the
+    /// husk unprovable and the requester stuck on it, page after page: so
+    /// each such state the requester lacks goes in the response too, in a
+    /// batch of its own that claims just its number, proven by its seal.
+    async fn add_newer_states(
+        &self,
+        tx: &sea_orm::DatabaseTransaction,
+        request: &PullRequest,
+        origins: &std::collections::HashMap<uuid::Uuid, uuid::Uuid>,
+        batches: &mut Vec<Batch>,
+        carried: &BTreeSet<(uuid::Uuid, u64)>,
+    ) -> Result<(), EngineError> {
+        let mut extras: BTreeMap<uuid::Uuid, BTreeMap<u64, EncodedChange>> = BTreeMap::new();
+        for batch in batches.iter() {
+            for husk in batch.seals.iter().flat_map(|p| p.husks.iter()) {
+                let Some((origin, seq, state)) =
+                    store::owned_state(tx, &husk.model, husk.record).await?
+                else {
+                    continue;
+                };
+                if seq > request.vector.get(origin) && !carried.contains(&(origin, seq)) {
+                    extras.entry(origin).or_default().insert(seq, state);
+                }
+            }
+        }
+        for (origin, states) in extras {
+            let Some(device) = origins.get(&origin).copied() else {
+                continue;
+            };
+            for (seq, state) in states {
+                // Its own batch, claiming exactly its number: held beyond
+                // the requester's vector until the numbers between arrive.
+                let after = seq.saturating_sub(1);
+                let (seals, vouched) = prove(tx, origin, after, seq, &[seq]).await?;
+                if vouched == seq {
+                    batches.push(Batch {
+                        origin,
+                        device,
+                        after,
+                        upto: seq,
+                        changes: vec![state],
+                        seals,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
 

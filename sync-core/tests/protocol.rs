@@ -491,3 +491,58 @@ async fn pages_and_pushes_of_large_rows_are_cut_to_fit_a_message() {
     assert!(net.settle(3).await);
     assert_eq!(net.nodes[1].dev.content().await.len(), 90);
 }
+
+/// A device-owned record written, then superseded after other changes: a
+/// requester catching up in pages smaller than the gap gets the old change
+/// as a husk on an early page, and must get the newer state with it (found
+/// by `examples/simulate --faults pages`: before, every page stopped at the
+/// husk and the requester never caught up).
+#[tokio::test]
+async fn a_page_that_leaves_out_a_superseded_change_carries_its_newer_state() {
+    use common::volume;
+    let mut net = net_of(2, 11).await;
+    net.config.pull_limit = 2;
+    // Both devices know each other (no backfill later): then one is away.
+    net.connect_all().await;
+    write(&mut net, 1, 1, "b").await;
+    assert!(net.settle(1).await);
+    net.disconnect(1);
+    let d0 = &net.nodes[0].dev;
+    let gid = Uuid::new_v4();
+    let mut tx = d0.engine.begin().await.unwrap();
+    tx.insert(volume::ActiveModel {
+        gid: Set(gid),
+        device: Set(d0.id),
+        name: Set("first".into()),
+        capacity: Set(None),
+        is_online: Set(true),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let first = tx.commit().await.unwrap();
+    let tags = write_tags(d0, 5, "between").await;
+    let mut tx = d0.engine.begin().await.unwrap();
+    let mut row = volume::Model::find_by_id(tx.connection(), gid)
+        .await
+        .unwrap()
+        .unwrap();
+    row.name = "renamed".into();
+    tx.update(row).await.unwrap();
+    let renamed = tx.commit().await.unwrap();
+    net.committed(0, [first, tags, renamed].concat());
+
+    net.nodes[1].online = true;
+    net.connect(1, 0).await;
+    assert!(net.settle(3).await, "the requester caught up");
+    let (v0, v1) = (
+        net.nodes[0].dev.engine.vector(),
+        net.nodes[1].dev.engine.vector(),
+    );
+    assert_eq!(v0, v1);
+    let held = volume::Model::find_by_id(net.nodes[1].dev.engine.database(), gid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.name, "renamed");
+}

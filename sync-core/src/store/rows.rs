@@ -247,3 +247,27 @@ pub(crate) async fn owned_since<C: ConnectionTrait>(
         })
         .collect()
 }
+
+/// The stored state of the device-owned record `(model, record)`: the
+/// origin and number of its newest change, and that change's bytes.
+pub(crate) async fn owned_state<C: ConnectionTrait>(
+    db: &C,
+    model: &str,
+    record: Uuid,
+) -> Result<Option<(Uuid, u64, EncodedChange)>, StoreError> {
+    let row = db
+        .query_one_raw(stmt(
+            "SELECT origin, seq, state FROM _sync_rows
+             WHERE model = ? AND record = ? AND origin IS NOT NULL AND seq IS NOT NULL",
+            vec![Value::from(model.to_owned()), uuid_value(record)],
+        ))
+        .await?;
+    row.map(|row| {
+        Ok((
+            get_uuid(&row, "origin", TABLE)?,
+            super::get_u64(&row, "seq", TABLE)?,
+            EncodedChange(row.try_get("", "state")?),
+        ))
+    })
+    .transpose()
+}

@@ -1,0 +1,1148 @@
+//! A replayable fault simulation of a whole library: N devices (3 to 1,000),
+//! each the real engine over its own SQLite file with the example's seven
+//! models, talking through protocol sessions over a simulated network that a
+//! seed drives. Each seed runs a random workload on every model under the
+//! faults asked for, then heals everything, lets the system quiesce and
+//! checks what every device holds.
+//!
+//! ```text
+//! cargo run --release --example simulate -- --devices 5 --seeds 1..20
+//! cargo run --release --example simulate -- --devices 200 --seed 7 --ops 400 --topology sparse
+//! cargo run --release --example simulate -- --faults drop,dup,reorder --seed 3
+//! ```
+//!
+//! Faults (`--faults`, default all): `drop`, `dup` (messages), `reorder`
+//! (links interleave in any order; one link keeps its order, as a QUIC
+//! stream does),
+//! `partition` (groups cut off and healed), `crash` (a device's memory
+//! discarded, its engine reopened from its database), `skew` (clocks apart
+//! within the drift bound, one beyond it for a while), `join` (devices that
+//! join mid-run and backfill from a neighbour), `pages` (small catch-up and
+//! snapshot pages). Topologies: `mesh`, `line`, `star`, `sparse` (a ring with
+//! random chords); devices off each other's edges never meet and learn each
+//! other's changes through relays.
+//!
+//! Checks after quiescence: identical synced data on every device (per
+//! model), every record created and never deleted present everywhere, no
+//! deleted record anywhere, no dangling reference, nothing parked, equal
+//! version vectors, logs pruned once everyone acknowledged. A failing seed
+//! prints the first divergence and the command that replays it; the run is
+//! deterministic (the same output twice).
+#![allow(unreachable_pub)]
+
+#[path = "library/mod.rs"]
+mod library;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use library::{collection, collection_entry, device, entry, location, tag, user_metadata};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection};
+use syncable::core::clock::{ManualTime, TimeSource};
+use syncable::core::{DeviceKey, Engine, EngineConfig, Message, Session, SessionConfig, SyncModel};
+use uuid::Uuid;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "A replayable fault simulation of a Syncable library")]
+struct Args {
+    /// Devices in the library (3 to 1,000).
+    #[arg(long, default_value_t = 5)]
+    devices: usize,
+    /// Seeds to run, as A..B (B excluded).
+    #[arg(long, value_parser = parse_range)]
+    seeds: Option<Range<u64>>,
+    /// One seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Operations per seed (writes and fault events).
+    #[arg(long, default_value_t = 300)]
+    ops: usize,
+    /// Faults to inject (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "drop,dup,reorder,partition,crash,skew,join,pages"
+    )]
+    faults: Vec<String>,
+    /// mesh, line, star or sparse; default mesh up to 12 devices, else
+    /// sparse.
+    #[arg(long)]
+    topology: Option<String>,
+}
+
+fn parse_range(s: &str) -> Result<Range<u64>, String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("{s:?}: write A..B"))?;
+    let a: u64 = a.parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let b: u64 = b.parse().map_err(|e| format!("{b:?}: {e}"))?;
+    if a >= b {
+        return Err(format!("{s:?}: the range is empty"));
+    }
+    Ok(a..b)
+}
+
+/// The physical time every device starts near.
+const EPOCH: Duration = Duration::from_secs(1_780_000_000);
+/// The drift bound the engines run with.
+const MAX_DRIFT: Duration = Duration::from_secs(5);
+
+struct Sim {
+    seed: u64,
+    rng: StdRng,
+    faults: BTreeSet<String>,
+    dir: std::path::PathBuf,
+    devices: Vec<Dev>,
+    edges: BTreeSet<(usize, usize)>,
+    cut: BTreeSet<usize>,
+    queue: Vec<(usize, usize, Vec<u8>)>,
+    config: SessionConfig,
+    // What the workload did, for the checks.
+    created: BTreeMap<&'static str, BTreeSet<Uuid>>,
+    deleted: BTreeMap<&'static str, BTreeSet<Uuid>>,
+    // Counts for the report.
+    writes: u64,
+    delivered: u64,
+    dropped: u64,
+    duplicated: u64,
+    crashes: u64,
+    partitions: u64,
+    joins: u64,
+    skews: u64,
+    refused: u64,
+}
+
+struct Dev {
+    n: usize,
+    db: DatabaseConnection,
+    time: ManualTime,
+    engine: Option<Engine>,
+    sessions: BTreeMap<usize, Session>,
+    commits: Option<tokio::sync::broadcast::Receiver<Arc<syncable::core::Commit>>>,
+    joined: bool,
+    incarnation: u64,
+}
+
+fn key_of(seed: u64, n: usize) -> Result<DeviceKey, Error> {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&(n as u64).to_le_bytes());
+    bytes[16] = 0x5A;
+    Ok(DeviceKey::from_seed(bytes)?)
+}
+
+async fn open_db(path: &Path) -> Result<DatabaseConnection, Error> {
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut options = sea_orm::ConnectOptions::new(url);
+    options
+        .max_connections(1)
+        .min_connections(1)
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Off)
+        });
+    let db = sea_orm::Database::connect(options).await?;
+    library::create_schema(&db).await?;
+    Ok(db)
+}
+
+impl Sim {
+    fn engine(&self, i: usize) -> Result<&Engine, Error> {
+        self.devices[i]
+            .engine
+            .as_ref()
+            .ok_or_else(|| format!("device {i} is down").into())
+    }
+
+    fn up(&self, i: usize) -> bool {
+        self.devices[i].engine.is_some() && self.devices[i].joined
+    }
+
+    async fn open(&mut self, i: usize) -> Result<(), Error> {
+        let seed = self.seed;
+        let d = &mut self.devices[i];
+        d.incarnation += 1;
+        let origin = Uuid::from_u128(
+            (u128::from(seed) << 64) | ((d.n as u128) << 20) | u128::from(d.incarnation),
+        );
+        let mut config = EngineConfig::new()
+            .time(Arc::new(d.time.clone()))
+            .max_drift(MAX_DRIFT);
+        config.origin = Some(origin);
+        let key = key_of(seed, d.n)?;
+        let engine = Engine::open(d.db.clone(), key, config).await?;
+        d.commits = Some(engine.subscribe());
+        d.engine = Some(engine);
+        Ok(())
+    }
+
+    fn send(&mut self, from: usize, to: usize, m: &Message) -> Result<(), Error> {
+        self.queue.push((from, to, syncable::core::encode(m)?));
+        Ok(())
+    }
+
+    async fn connect(&mut self, a: usize, b: usize) -> Result<(), Error> {
+        if !self.up(a) || !self.up(b) || self.devices[a].sessions.contains_key(&b) {
+            return Ok(());
+        }
+        for (x, y) in [(a, b), (b, a)] {
+            let mut s = Session::new(self.engine(x)?.clone(), self.config.clone());
+            let hello = s.start().await?;
+            self.devices[x].sessions.insert(y, s);
+            for m in hello {
+                self.send(x, y, &m)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn connect_neighbours(&mut self, i: usize) -> Result<(), Error> {
+        let peers: Vec<usize> = self.neighbours(i);
+        for p in peers {
+            if !self.cut.contains(&i) && !self.cut.contains(&p) {
+                self.connect(i, p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn neighbours(&self, i: usize) -> Vec<usize> {
+        self.edges
+            .iter()
+            .filter_map(|&(a, b)| {
+                if a == i {
+                    Some(b)
+                } else if b == i {
+                    Some(a)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn disconnect(&mut self, i: usize) {
+        let peers: Vec<usize> = self.devices[i].sessions.keys().copied().collect();
+        for p in peers {
+            if let Some(mut s) = self.devices[i].sessions.remove(&p) {
+                s.disconnect();
+            }
+            if let Some(mut s) = self.devices[p].sessions.remove(&i) {
+                s.disconnect();
+            }
+        }
+        self.queue.retain(|(f, t, _)| *f != i && *t != i);
+    }
+
+    /// Queues the pushes of `i`'s new commits to its sessions.
+    fn publish(&mut self, i: usize) -> Result<(), Error> {
+        let mut pushes = Vec::new();
+        if let Some(rx) = self.devices[i].commits.as_mut() {
+            while let Ok(commit) = rx.try_recv() {
+                pushes.extend(commit.pushes());
+            }
+        }
+        let peers: Vec<usize> = self.devices[i].sessions.keys().copied().collect();
+        for m in &pushes {
+            for &p in &peers {
+                self.send(i, p, m)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers one queued message; false when none is queued.
+    async fn step(&mut self) -> Result<bool, Error> {
+        if self.queue.is_empty() {
+            return Ok(false);
+        }
+        // Links interleave in any order; within one link (a QUIC stream)
+        // messages keep theirs.
+        let i = if self.faults.contains("reorder") {
+            let pick = self.rng.random_range(0..self.queue.len());
+            let (f, t, _) = &self.queue[pick];
+            let (f, t) = (*f, *t);
+            self.queue
+                .iter()
+                .position(|(a, b, _)| *a == f && *b == t)
+                .unwrap_or(pick)
+        } else {
+            0
+        };
+        let (from, to, bytes) = self.queue.remove(i);
+        let lossy = self.faults.contains("drop");
+        if !self.devices[to].sessions.contains_key(&from) || (lossy && self.rng.random_bool(0.03)) {
+            self.dropped += 1;
+            return Ok(true);
+        }
+        if self.faults.contains("dup") && self.rng.random_bool(0.02) {
+            self.duplicated += 1;
+            self.queue.push((from, to, bytes.clone()));
+        }
+        let message = syncable::core::decode(&bytes)?;
+        let Some(session) = self.devices[to].sessions.get_mut(&from) else {
+            return Ok(true);
+        };
+        self.delivered += 1;
+        let output = session.handle(message).await?;
+        for m in &output.send {
+            self.send(to, from, m)?;
+        }
+        if !output.relay.is_empty() {
+            let relay = Message::Push(syncable::core::Push {
+                batches: output.relay,
+            });
+            let others: Vec<usize> = self.devices[to]
+                .sessions
+                .keys()
+                .copied()
+                .filter(|p| *p != from)
+                .collect();
+            for p in others {
+                self.send(to, p, &relay)?;
+            }
+        }
+        if output.close.is_some() {
+            if let Some(mut s) = self.devices[to].sessions.remove(&from) {
+                s.disconnect();
+            }
+            if let Some(mut s) = self.devices[from].sessions.remove(&to) {
+                s.disconnect();
+            }
+        }
+        Ok(true)
+    }
+
+    async fn anti_entropy(&mut self) -> Result<(), Error> {
+        for a in 0..self.devices.len() {
+            let peers: Vec<usize> = self.devices[a].sessions.keys().copied().collect();
+            for p in peers {
+                let msgs = match self.devices[a].sessions.get_mut(&p) {
+                    Some(s) => s.anti_entropy().await?,
+                    None => Vec::new(),
+                };
+                for m in msgs {
+                    self.send(a, p, &m)?;
+                }
+                let beat = self.devices[a].sessions.get(&p).map(|s| s.heartbeat());
+                if let Some(beat) = beat {
+                    self.send(a, p, &beat)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_queue(&mut self, max: u64) -> Result<(), Error> {
+        let mut n = 0;
+        while n < max && self.step().await? {
+            n += 1;
+        }
+        Ok(())
+    }
+
+    fn pick_up(&mut self) -> Option<usize> {
+        let up: Vec<usize> = (0..self.devices.len()).filter(|&i| self.up(i)).collect();
+        if up.is_empty() {
+            return None;
+        }
+        Some(up[self.rng.random_range(0..up.len())])
+    }
+
+    fn pick_known(&mut self, model: &'static str) -> Option<Uuid> {
+        let ids: Vec<Uuid> = self.created.get(model)?.iter().copied().collect();
+        if ids.is_empty() {
+            return None;
+        }
+        Some(ids[self.rng.random_range(0..ids.len())])
+    }
+
+    fn new_id(&mut self) -> Uuid {
+        Uuid::from_u128(self.rng.random::<u128>() & !(0xF000 << 64) | (0x4000 << 64))
+    }
+
+    /// One random write on device `i`, on any of the models.
+    async fn write(&mut self, i: usize) -> Result<(), Error> {
+        let dt = Duration::from_millis(self.rng.random_range(1..50));
+        self.devices[i].time.advance(dt);
+        let kind = self.rng.random_range(0..14u32);
+        let now = chrono::DateTime::from_timestamp(EPOCH.as_secs() as i64, 0).unwrap_or_default();
+        let me = self.engine(i)?.device();
+        let engine = self.engine(i)?.clone();
+        let mut tx = engine.begin().await?;
+        let mut created: Vec<(&'static str, Uuid)> = Vec::new();
+        let mut deleted: Vec<(&'static str, Uuid)> = Vec::new();
+        match kind {
+            0 | 1 => {
+                let gid = self.new_id();
+                let name = format!("tag-{}", self.rng.random_range(0..40u32));
+                tx.insert(tag::ActiveModel {
+                    gid: Set(gid),
+                    canonical_name: Set(name.clone()),
+                    display_name: Set(name),
+                    namespace: Set(None),
+                    tag_type: Set("user".into()),
+                    color: Set(None),
+                    aliases: Set(None),
+                    ..Default::default()
+                })
+                .await?;
+                created.push(("tags", gid));
+            }
+            2 => {
+                if let Some(id) = self.pick_known("tags")
+                    && let Some(mut row) = tag::Model::find_by_id(tx.connection(), id).await?
+                {
+                    row.color = Some(format!("#{:06x}", self.rng.random_range(0..0xFFFFFFu32)));
+                    tx.update(row).await?;
+                }
+            }
+            3 => {
+                if let Some(id) = self.pick_known("tags")
+                    && tx.delete::<tag::Model>(id).await?
+                {
+                    deleted.push(("tags", id));
+                }
+            }
+            4 => {
+                let gid = self.new_id();
+                tx.insert(collection::ActiveModel {
+                    gid: Set(gid),
+                    name: Set(format!("c{}", self.rng.random_range(0..1000u32))),
+                    description: Set(None),
+                    ..Default::default()
+                })
+                .await?;
+                created.push(("collections", gid));
+            }
+            5 => {
+                if let Some(id) = self.pick_known("collections")
+                    && tx.delete::<collection::Model>(id).await?
+                {
+                    deleted.push(("collections", id));
+                }
+            }
+            6 | 7 => {
+                // An entry of this device's, in its own location (made on
+                // first use), sometimes under another of its entries.
+                let loc = match location::Entity::find_owned(tx.connection(), me).await? {
+                    Some(l) => l,
+                    None => {
+                        let gid = self.new_id();
+                        created.push(("locations", gid));
+                        tx.insert(location::ActiveModel {
+                            gid: Set(gid),
+                            device: Set(me),
+                            volume_id: Set(None),
+                            root_entry_id: Set(None),
+                            name: Set(format!("loc-{i}")),
+                            path: Set(format!("/d{i}")),
+                            index_mode: Set(location::IndexMode::Deep),
+                            total_file_count: Set(0),
+                            total_byte_size: Set(0),
+                            scan_state: Set("done".into()),
+                            error_message: Set(None),
+                            ..Default::default()
+                        })
+                        .await?
+                    }
+                };
+                let parent = if self.rng.random_bool(0.3) {
+                    entry::Entity::any_of(tx.connection(), me).await?
+                } else {
+                    None
+                };
+                let gid = self.new_id();
+                tx.insert(entry::ActiveModel {
+                    gid: Set(gid),
+                    device: Set(me),
+                    location_id: Set(loc.id),
+                    parent_id: Set(parent),
+                    user_metadata_id: Set(None),
+                    name: Set(format!("f{}", gid.as_u128() % 1_000_000)),
+                    kind: Set(entry::Kind::File),
+                    extension: Set(None),
+                    size: Set(self.rng.random_range(0..1_000_000i64)),
+                    modified_at: Set(now),
+                    indexed_at: Set(None),
+                    ..Default::default()
+                })
+                .await?;
+                created.push(("entries", gid));
+            }
+            8 => {
+                if let Some(id) = entry::Entity::gid_of_any(tx.connection(), me).await?
+                    && tx.delete::<entry::Model>(id).await?
+                {
+                    deleted.push(("entries", id));
+                }
+            }
+            9 | 10 => {
+                // A shared row referencing a collection (shared) and an
+                // entry (device-owned, often another device's).
+                if let (Some(c), Some(e)) =
+                    (self.pick_known("collections"), self.pick_known("entries"))
+                {
+                    let coll = collection::Model::find_by_id(tx.connection(), c).await?;
+                    let ent = entry::Model::find_by_id(tx.connection(), e).await?;
+                    if let (Some(coll), Some(ent)) = (coll, ent) {
+                        let gid = self.new_id();
+                        tx.insert(collection_entry::ActiveModel {
+                            gid: Set(gid),
+                            collection_id: Set(coll.id),
+                            entry_id: Set(ent.id),
+                            added_at: Set(now),
+                            ..Default::default()
+                        })
+                        .await?;
+                        created.push(("collection_entries", gid));
+                    }
+                }
+            }
+            11 => {
+                if let Some(id) = self.pick_known("collection_entries")
+                    && tx.delete::<collection_entry::Model>(id).await?
+                {
+                    deleted.push(("collection_entries", id));
+                }
+            }
+            12 => {
+                // Metadata (shared), then one of this device's entries
+                // pointing at it (device-owned -> shared).
+                let gid = self.new_id();
+                let meta = tx
+                    .insert(user_metadata::ActiveModel {
+                        gid: Set(gid),
+                        scope: Set("entry".into()),
+                        notes: Set(Some(format!("n{}", self.rng.random_range(0..100u32)))),
+                        favorite: Set(self.rng.random_bool(0.5)),
+                        hidden: Set(false),
+                        custom_data: Set(serde_json::json!({})),
+                        ..Default::default()
+                    })
+                    .await?;
+                created.push(("user_metadata", gid));
+                if let Some(id) = entry::Entity::gid_of_any(tx.connection(), me).await?
+                    && let Some(mut row) = entry::Model::find_by_id(tx.connection(), id).await?
+                {
+                    row.user_metadata_id = Some(meta.id);
+                    tx.update(row).await?;
+                }
+            }
+            _ => {
+                // A device row (shared, unique slug: collisions on purpose).
+                let gid = self.new_id();
+                let slug = format!("dev-{}", self.rng.random_range(0..30u32));
+                tx.insert(device::ActiveModel {
+                    gid: Set(gid),
+                    name: Set(slug.clone()),
+                    slug: Set(slug),
+                    os: Set("linux".into()),
+                    os_version: Set(None),
+                    addresses: Set(serde_json::json!([])),
+                    is_online: Set(true),
+                    last_seen_at: Set(now),
+                    sync_enabled: Set(true),
+                    ..Default::default()
+                })
+                .await?;
+                created.push(("devices", gid));
+            }
+        }
+        tx.commit().await?;
+        self.writes += 1;
+        for (m, id) in created {
+            self.created.entry(m).or_default().insert(id);
+        }
+        for (m, id) in deleted {
+            self.deleted.entry(m).or_default().insert(id);
+        }
+        self.publish(i)?;
+        Ok(())
+    }
+
+    async fn fault(&mut self, ops_left: usize) -> Result<(), Error> {
+        let n = self.devices.len();
+        match self.rng.random_range(0..5u32) {
+            0 if self.faults.contains("partition") => {
+                if self.cut.is_empty() {
+                    // Cut off a group of up to a third of the devices.
+                    let size = self.rng.random_range(1..=(n / 3).max(1));
+                    for _ in 0..size {
+                        let i = self.rng.random_range(0..n);
+                        self.cut.insert(i);
+                        self.disconnect(i);
+                    }
+                    self.partitions += 1;
+                } else {
+                    let healed: Vec<usize> = std::mem::take(&mut self.cut).into_iter().collect();
+                    for i in healed {
+                        self.connect_neighbours(i).await?;
+                    }
+                }
+            }
+            1 if self.faults.contains("crash") => {
+                if let Some(i) = self.pick_up() {
+                    self.disconnect(i);
+                    self.devices[i].engine = None;
+                    self.devices[i].commits = None;
+                    self.open(i).await?;
+                    self.connect_neighbours(i).await?;
+                    self.crashes += 1;
+                }
+            }
+            2 if self.faults.contains("skew") => {
+                if let Some(i) = self.pick_up() {
+                    // Mostly within the drift bound, sometimes beyond it.
+                    let ahead = if self.rng.random_bool(0.2) {
+                        MAX_DRIFT * 3
+                    } else {
+                        Duration::from_millis(self.rng.random_range(0..4_000))
+                    };
+                    self.devices[i].time.advance(ahead);
+                    self.skews += 1;
+                }
+            }
+            3 if self.faults.contains("join") && ops_left > 0 => {
+                if let Some(i) = (0..n).find(|&i| !self.devices[i].joined) {
+                    self.join(i).await?;
+                }
+            }
+            _ => self.anti_entropy().await?,
+        }
+        Ok(())
+    }
+
+    /// Device `i` joins: it pairs with its neighbours (each admits the
+    /// other) and backfills from them.
+    async fn join(&mut self, i: usize) -> Result<(), Error> {
+        self.devices[i].joined = true;
+        let me = self.engine(i)?.device();
+        for p in self.neighbours(i) {
+            if self.devices[p].joined {
+                let them = self.engine(p)?.device();
+                self.engine(p)?.pair(me).await?;
+                self.engine(i)?.pair(them).await?;
+            }
+        }
+        self.joins += 1;
+        self.connect_neighbours(i).await
+    }
+
+    /// Heals everything and runs until nothing moves.
+    async fn quiesce(&mut self) -> Result<bool, Error> {
+        let n = self.devices.len();
+        for i in 0..n {
+            if !self.devices[i].joined {
+                self.join(i).await?;
+            }
+            if self.devices[i].engine.is_none() {
+                self.open(i).await?;
+            }
+        }
+        self.cut.clear();
+        // Every clock to the latest, and on: held-back changes come due.
+        let latest = self
+            .devices
+            .iter()
+            .map(|d| d.time.now().to_duration())
+            .max()
+            .unwrap_or(EPOCH);
+        for d in &self.devices {
+            d.time.set(latest + MAX_DRIFT * 4);
+        }
+        // Fresh sessions everywhere, as a transport reconnects: a session
+        // whose hello was lost would otherwise never become ready.
+        for i in 0..n {
+            self.disconnect(i);
+        }
+        self.queue.clear();
+        for i in 0..n {
+            self.connect_neighbours(i).await?;
+        }
+        self.faults.remove("drop");
+        self.faults.remove("dup");
+        for _ in 0..(n * 4).max(40) {
+            self.run_queue(5_000_000).await?;
+            if self.converged().await? {
+                // One more round of acknowledgements and bookkeeping for
+                // pruning.
+                self.anti_entropy().await?;
+                self.run_queue(5_000_000).await?;
+                for d in &self.devices {
+                    d.time.advance(Duration::from_secs(2));
+                }
+                self.anti_entropy().await?;
+                self.run_queue(5_000_000).await?;
+                return Ok(true);
+            }
+            self.anti_entropy().await?;
+        }
+        Ok(false)
+    }
+
+    async fn converged(&self) -> Result<bool, Error> {
+        let first = self.engine(0)?.content().await?;
+        for i in 1..self.devices.len() {
+            if self.engine(i)?.content().await? != first {
+                return Ok(false);
+            }
+        }
+        let v = self.engine(0)?.vector();
+        Ok((1..self.devices.len()).all(|i| self.engine(i).is_ok_and(|e| e.vector() == v)))
+    }
+
+    /// Every check; the first failure as text.
+    async fn check(&self) -> Result<Option<String>, Error> {
+        let n = self.devices.len();
+        let reference = self.engine(0)?.content().await?;
+        for i in 1..n {
+            let content = self.engine(i)?.content().await?;
+            if content != reference {
+                let mine: BTreeSet<_> = reference.iter().map(|r| (r.model, r.id)).collect();
+                let theirs: BTreeSet<_> = content.iter().map(|r| (r.model, r.id)).collect();
+                let only0 = mine.difference(&theirs).next();
+                let only_i = theirs.difference(&mine).next();
+                let differ = reference
+                    .iter()
+                    .zip(content.iter())
+                    .find(|(a, b)| a != b)
+                    .map(|(a, _)| (a.model, a.id));
+                let (s0, si) = (self.engine(0)?.status(), self.engine(i)?.status());
+                return Ok(Some(format!(
+                    "device 0 and device {i} differ: only on 0 {only0:?}, only on {i} {only_i:?}, \
+                     first differing row {differ:?}; vectors equal: {}; parked {} and {}; held \
+                     back {:?} and {:?}; phases {:?} and {:?}",
+                    s0.vector == si.vector,
+                    s0.parked,
+                    si.parked,
+                    s0.peers
+                        .iter()
+                        .flat_map(|p| p.held_back.iter().map(|h| (
+                            h.seq,
+                            h.count,
+                            h.reason.clone()
+                        )))
+                        .collect::<Vec<_>>(),
+                    si.peers
+                        .iter()
+                        .flat_map(|p| p.held_back.iter().map(|h| (
+                            h.seq,
+                            h.count,
+                            h.reason.clone()
+                        )))
+                        .collect::<Vec<_>>(),
+                    s0.phase,
+                    si.phase,
+                )));
+            }
+        }
+        let held: BTreeSet<(&str, Uuid)> = reference.iter().map(|r| (r.model, r.id)).collect();
+        for (model, ids) in &self.deleted {
+            if let Some(id) = ids.iter().find(|id| held.contains(&(*model, **id))) {
+                return Ok(Some(format!("deleted {model} {id} came back")));
+            }
+        }
+        for i in 0..n {
+            let e = self.engine(i)?;
+            let s = e.status();
+            if s.parked > 0 {
+                return Ok(Some(format!(
+                    "device {i} holds {} parked records",
+                    s.parked
+                )));
+            }
+            if e.vector() != self.engine(0)?.vector() {
+                return Ok(Some(format!("device {i}'s vector differs from device 0's")));
+            }
+            for (table, column, target) in [
+                ("entries", "location_id", "locations"),
+                ("entries", "parent_id", "entries"),
+                ("entries", "user_metadata_id", "user_metadata"),
+                ("locations", "volume_id", "volumes"),
+                ("collection_entries", "collection_id", "collections"),
+                ("collection_entries", "entry_id", "entries"),
+                ("user_metadata_tags", "tag_id", "tags"),
+                ("user_metadata_tags", "user_metadata_id", "user_metadata"),
+            ] {
+                let sql = format!(
+                    "SELECT COUNT(*) AS n FROM {table} t WHERE t.{column} IS NOT NULL AND NOT \
+                     EXISTS (SELECT 1 FROM {target} r WHERE r.id = t.{column})"
+                );
+                let row = e
+                    .database()
+                    .query_one_raw(sea_orm::Statement::from_string(
+                        e.database().get_database_backend(),
+                        sql,
+                    ))
+                    .await?;
+                let dangling: i64 = row.map_or(Ok(0), |r| r.try_get("", "n"))?;
+                if dangling > 0 {
+                    return Ok(Some(format!(
+                        "device {i}: {dangling} dangling {table}.{column} references"
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Lookups the workload needs on this device's own rows.
+trait Own {
+    async fn find_owned(
+        db: &impl ConnectionTrait,
+        device: Uuid,
+    ) -> Result<Option<location::Model>, Error>;
+}
+
+impl Own for location::Entity {
+    async fn find_owned(
+        db: &impl ConnectionTrait,
+        device: Uuid,
+    ) -> Result<Option<location::Model>, Error> {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        Ok(location::Entity::find()
+            .filter(location::Column::Device.eq(device))
+            .one(db)
+            .await?)
+    }
+}
+
+trait OwnEntries {
+    async fn any_of(db: &impl ConnectionTrait, device: Uuid) -> Result<Option<i64>, Error>;
+    async fn gid_of_any(db: &impl ConnectionTrait, device: Uuid) -> Result<Option<Uuid>, Error>;
+}
+
+impl OwnEntries for entry::Entity {
+    async fn any_of(db: &impl ConnectionTrait, device: Uuid) -> Result<Option<i64>, Error> {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+        Ok(entry::Entity::find()
+            .filter(entry::Column::Device.eq(device))
+            .order_by_desc(entry::Column::Id)
+            .one(db)
+            .await?
+            .map(|e| e.id))
+    }
+    async fn gid_of_any(db: &impl ConnectionTrait, device: Uuid) -> Result<Option<Uuid>, Error> {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+        Ok(entry::Entity::find()
+            .filter(entry::Column::Device.eq(device))
+            .order_by_asc(entry::Column::Id)
+            .one(db)
+            .await?
+            .map(|e| e.gid))
+    }
+}
+
+fn topology(kind: &str, n: usize, rng: &mut StdRng) -> Result<BTreeSet<(usize, usize)>, Error> {
+    let mut edges = BTreeSet::new();
+    match kind {
+        "mesh" => {
+            for a in 0..n {
+                for b in a + 1..n {
+                    edges.insert((a, b));
+                }
+            }
+        }
+        "line" => {
+            for a in 0..n - 1 {
+                edges.insert((a, a + 1));
+            }
+        }
+        "star" => {
+            for b in 1..n {
+                edges.insert((0, b));
+            }
+        }
+        "sparse" => {
+            for a in 0..n {
+                edges.insert((a.min((a + 1) % n), a.max((a + 1) % n)));
+            }
+            for _ in 0..n / 2 {
+                let (a, b) = (rng.random_range(0..n), rng.random_range(0..n));
+                if a != b {
+                    edges.insert((a.min(b), a.max(b)));
+                }
+            }
+        }
+        other => {
+            return Err(format!("unknown topology {other:?}: mesh, line, star or sparse").into());
+        }
+    }
+    Ok(edges)
+}
+
+struct Outcome {
+    failure: Option<String>,
+    report: String,
+}
+
+async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
+    let n = args.devices;
+    let dir = tempfile::tempdir()?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let kind = args.topology.clone().unwrap_or_else(|| {
+        if n <= 12 {
+            "mesh".into()
+        } else {
+            "sparse".into()
+        }
+    });
+    let edges = topology(&kind, n, &mut rng)?;
+    let faults: BTreeSet<String> = args.faults.iter().map(|f| f.trim().to_owned()).collect();
+    let mut config = SessionConfig::new(Uuid::from_u128(0x5EED_5EED));
+    if faults.contains("pages") {
+        let small = rng.random_bool(0.5);
+        config.pull_limit = if small { 3 } else { 500 };
+        config.snapshot_limit = if small { 4 } else { 1_000 };
+    }
+    let joiners = if faults.contains("join") {
+        (n / 5).max(1)
+    } else {
+        0
+    };
+    let mut sim = Sim {
+        seed,
+        rng,
+        faults,
+        dir: dir.path().to_owned(),
+        devices: Vec::with_capacity(n),
+        edges,
+        cut: BTreeSet::new(),
+        queue: Vec::new(),
+        config,
+        created: BTreeMap::new(),
+        deleted: BTreeMap::new(),
+        writes: 0,
+        delivered: 0,
+        dropped: 0,
+        duplicated: 0,
+        crashes: 0,
+        partitions: 0,
+        joins: 0,
+        skews: 0,
+        refused: 0,
+    };
+    for i in 0..n {
+        let skew = if sim.faults.contains("skew") {
+            Duration::from_millis(sim.rng.random_range(0..2_000))
+        } else {
+            Duration::ZERO
+        };
+        let db = open_db(&sim.dir.join(format!("d{i}.sqlite"))).await?;
+        sim.devices.push(Dev {
+            n: i,
+            db,
+            time: ManualTime::new(EPOCH + skew),
+            engine: None,
+            sessions: BTreeMap::new(),
+            commits: None,
+            joined: i < n - joiners,
+            incarnation: 0,
+        });
+        sim.open(i).await?;
+    }
+    // The founding devices pair along the topology's edges.
+    for &(a, b) in &sim.edges.clone() {
+        if sim.devices[a].joined && sim.devices[b].joined {
+            let (da, db) = (sim.engine(a)?.device(), sim.engine(b)?.device());
+            sim.engine(a)?.pair(db).await?;
+            sim.engine(b)?.pair(da).await?;
+        }
+    }
+    for i in 0..n {
+        sim.connect_neighbours(i).await?;
+    }
+    let t = Instant::now();
+    for op in 0..args.ops {
+        if sim.rng.random_bool(0.8) {
+            if let Some(i) = sim.pick_up() {
+                match sim.write(i).await {
+                    Ok(()) => {}
+                    // The application's own insert broke a unique key that
+                    // this device already holds: refused locally, as the
+                    // user would see it; nothing was written.
+                    Err(e) if e.to_string().contains("UNIQUE constraint failed") => {
+                        sim.refused += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        } else {
+            sim.fault(args.ops - op).await?;
+        }
+        let burst = sim.rng.random_range(0..(4 * n as u64).max(8));
+        sim.run_queue(burst).await?;
+    }
+    let settled = sim.quiesce().await?;
+    if !settled && std::env::var_os("SIMULATE_DEBUG").is_some() {
+        for i in 0..n {
+            let e = sim.engine(i)?;
+            for p in e.status().peers {
+                for h in &p.held_back {
+                    let Some(j) =
+                        (0..n).find(|&j| sim.engine(j).is_ok_and(|x| x.device() == p.peer))
+                    else {
+                        continue;
+                    };
+                    let req = syncable::core::PullRequest {
+                        vector: e.vector(),
+                        limit: sim.config.pull_limit,
+                    };
+                    let resp =
+                        syncable::core::__private::steps::serve_pull(sim.engine(j)?, &req).await?;
+                    println!(
+                        "device {i} holds back {:?} from {j}; {j} serves:",
+                        (h.origin, h.seq, h.count)
+                    );
+                    if let Ok(r) = resp {
+                        for b in &r.batches {
+                            let husks: Vec<_> = b
+                                .seals
+                                .iter()
+                                .flat_map(|s| {
+                                    s.husks.iter().map(|h| (h.seq, h.model.clone(), h.record))
+                                })
+                                .collect();
+                            println!(
+                                "  batch {} after {} upto {} changes {} husks {:?}",
+                                b.origin,
+                                b.after,
+                                b.upto,
+                                b.changes.len(),
+                                husks
+                            );
+                            for (seq, model, rec) in husks {
+                                let _ = seq;
+                                let here =
+                                    sim.engine(i)?.content().await?.iter().any(|r| r.id == rec);
+                                println!(
+                                    "    record {model} {rec}: in requester's content: {here}"
+                                );
+                            }
+                        }
+                        let report = syncable::core::__private::steps::apply_batches(
+                            sim.engine(i)?,
+                            r.batches.clone(),
+                        )
+                        .await?;
+                        println!(
+                            "  applied: {} applied, {} dup, held {:?}, rejected {:?}",
+                            report.applied,
+                            report.duplicates,
+                            report
+                                .held_back
+                                .iter()
+                                .map(|h| (h.seq, h.reason.to_string()))
+                                .collect::<Vec<_>>(),
+                            report
+                                .rejected
+                                .iter()
+                                .map(|h| (h.seq, h.reason.to_string()))
+                                .collect::<Vec<_>>()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let failure = if settled {
+        sim.check().await?
+    } else {
+        Some(match sim.check().await? {
+            Some(f) => format!("did not converge: {f}"),
+            None => "did not converge (vectors differ)".into(),
+        })
+    };
+    let log: u64 = (0..n)
+        .filter_map(|i| sim.engine(i).ok())
+        .map(|e| e.status().log_len)
+        .sum();
+    let records: usize = sim.created.values().map(BTreeSet::len).sum();
+    let deleted: usize = sim.deleted.values().map(BTreeSet::len).sum();
+    let report = format!(
+        "seed {seed}: {n} devices ({kind}), {} writes ({records} records created, {deleted} deleted, \
+         {} refused locally by a unique key), \
+         {} messages delivered, {} dropped, {} duplicated, {} partitions, {} crashes, {} clock jumps, \
+         {} joins; log entries left {log}; {:.1} s",
+        sim.writes,
+        sim.refused,
+        sim.delivered,
+        sim.dropped,
+        sim.duplicated,
+        sim.partitions,
+        sim.crashes,
+        sim.skews,
+        sim.joins,
+        t.elapsed().as_secs_f64()
+    );
+    for d in &mut sim.devices {
+        d.sessions.clear();
+        d.engine = None;
+    }
+    Ok(Outcome { failure, report })
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    let args = Args::parse();
+    if !(3..=1_000).contains(&args.devices) {
+        return Err("--devices: between 3 and 1,000".into());
+    }
+    let seeds = match (&args.seeds, args.seed) {
+        (Some(r), None) => r.clone(),
+        (None, Some(s)) => s..s + 1,
+        (None, None) => 0..1,
+        (Some(_), Some(_)) => return Err("--seeds or --seed, not both".into()),
+    };
+    let mut failed = Vec::new();
+    for seed in seeds.clone() {
+        let outcome = run_seed(&args, seed).await?;
+        println!("{}", outcome.report);
+        if let Some(f) = outcome.failure {
+            println!("  FAILED: {f}");
+            println!(
+                "  replay: cargo run --release --example simulate -- --devices {} --seed {seed} --ops {} --faults {}{}",
+                args.devices,
+                args.ops,
+                args.faults.join(","),
+                args.topology
+                    .as_ref()
+                    .map_or(String::new(), |t| format!(" --topology {t}"))
+            );
+            failed.push(seed);
+        }
+    }
+    println!(
+        "{} of {} seeds passed; peak memory {:.0} MiB",
+        seeds.end - seeds.start - failed.len() as u64,
+        seeds.end - seeds.start,
+        peak_rss_mib()
+    );
+    if !failed.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
