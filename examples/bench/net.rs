@@ -23,10 +23,52 @@ struct Fleet {
 }
 
 async fn start_node(dir: &Path, library: Uuid) -> Result<Node, Error> {
+    start_node_with(dir, library, false).await
+}
+
+/// A node over the example app's database settings, with synchronous=FULL
+/// instead of NORMAL when `full`.
+async fn start_node_with(dir: &Path, library: Uuid, full: bool) -> Result<Node, Error> {
+    use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
     std::fs::create_dir_all(dir)?;
-    let db = library::open_database(&dir.join("library.sqlite")).await?;
+    let url = format!("sqlite://{}?mode=rwc", dir.join("library.sqlite").display());
+    let mut options = sea_orm::ConnectOptions::new(url);
+    options
+        .max_connections(4)
+        .min_connections(1)
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(move |o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(if full {
+                    SqliteSynchronous::Full
+                } else {
+                    SqliteSynchronous::Normal
+                })
+                .pragma("wal_autocheckpoint", "0")
+        });
+    let db = sea_orm::Database::connect(options).await?;
+    library::create_schema(&db).await?;
     let config = NodeConfig::new(library, "127.0.0.1:0".parse()?);
     Ok(Node::start(db, dir, config).await?)
+}
+
+/// Appends 100 bytes to a file and fsyncs it, `n` times, spaced like the
+/// writes: what one fsync costs on this disk in this run.
+fn fsyncs(dir: &Path, n: usize, spacing: Duration) -> Result<Vec<Duration>, Error> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("fsync-probe"))?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        file.write_all(&[7u8; 100])?;
+        let t = Instant::now();
+        file.sync_all()?;
+        out.push(t.elapsed());
+        std::thread::sleep(spacing);
+    }
+    Ok(out)
 }
 
 async fn pair(a: &Node, b: &Node) -> Result<(), Error> {
@@ -56,10 +98,14 @@ where
 impl Fleet {
     /// `n` nodes, every pair of them paired, all connected and ready.
     async fn mesh(root: &Path, n: usize) -> Result<Self, Error> {
+        Self::mesh_with(root, n, false).await
+    }
+
+    async fn mesh_with(root: &Path, n: usize, full: bool) -> Result<Self, Error> {
         let library = Uuid::new_v4();
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
-            nodes.push(start_node(&root.join(format!("n{i}")), library).await?);
+            nodes.push(start_node_with(&root.join(format!("n{i}")), library, full).await?);
         }
         for i in 0..n {
             for j in i + 1..n {
@@ -342,6 +388,42 @@ pub(crate) async fn latency_section(args: &Args, root: &Path) -> Result<(), Erro
             (bytes1 - bytes0) / writes.max(4) as f64,
         );
         fleet.shutdown().await;
+    }
+
+    // The two durability modes between two devices, beside one fsync.
+    println!();
+    println!(
+        "net: one write to 1 other device under synchronous=NORMAL and FULL, beside one fsync"
+    );
+    println!(
+        "{:<44} {:>9} {:>9} {:>10} | {:>9} {:>9} {:>10} |",
+        "", "p50 ms", "p99 ms", "writes", "p50 ms", "p99 ms", "fsyncs"
+    );
+    let spacing = Duration::from_millis(20);
+    let n = args.writes.max(4);
+    for full in [false, true] {
+        let dir = root.join(if full { "mode-full" } else { "mode-normal" });
+        let fleet = Fleet::mesh_with(&dir, 2, full).await?;
+        let (mut ours, _, _) = latency(&fleet, n, spacing).await?;
+        fleet.shutdown().await;
+        let probe = dir.clone();
+        let mut sync = tokio::task::spawn_blocking(move || fsyncs(&probe, n, spacing)).await??;
+        ours.sort();
+        sync.sort();
+        println!(
+            "{:<44} {:>9.2} {:>9.2} {:>10} | {:>9.3} {:>9.3} {:>10} |",
+            if full {
+                "synchronous=FULL"
+            } else {
+                "synchronous=NORMAL"
+            },
+            ms(percentile(&ours, 0.5)),
+            ms(percentile(&ours, 0.99)),
+            ours.len(),
+            ms(percentile(&sync, 0.5)),
+            ms(percentile(&sync, 0.99)),
+            sync.len()
+        );
     }
     Ok(())
 }
