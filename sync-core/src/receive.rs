@@ -709,6 +709,8 @@ impl Engine {
 
         // Outcomes, log entries, the received set.
         let mut applied_changes: Vec<Change> = Vec::new();
+        // Per writing device, the newest clock applied: commit-to-applied.
+        let mut newest: BTreeMap<Uuid, u64> = BTreeMap::new();
         let publish = self.inner.applied.receiver_count() > 0;
         for (ix, key, m) in &merged_items {
             let shown = writes.shown.get(key).copied();
@@ -734,8 +736,13 @@ impl Engine {
                 if registry.at(key.rank).map(|d| d.meta().ownership) == Some(Ownership::Shared) {
                     writes.log.push((change.origin, change.seq, bytes.clone()));
                 }
-                if *m == Merged::Changed && publish {
-                    applied_changes.push(change.clone());
+                if *m == Merged::Changed {
+                    let at = change.hlc.get_time().to_duration().as_millis() as u64;
+                    let slot = newest.entry(change.device).or_default();
+                    *slot = (*slot).max(at);
+                    if publish {
+                        applied_changes.push(change.clone());
+                    }
                 }
                 outcomes.push((change.origin, change.seq, outcome));
             }
@@ -892,6 +899,12 @@ impl Engine {
                 held_back = report.held_back.len(),
                 "received changes refused"
             );
+        }
+        let now = self.now_ms();
+        for (device, at) in newest {
+            // Clocks of two devices: skew within the drift bound shows here.
+            metrics::histogram!("syncable_commit_to_applied_seconds", "device" => device.to_string())
+                .record(now.saturating_sub(at) as f64 / 1e3);
         }
         if !applied_changes.is_empty() {
             // Nobody listening is fine: the database has every change.

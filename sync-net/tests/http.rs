@@ -73,6 +73,14 @@ async fn the_status_page_status_and_metrics_show_peers_lag_and_conflicts() {
         "{metrics}"
     );
     assert!(metrics.contains("# TYPE syncable_node_log_entries gauge"));
+    // From the process's recorder: b applied a's writes in this process.
+    assert!(
+        metrics.contains(&format!(
+            "syncable_commit_to_applied_seconds{{device=\"{}\"",
+            a.device()
+        )),
+        "{metrics}"
+    );
     assert!(metrics.contains(&format!(
         "syncable_peer_behind_changes{{peer=\"{b_id}\"}} 0"
     )));
