@@ -129,6 +129,9 @@ impl Node {
                 tokio::spawn(async move {
                     if let Err(e) = node.dial(peer.device, peer.fingerprint, addr).await {
                         tracing::debug!(peer = %peer.device, error = %e, "dial failed");
+                        // A refusal can end the handshake before a link
+                        // exists: the peer's reason is the link's error too.
+                        node.record(peer.device, |s| s.last_error = Some(e.to_string()));
                     }
                 });
             }
