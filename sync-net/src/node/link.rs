@@ -93,7 +93,7 @@ impl Node {
         }
         // Let the writer flush what the session said last, then stop.
         drop(replies);
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), writer).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(1_500), writer).await;
         if let Err(NetError::Frame(_)) | Err(NetError::Engine(_)) = &result {
             connection.close(close_code::PROTOCOL.into(), b"protocol error");
         }
@@ -230,6 +230,9 @@ impl Node {
             }
         }
         let _ = send.finish();
+        // Until the peer has it all (a refusal's reason included): closing
+        // the connection earlier would drop what is still in flight.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send.stopped()).await;
     }
 
     /// Further streams the peer opens: sessions of their own with the same
