@@ -119,6 +119,25 @@ fn new_tag(i: usize) -> tag::ActiveModel {
     }
 }
 
+/// `row` as plain sea-orm inserts it: every column set, the local key left
+/// to SQLite.
+fn insertable(row: &tag::Model) -> tag::ActiveModel {
+    let mut am = row.clone().into_active_model();
+    am.id = sea_orm::ActiveValue::NotSet;
+    for c in [
+        tag::Column::Gid,
+        tag::Column::CanonicalName,
+        tag::Column::DisplayName,
+        tag::Column::Namespace,
+        tag::Column::TagType,
+        tag::Column::Color,
+        tag::Column::Aliases,
+    ] {
+        am.reset(c);
+    }
+    am
+}
+
 /// Min and median of a measurement.
 #[derive(Clone, Copy)]
 struct Figure {
@@ -451,20 +470,7 @@ async fn apply_section(args: &Args) -> Result<(), Error> {
                 for chunk in rows.chunks(batch) {
                     let tx = db.begin().await?;
                     for r in chunk {
-                        let mut am = r.clone().into_active_model();
-                        am.id = sea_orm::ActiveValue::NotSet;
-                        for c in [
-                            tag::Column::Gid,
-                            tag::Column::CanonicalName,
-                            tag::Column::DisplayName,
-                            tag::Column::Namespace,
-                            tag::Column::TagType,
-                            tag::Column::Color,
-                            tag::Column::Aliases,
-                        ] {
-                            am.reset(c);
-                        }
-                        am.insert(&tx).await?;
+                        insertable(r).insert(&tx).await?;
                     }
                     tx.commit().await?;
                 }
@@ -482,24 +488,9 @@ async fn apply_section(args: &Args) -> Result<(), Error> {
                 for chunk in rows.chunks(batch) {
                     let tx = db.begin().await?;
                     for part in chunk.chunks(500) {
-                        tag::Entity::insert_many(part.iter().map(|r| {
-                            let mut am = r.clone().into_active_model();
-                            am.id = sea_orm::ActiveValue::NotSet;
-                            for c in [
-                                tag::Column::Gid,
-                                tag::Column::CanonicalName,
-                                tag::Column::DisplayName,
-                                tag::Column::Namespace,
-                                tag::Column::TagType,
-                                tag::Column::Color,
-                                tag::Column::Aliases,
-                            ] {
-                                am.reset(c);
-                            }
-                            am
-                        }))
-                        .exec(&tx)
-                        .await?;
+                        tag::Entity::insert_many(part.iter().map(insertable))
+                            .exec(&tx)
+                            .await?;
                     }
                     tx.commit().await?;
                 }
