@@ -94,7 +94,11 @@ impl Node {
         // Let the writer flush what the session said last, then stop.
         drop(replies);
         let _ = tokio::time::timeout(std::time::Duration::from_millis(1_500), writer).await;
-        if let Err(NetError::Frame(_)) | Err(NetError::Engine(_)) = &result {
+        // A protocol error closes the connection, unless the peer closed it
+        // first: closing again would replace the peer's reason with ours.
+        if let Err(NetError::Frame(_)) | Err(NetError::Engine(_)) = &result
+            && connection.close_reason().is_none()
+        {
             connection.close(close_code::PROTOCOL.into(), b"protocol error");
         }
         reader.abort();
