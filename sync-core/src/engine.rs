@@ -170,6 +170,59 @@ pub(crate) struct Memory {
     /// The library's membership.
     pub(crate) membership: crate::trust::members::Membership,
     pub(crate) last_prune_ms: u64,
+    /// When the vector grew, for lag in seconds.
+    pub(crate) growth: Growth,
+}
+
+impl Memory {
+    /// This device's vector grew (a commit, or changes received): notes
+    /// when, for peers' lag in seconds.
+    pub(crate) fn vector_grew(&mut self, now_ms: u64) {
+        let total = VersionVector::new().behind(&self.received.vector);
+        self.growth.note(total, now_ms);
+    }
+}
+
+/// When this device's vector grew: marks of (changes held, since when),
+/// so that a peer's lag in changes reads as the age of the oldest change
+/// it lacks. Marks closer than [`Growth::GRAIN_MS`] merge; past
+/// [`Growth::MARKS`], neighbours merge pairwise, keeping the earlier time,
+/// so a lag is never under-reported.
+#[derive(Debug, Default)]
+pub(crate) struct Growth {
+    marks: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl Growth {
+    const GRAIN_MS: u64 = 10;
+    const MARKS: usize = 2048;
+
+    pub(crate) fn note(&mut self, total: u64, now_ms: u64) {
+        match self.marks.back_mut() {
+            Some((t, since)) if now_ms.saturating_sub(*since) < Self::GRAIN_MS => {
+                *t = (*t).max(total);
+                return;
+            }
+            Some((t, _)) if *t >= total => return,
+            _ => {}
+        }
+        self.marks.push_back((total, now_ms));
+        if self.marks.len() > Self::MARKS {
+            let old = std::mem::take(&mut self.marks);
+            let mut pairs = old.into_iter();
+            while let Some((t, since)) = pairs.next() {
+                let t = pairs.next().map_or(t, |(t2, _)| t2);
+                self.marks.push_back((t, since));
+            }
+        }
+    }
+
+    /// Since when this device has held more than `held` changes: the
+    /// arrival of the oldest change a peer holding `held` of them lacks.
+    pub(crate) fn since(&self, held: u64) -> Option<u64> {
+        let i = self.marks.partition_point(|(t, _)| *t <= held);
+        self.marks.get(i).map(|(_, since)| *since)
+    }
 }
 
 pub(crate) struct Inner {
@@ -303,9 +356,10 @@ impl Engine {
             held_back: BTreeMap::new(),
             membership,
             last_prune_ms: 0,
+            growth: Growth::default(),
         };
         tracing::info!(%device, %origin, "engine opened");
-        Ok(Self {
+        let engine = Self {
             inner: Arc::new(Inner {
                 db,
                 device,
@@ -324,7 +378,11 @@ impl Engine {
                 applied: broadcast::channel(1024).0,
                 counters: Counters::default(),
             }),
-        })
+        };
+        // What peers lack of the changes held at open is counted from now.
+        let now = engine.now_ms();
+        engine.memory().vector_grew(now);
+        Ok(engine)
     }
 
     /// This device's id.
@@ -586,5 +644,36 @@ impl Engine {
         }
         tx.commit().await?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod growth_tests {
+    use super::Growth;
+
+    #[test]
+    fn the_oldest_change_a_peer_lacks_is_dated_and_never_too_late() {
+        let mut g = Growth::default();
+        g.note(0, 0);
+        for i in 1..=10_000u64 {
+            g.note(i, i * 100);
+        }
+        assert!(g.marks.len() <= Growth::MARKS);
+        // A peer holding all: nothing to date.
+        assert_eq!(g.since(10_000), None);
+        // Exact where marks were not merged (the newest), earlier (never
+        // later) where they were.
+        assert_eq!(g.since(9_999), Some(1_000_000));
+        for held in [0u64, 1, 17, 5_000, 9_000] {
+            let since = g.since(held).unwrap();
+            assert!(since <= (held + 1) * 100, "held {held}: {since}");
+        }
+        // Writes closer than the grain share one mark.
+        let mut g = Growth::default();
+        g.note(1, 1_000);
+        g.note(2, 1_005);
+        assert_eq!(g.since(1), Some(1_000));
+        g.note(3, 2_000);
+        assert_eq!(g.since(2), Some(2_000));
     }
 }

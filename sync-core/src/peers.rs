@@ -49,6 +49,14 @@ pub struct PeerStatus {
     /// How many changes the peer holds that this device lacks, as of its
     /// last message.
     pub ahead: u64,
+    /// How long the peer has lacked something this device holds, in ms:
+    /// the age, here, of the oldest change it has not acknowledged (0 when
+    /// it holds everything; counted from this engine's start for changes
+    /// held before it).
+    pub lag_ms: u64,
+    /// Commit (there) to applied (here) of its newest write received, in
+    /// ms, skew between the two clocks included.
+    pub latency_ms: Option<u64>,
     /// Whether it acknowledged anything yet.
     pub acknowledged: bool,
     /// Away beyond the retention horizon: it must resync from a snapshot.
@@ -99,6 +107,8 @@ pub(crate) struct PeerMemory {
     pub(crate) held_back_there: Vec<HeldBack>,
     /// The devices it has a session with, as of its last heartbeat.
     pub(crate) links: Option<BTreeSet<Uuid>>,
+    /// Commit to applied here, of its newest write received.
+    pub(crate) latency_ms: Option<u64>,
 }
 
 impl PeerMemory {
@@ -455,20 +465,34 @@ impl Engine {
     /// The device's sync status, from memory: it never waits for a write.
     pub fn status(&self) -> Status {
         let phase = self.backfill_phase();
+        let now = self.now_ms();
         let m = self.memory();
         let vector = m.received.vector.clone();
+        let total = VersionVector::new().behind(&vector);
         let peers: Vec<PeerStatus> = m
             .peers
             .iter()
-            .map(|(id, p)| PeerStatus {
+            .map(|(id, p)| {
+                let behind = p.acked.as_ref().map_or_else(
+                    || VersionVector::new().behind(&vector),
+                    |a| a.behind(&vector),
+                );
+                (id, p, behind)
+            })
+            .map(|(id, p, behind)| PeerStatus {
                 peer: *id,
                 connected: p.connected,
                 last_seen_ms: p.last_seen,
-                behind: p.acked.as_ref().map_or_else(
-                    || VersionVector::new().behind(&vector),
-                    |a| a.behind(&vector),
-                ),
+                behind,
                 ahead: p.vector.as_ref().map_or(0, |v| vector.behind(v)),
+                lag_ms: match behind {
+                    0 => 0,
+                    _ => m
+                        .growth
+                        .since(total.saturating_sub(behind))
+                        .map_or(0, |since| now.saturating_sub(since)),
+                },
+                latency_ms: p.latency_ms,
                 acknowledged: p.acked.is_some(),
                 expired: p.expired,
                 held_back: p

@@ -858,9 +858,11 @@ impl Engine {
 
         // Memory follows what committed.
         report.conflicts = conflicts_added;
+        let now_ms = self.now_ms();
         {
             let mut m = self.memory();
             m.received = received;
+            m.vector_grew(now_ms);
             m.origins.extend(fresh);
             m.log_len += writes.log.len() as u64;
             m.waiting = m.waiting.saturating_add_signed(writes.waiting_delta);
@@ -901,10 +903,17 @@ impl Engine {
             );
         }
         let now = self.now_ms();
-        for (device, at) in newest {
-            // Clocks of two devices: skew within the drift bound shows here.
-            metrics::histogram!("syncable_commit_to_applied_seconds", "device" => device.to_string())
-                .record(now.saturating_sub(at) as f64 / 1e3);
+        if !newest.is_empty() {
+            let mut m = self.memory();
+            for (device, at) in newest {
+                // Clocks of two devices: skew within the drift bound shows here.
+                let latency = now.saturating_sub(at);
+                metrics::histogram!("syncable_commit_to_applied_seconds", "device" => device.to_string())
+                    .record(latency as f64 / 1e3);
+                if let Some(p) = m.peers.get_mut(&device) {
+                    p.latency_ms = Some(latency);
+                }
+            }
         }
         if !applied_changes.is_empty() {
             // Nobody listening is fine: the database has every change.

@@ -662,9 +662,11 @@ impl<'e> SyncTransaction<'e> {
         );
         let conflicts_added = write::run(&w.tx, script, &writes.conflicts).await?;
         w.tx.commit().await?;
+        let now_ms = engine.now_ms();
         {
             let mut m = engine.memory();
             m.received = received;
+            m.vector_grew(now_ms);
             m.next_seq = next_seq;
             m.log_len += writes.log.len() as u64;
             m.waiting = m.waiting.saturating_add_signed(writes.waiting_delta);

@@ -403,17 +403,29 @@ async fn status_reports_peers_lag_and_phase() {
     net.partition(0, 1, true);
     write(&mut net, 0, 12, "a").await;
     net.run(1_000).await;
+    net.nodes[0].dev.time.advance(Duration::from_millis(1_200));
     let s = net.nodes[0].dev.engine.status();
     assert_eq!(s.peers.len(), 1);
     let p = &s.peers[0];
     assert!(p.connected);
     assert_eq!(p.behind, 12, "the peer has not acknowledged a's 12 changes");
+    assert!(
+        (1_200..1_300).contains(&p.lag_ms),
+        "the oldest of them was written 1.2 simulated seconds ago: {} ms",
+        p.lag_ms
+    );
     assert_eq!(s.log_len, 12);
     net.partition(0, 1, false);
     assert!(net.settle(2).await);
     let s = net.nodes[0].dev.engine.status();
     assert_eq!(s.peers[0].behind, 0);
+    assert_eq!(s.peers[0].lag_ms, 0);
     assert_eq!(s.phase, Phase::Ready);
+    let at_b = net.nodes[1].dev.engine.status();
+    assert!(
+        at_b.peers[0].latency_ms.is_some(),
+        "b measured commit-to-applied of a's writes"
+    );
 }
 
 #[tokio::test]

@@ -66,4 +66,7 @@ pub enum NetError {
     /// The node is shutting down.
     #[error("the node is shut down")]
     Shutdown,
+    /// The node is paused (offline): it connects to nobody until resumed.
+    #[error("the node is paused; resume it to connect")]
+    Paused,
 }

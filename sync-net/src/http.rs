@@ -32,6 +32,8 @@ pub struct HttpStatus {
     pub counters: NodeCounters,
     /// The latest entries of the conflict log, oldest first.
     pub conflicts: Vec<sync_core::Conflict>,
+    /// Offline by the application's choice (see [`Node::pause`]).
+    pub paused: bool,
 }
 
 /// The process's Prometheus recorder, if this crate could install it (an
@@ -99,6 +101,7 @@ impl Node {
             links,
             counters: self.counters(),
             conflicts,
+            paused: self.is_paused(),
         })
     }
 }
@@ -148,6 +151,11 @@ async fn metrics(State(node): State<Node>) -> Response {
         sync_core::Phase::Ready => 2.0,
     };
     gauge(
+        "syncable_node_paused",
+        "1 while the node is offline by the application's choice.",
+        &[(String::new(), f64::from(u8::from(s.paused)))],
+    );
+    gauge(
         "syncable_node_phase",
         "0 backfilling, 1 catching up, 2 ready.",
         &[(String::new(), phase)],
@@ -170,6 +178,16 @@ async fn metrics(State(node): State<Node>) -> Response {
         "syncable_peer_behind_changes",
         "Changes this device holds that the peer has not acknowledged.",
         &per_peer(&|p| p.behind as f64),
+    );
+    gauge(
+        "syncable_peer_lag_seconds",
+        "Age, here, of the oldest change the peer has not acknowledged (0 when it holds everything).",
+        &per_peer(&|p| p.lag_ms as f64 / 1e3),
+    );
+    gauge(
+        "syncable_peer_latency_seconds",
+        "Commit (on the peer) to applied (here) of the peer's newest write received.",
+        &per_peer(&|p| p.latency_ms.map_or(f64::NAN, |l| l as f64 / 1e3)),
     );
     gauge(
         "syncable_peer_ahead_changes",

@@ -39,6 +39,8 @@ pub mod close_code {
     pub const BUSY: u32 = 0x55;
     /// The device was removed from the library.
     pub const REMOVED: u32 = 0x56;
+    /// The node went offline (paused); it dials again when resumed.
+    pub const PAUSED: u32 = 0x57;
 }
 
 /// The ring crypto provider.

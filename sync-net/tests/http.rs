@@ -84,6 +84,10 @@ async fn the_status_page_status_and_metrics_show_peers_lag_and_conflicts() {
     assert!(metrics.contains(&format!(
         "syncable_peer_behind_changes{{peer=\"{b_id}\"}} 0"
     )));
+    assert!(
+        metrics.contains(&format!("syncable_peer_lag_seconds{{peer=\"{b_id}\"}} 0")),
+        "b holds everything: no lag in seconds either: {metrics}"
+    );
 
     // A concurrent edit of one tag on both devices: one write loses, and a
     // conflict log entry shows on a status page.
@@ -216,6 +220,14 @@ async fn a_person_sees_both_devices_the_lag_fall_to_zero_and_a_conflict() {
         "a conflict row is shown: {page}"
     );
     assert!(page.contains("tags."), "{page}");
+    let row = page
+        .split("<tr")
+        .find(|r| r.contains(&b_id))
+        .unwrap_or_else(|| panic!("the paired device is listed: {page}"));
+    assert!(
+        row.contains("class=\"latency\">") && !row.contains("class=\"latency\">-<"),
+        "b's writes reached a: their commit-to-applied latency is shown: {row}"
+    );
 
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     let _ = std::fs::remove_file(&shot);

@@ -349,3 +349,57 @@ async fn a_silent_peer_expires_after_the_retention_horizon_and_resyncs_when_it_r
     b.shutdown().await;
     c.shutdown().await;
 }
+
+/// An application takes a node offline and back without stopping it:
+/// while paused it holds no link, dials nobody and is refused by nobody
+/// (it refuses); writes on both sides go on and meet on resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_writes_locally_and_syncs_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a")).await;
+    let b = start(&dir.path().join("b")).await;
+    pair(&a, &b).await;
+    eventually("connected", || async {
+        a.connected().len() == 1 && b.connected().len() == 1
+    })
+    .await;
+
+    a.pause();
+    assert!(a.is_paused());
+    eventually("both see the link gone", || async {
+        a.connected().is_empty() && b.connected().is_empty()
+    })
+    .await;
+    write_tags(&a, 4, "offline a").await;
+    write_tags(&b, 3, "online b").await;
+    // b keeps dialling; a refuses: a second of that changes nothing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(a.connected().is_empty() && b.connected().is_empty());
+    let count = |n: &sync_net::Node| {
+        let db = n.engine().database().clone();
+        async move { tag::Entity::find().count(&db).await.unwrap() }
+    };
+    assert_eq!(count(&a).await, 4, "a holds only its own writes");
+    assert_eq!(count(&b).await, 3, "b holds only its own writes");
+    let code = a.invite().unwrap();
+    let c = start(&dir.path().join("c")).await;
+    assert!(
+        c.accept(&code).await.is_err(),
+        "a paused node pairs with nobody"
+    );
+    c.pause();
+    assert!(matches!(
+        c.accept(&code).await,
+        Err(sync_net::NetError::Paused)
+    ));
+
+    a.resume();
+    eventually("writes meet", || async {
+        count(&a).await == 7 && count(&b).await == 7
+    })
+    .await;
+    assert!(converged(&[&a, &b]).await);
+    a.shutdown().await;
+    b.shutdown().await;
+    c.shutdown().await;
+}

@@ -39,6 +39,11 @@ impl Node {
                 _ = shutdown.changed() => return,
             };
             let Some(incoming) = incoming else { return };
+            if self.is_paused() {
+                // Offline: not even a handshake.
+                incoming.refuse();
+                continue;
+            }
             let node = self.clone();
             tokio::spawn(async move {
                 let connection = match incoming.await {
@@ -106,7 +111,12 @@ impl Node {
                     tracing::warn!(error = %e, "peers could not be expired");
                 }
             }
-            let peers = self.peers();
+            let peers = if self.is_paused() {
+                backoff.clear();
+                Vec::new()
+            } else {
+                self.peers()
+            };
             for peer in peers {
                 let Some(addr) = peer.addr else { continue };
                 if lock(&self.inner.links).contains_key(&peer.device) {
@@ -176,6 +186,11 @@ impl Node {
         connection: &quinn::Connection,
     ) -> Option<(u64, mpsc::Receiver<Arc<Message>>)> {
         let mut links = lock(&self.inner.links);
+        // A dial or handshake that was under way when the node paused.
+        if self.is_paused() {
+            connection.close(close_code::PAUSED.into(), b"the device went offline");
+            return None;
+        }
         if let Some(existing) = links.get(&peer) {
             let keep_new = initiator < existing.initiator;
             if !keep_new {

@@ -168,6 +168,8 @@ pub(crate) struct Inner {
     /// Pairing connections being served now.
     pub(crate) pairing: std::sync::atomic::AtomicUsize,
     pub(crate) counters: Counters,
+    /// Offline by the application's choice: no links, no dials.
+    pub(crate) paused: std::sync::atomic::AtomicBool,
 }
 
 /// A device on the network.
@@ -233,6 +235,7 @@ impl Node {
                 dial_now: Notify::new(),
                 pairing: std::sync::atomic::AtomicUsize::new(0),
                 counters: Counters::default(),
+                paused: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         let accept = tokio::spawn(node.clone().accept_loop());
@@ -339,6 +342,9 @@ impl Node {
     /// Accepts another device's pairing code: both devices pin each other
     /// and start syncing. Returns the new peer's id.
     pub async fn accept(&self, code: &PairingCode) -> Result<Uuid, NetError> {
+        if self.is_paused() {
+            return Err(NetError::Paused);
+        }
         if code.library != self.inner.config.library {
             return Err(NetError::WrongLibrary {
                 code: code.library,
@@ -421,6 +427,46 @@ impl Node {
             tracing::warn!(%device, "removed from the library: disconnected and forgotten");
         }
         Ok(())
+    }
+
+    /// Takes the node offline without stopping it (airplane mode, a
+    /// metered network): its links close, it dials nobody and refuses
+    /// connections and pairings until [`resume`](Self::resume). Writes go
+    /// on locally; peers see it offline, and what either side wrote
+    /// meanwhile syncs on resume.
+    pub fn pause(&self) {
+        if self
+            .inner
+            .paused
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let links: Vec<quinn::Connection> = lock(&self.inner.links)
+            .values()
+            .map(|l| l.connection.clone())
+            .collect();
+        for c in links {
+            c.close(close_code::PAUSED.into(), b"the device went offline");
+        }
+        tracing::info!(device = %self.device(), "paused: offline until resumed");
+    }
+
+    /// Brings a paused node back online: it dials its peers at once.
+    pub fn resume(&self) {
+        if self
+            .inner
+            .paused
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            tracing::info!(device = %self.device(), "resumed");
+            self.inner.dial_now.notify_one();
+        }
+    }
+
+    /// Whether the node is paused.
+    pub fn is_paused(&self) -> bool {
+        self.inner.paused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Fires when the node shuts down.
