@@ -172,6 +172,8 @@ pub(crate) struct Memory {
     pub(crate) last_prune_ms: u64,
     /// When the vector grew, for lag in seconds.
     pub(crate) growth: Growth,
+    /// A resync remembers records to settle (see `collect`).
+    pub(crate) resyncing: bool,
 }
 
 impl Memory {
@@ -357,6 +359,7 @@ impl Engine {
             membership,
             last_prune_ms: 0,
             growth: Growth::default(),
+            resyncing: false,
         };
         tracing::info!(%device, %origin, "engine opened");
         let engine = Self {
@@ -382,6 +385,7 @@ impl Engine {
         // What peers lack of the changes held at open is counted from now.
         let now = engine.now_ms();
         engine.memory().vector_grew(now);
+        engine.resume_resync().await?;
         Ok(engine)
     }
 

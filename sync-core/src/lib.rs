@@ -14,6 +14,7 @@ extern crate self as sync_core;
 mod catchup;
 mod change;
 pub mod clock;
+mod collect;
 mod conflict;
 mod engine;
 mod error;
@@ -42,6 +43,7 @@ pub mod __private;
 
 pub use catchup::{MAX_PULL_LIMIT, PAGE_BYTES};
 pub use change::{Change, EncodedChange, FieldChange, Op};
+pub use collect::Collected;
 pub use conflict::{Conflict, ConflictKind, Write};
 pub use engine::{Engine, EngineConfig, Stats, SyncedRow};
 pub use error::EngineError;

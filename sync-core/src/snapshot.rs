@@ -195,7 +195,15 @@ impl Engine {
 
     /// Starts a backfill over, as a peer that was away too long must.
     pub(crate) async fn restart_backfill(&self) -> Result<(), EngineError> {
-        self.set_backfill(Backfill::Needed).await
+        let w = self.write_tx().await?;
+        save_backfill(&w.tx, &Backfill::Needed).await?;
+        // What the snapshot does not bring was deleted, or is new here.
+        self.begin_resync(&w.tx).await?;
+        w.tx.commit().await?;
+        let mut m = self.memory();
+        m.backfill = Backfill::Needed;
+        m.resyncing = true;
+        Ok(())
     }
 
     async fn set_backfill(&self, state: Backfill) -> Result<(), EngineError> {
@@ -228,6 +236,8 @@ impl Engine {
             vector: page.vector,
         };
         let complete = step.next.is_none();
+        self.resync_saw(&page.rows, complete.then_some(&step.vector))
+            .await?;
         let (report, _) = self
             .receive(Incoming {
                 rows: page.rows,
@@ -237,6 +247,9 @@ impl Engine {
             .await?;
         if complete {
             tracing::info!(rows = page.total, "backfill complete");
+            if self.memory().resyncing {
+                self.finish_resync().await?;
+            }
         }
         Ok((report, complete))
     }

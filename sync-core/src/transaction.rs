@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sea_orm::{
-    ActiveModelBehavior, ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait,
-    IntoActiveModel, Iterable, QueryFilter,
+    ActiveModelBehavior, ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction,
+    EntityTrait, IntoActiveModel, Iterable, QueryFilter,
 };
 use uuid::Uuid;
 
@@ -414,6 +414,42 @@ impl<'e> SyncTransaction<'e> {
         script.run(&self.w.tx).await?;
         self.stamp(rank, id, PendingWrite::Delete);
         Ok(true)
+    }
+
+    /// Deletes a record of any model by its rank and id, shown or not (a
+    /// resync deletes records whose delete elsewhere it learned of only as
+    /// a missing row). A device-owned record must be this device's.
+    pub(crate) async fn delete_record(&mut self, rank: Rank, id: Uuid) -> Result<(), EngineError> {
+        self.check()?;
+        let result = self.delete_record_inner(rank, id).await;
+        self.poison(result)
+    }
+
+    async fn delete_record_inner(&mut self, rank: Rank, id: Uuid) -> Result<(), EngineError> {
+        let desc = self
+            .engine
+            .registry()
+            .at(rank)
+            .ok_or_else(|| EngineError::UnknownModel(format!("rank {rank}")))?;
+        let row = self
+            .w
+            .tx
+            .query_one_raw(store::stmt(
+                "SELECT local_key FROM _sync_rows WHERE model = ? AND record = ?",
+                vec![desc.name().into(), store::uuid_value(id)],
+            ))
+            .await?;
+        let local: Option<i64> = match row {
+            Some(r) => r.try_get("", "local_key")?,
+            None => None,
+        };
+        if let Some(k) = local {
+            let mut script = store::Script::default();
+            store::delete_rows(&mut script, desc, &[k]);
+            script.run(&self.w.tx).await?;
+        }
+        self.stamp(rank, id, PendingWrite::Delete);
+        Ok(())
     }
 
     /// Commits the rows, their states and their changes together, then

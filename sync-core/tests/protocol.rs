@@ -512,7 +512,8 @@ async fn pages_and_pushes_of_large_rows_are_cut_to_fit_a_message() {
 #[tokio::test]
 async fn a_page_that_leaves_out_a_superseded_change_carries_its_newer_state() {
     use common::volume;
-    let mut net = net_of(2, 11).await;
+    // a and c stay; b goes away.
+    let mut net = net_of(3, 11).await;
     net.config.pull_limit = 2;
     // Both devices know each other (no backfill later): then one is away.
     net.connect_all().await;
@@ -557,4 +558,128 @@ async fn a_page_that_leaves_out_a_superseded_change_carries_its_newer_state() {
         .unwrap()
         .unwrap();
     assert_eq!(held.name, "renamed");
+}
+
+/// Tombstones are collected once their delete is older than the horizon and
+/// every unexpired peer holds it; a device that was away longer (expired)
+/// and still holds the records, one of them updated while away, resyncs:
+/// nothing deleted comes back, its update loses, its new record is kept.
+#[tokio::test]
+async fn a_device_returning_after_tombstones_were_collected_brings_nothing_back() {
+    use common::volume;
+    // a and c stay; b goes away.
+    let mut net = net_of(3, 11).await;
+    net.connect_all().await;
+    write(&mut net, 0, 3, "t").await;
+    let a_id = net.nodes[0].dev.id;
+    let disk = Uuid::new_v4();
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    tx.insert(volume::ActiveModel {
+        gid: Set(disk),
+        device: Set(a_id),
+        name: Set("a's disk".into()),
+        capacity: Set(None),
+        is_online: Set(true),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    assert!(net.settle(2).await);
+    let tags: Vec<Uuid> = tag::Entity::find()
+        .all(net.nodes[0].dev.engine.database())
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.gid)
+        .collect();
+    let (edited, untouched, kept) = (tags[0], tags[1], tags[2]);
+
+    // b goes away; a deletes two tags and its disk; b, offline, renames
+    // one of them and creates a tag of its own.
+    net.disconnect(1);
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    tx.delete::<tag::Model>(edited).await.unwrap();
+    tx.delete::<tag::Model>(untouched).await.unwrap();
+    tx.delete::<volume::Model>(disk).await.unwrap();
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    let mut tx = net.nodes[1].dev.engine.begin().await.unwrap();
+    let mut row = tag::Model::find_by_id(tx.connection(), edited)
+        .await
+        .unwrap()
+        .unwrap();
+    row.name = "renamed by b while away".into();
+    tx.update(row).await.unwrap();
+    let c = tx.commit().await.unwrap();
+    net.committed(1, c);
+    let born = write_tags(&net.nodes[1].dev, 1, "b's own ").await;
+    let born_away = born[0].id;
+    net.committed(1, born);
+    let b_id = net.nodes[1].dev.id;
+    // c receives and acknowledges the deletes.
+    net.run(10_000).await;
+    net.anti_entropy().await;
+    net.run(10_000).await;
+
+    // A month passes: a expires b, prunes, and collects the tombstones.
+    for n in &net.nodes {
+        n.dev.time.advance(Duration::from_secs(31 * 24 * 3600));
+    }
+    let horizon = Duration::from_secs(30 * 24 * 3600);
+    let a = &net.nodes[0].dev.engine;
+    assert_eq!(
+        a.collect_tombstones(horizon).await.unwrap(),
+        sync_core::Collected::default(),
+        "b has not acknowledged the deletes and is not expired yet"
+    );
+    assert_eq!(a.expire_peers(horizon).await.unwrap(), vec![b_id]);
+    a.prune().await.unwrap();
+    assert_eq!(
+        a.collect_tombstones(horizon).await.unwrap(),
+        sync_core::Collected {
+            shared: 2,
+            owned: 1
+        }
+    );
+    assert_eq!(
+        a.collect_tombstones(horizon).await.unwrap(),
+        sync_core::Collected::default(),
+        "collected once"
+    );
+
+    // b returns: told to resync, it settles what the snapshot lacks.
+    net.nodes[1].online = true;
+    net.connect(1, 0).await;
+    assert!(net.settle(3).await, "converged");
+    for n in &net.nodes {
+        let db = n.dev.engine.database();
+        for gone in [edited, untouched] {
+            assert!(
+                tag::Model::find_by_id(db, gone).await.unwrap().is_none(),
+                "a deleted tag stays deleted on {}",
+                n.dev.id
+            );
+        }
+        assert!(
+            volume::Model::find_by_id(db, disk).await.unwrap().is_none(),
+            "a's deleted disk stays deleted on {}",
+            n.dev.id
+        );
+        assert!(tag::Model::find_by_id(db, kept).await.unwrap().is_some());
+        assert!(
+            tag::Model::find_by_id(db, born_away)
+                .await
+                .unwrap()
+                .is_some(),
+            "b's tag from while it was away reached {}",
+            n.dev.id
+        );
+    }
+    let content = net.nodes[0].dev.content().await;
+    for n in &net.nodes {
+        assert_eq!(n.dev.content().await, content);
+        assert_eq!(n.dev.engine.parked_len(), 0, "nothing waits for ever");
+    }
 }

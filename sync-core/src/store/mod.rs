@@ -396,6 +396,13 @@ const TABLES: &[&str] = &[
         husk BLOB NOT NULL,
         PRIMARY KEY (origin, seq)
     ) WITHOUT ROWID",
+    // While a resync runs: the records held when it started that no
+    // snapshot page has brought yet (see `collect`).
+    "CREATE TABLE IF NOT EXISTS _sync_unseen (
+        model TEXT NOT NULL,
+        record BLOB NOT NULL,
+        PRIMARY KEY (model, record)
+    ) WITHOUT ROWID",
     // The library's membership records, by hash.
     "CREATE TABLE IF NOT EXISTS _sync_members (
         id BLOB PRIMARY KEY NOT NULL,

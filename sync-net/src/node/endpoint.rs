@@ -29,6 +29,8 @@ pub(crate) struct LinkHandle {
 const DIAL_TICK: Duration = Duration::from_millis(100);
 /// How often silent peers are checked against the retention horizon.
 const EXPIRY_TICK: Duration = Duration::from_secs(10);
+/// How often tombstones past the retention horizon are looked for.
+const COLLECT_TICK: Duration = Duration::from_secs(60);
 
 impl Node {
     pub(crate) async fn accept_loop(self) {
@@ -99,6 +101,7 @@ impl Node {
         let mut backoff: HashMap<Uuid, (Instant, Duration)> = HashMap::new();
         let mut shutdown = self.inner.shutdown.subscribe();
         let mut next_expiry = Instant::now();
+        let mut next_collect = Instant::now();
         loop {
             if let Err(e) = self.enforce_removals() {
                 tracing::warn!(error = %e, "a removed peer could not be forgotten");
@@ -109,6 +112,12 @@ impl Node {
                 next_expiry = Instant::now() + EXPIRY_TICK.min(horizon);
                 if let Err(e) = self.inner.engine.expire_peers(horizon).await {
                     tracing::warn!(error = %e, "peers could not be expired");
+                }
+                if Instant::now() >= next_collect {
+                    next_collect = Instant::now() + COLLECT_TICK.min(horizon);
+                    if let Err(e) = self.inner.engine.collect_tombstones(horizon).await {
+                        tracing::warn!(error = %e, "tombstones could not be collected");
+                    }
                 }
             }
             let peers = if self.is_paused() {

@@ -1,0 +1,482 @@
+//! Tombstone collection, and what a device that returns after it must do.
+//!
+//! A deleted record keeps a tombstone so that no write can bring it back.
+//! Kept for ever, tombstones grow without bound; so a tombstone is dropped
+//! once (1) its delete is older than the retention horizon, and (2) every
+//! paired device that has not expired holds it: a shared delete's log entry
+//! was pruned (pruning waits for every unexpired peer's acknowledgement),
+//! a device-owned delete's number is acknowledged by every unexpired peer.
+//! A device silent for longer than the horizon is expired (see
+//! [`Engine::expire_peers`]) and resyncs from a snapshot when it returns.
+//!
+//! That resync is where a collected tombstone could otherwise be undone: the
+//! returning device still holds the record, and perhaps wrote to it while
+//! away. So a resync remembers which records the device held when it
+//! started (`_sync_unseen`), strikes each record the snapshot brings, and
+//! when the snapshot is complete settles the rest against the snapshot's
+//! vector `V`:
+//!
+//! - a device-owned record whose state `V` covers: the serving device held
+//!   that state and no longer holds the record, so its owner deleted it and
+//!   the tombstone was collected: dropped here too;
+//! - a shared record none of whose writes in this device's log lie beyond
+//!   `V` (pruned entries were acknowledged by every peer): likewise dropped;
+//! - a shared record whose writes beyond `V` include its creation: new to
+//!   the library, kept (and sent as usual);
+//! - a shared record updated here beyond `V` but created before: it was
+//!   deleted elsewhere, and those updates lost to that delete. This device
+//!   deletes it for real, so that its updates, wherever they arrive, meet a
+//!   tombstone.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, TransactionTrait, Value};
+use uuid::Uuid;
+
+use crate::change::{Change, Op};
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::project::{Facts, Input, Presence, RecordKey};
+use crate::state::{RecordState, SharedState, Tombstone};
+use crate::store;
+use crate::vector::VersionVector;
+use crate::write;
+
+/// `_sync_meta` key of the vector of the snapshot a resync loaded.
+const META_RESYNC_VECTOR: &str = "resync_vector";
+
+/// What one collection did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Tombstones of shared records dropped.
+    pub shared: u64,
+    /// Deletes of device-owned records dropped.
+    pub owned: u64,
+}
+
+/// How a resync settles a record the snapshot did not bring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// Deleted and collected elsewhere: gone here too, without a change.
+    Drop,
+    /// Deleted elsewhere; updated here since: deleted here, for real.
+    Delete,
+    /// New to the library: kept.
+    Keep,
+}
+
+impl Engine {
+    /// Drops tombstones older than `horizon` that every unexpired paired
+    /// device holds (see the module documentation). The node calls it with
+    /// its retention horizon; an application without a node calls it now
+    /// and then, with the horizon it expires peers by.
+    pub async fn collect_tombstones(&self, horizon: Duration) -> Result<Collected, EngineError> {
+        let bound = self.now().to_duration().saturating_sub(horizon);
+        let w = self.write_tx().await?;
+        let registry = &self.inner.registry;
+        // The oldest clock of each origin's log: a shared delete older than
+        // all of them is no longer in the log (pruned: acknowledged).
+        let firsts =
+            w.tx.query_all_raw(store::stmt(
+                "SELECT l.change FROM _sync_log l JOIN
+                   (SELECT origin, MIN(seq) AS seq FROM _sync_log GROUP BY origin) f
+                   ON l.origin = f.origin AND l.seq = f.seq",
+                vec![],
+            ))
+            .await?;
+        let mut log_floor = bound;
+        for row in &firsts {
+            let bytes: Vec<u8> = row.try_get("", "change")?;
+            let change =
+                Change::decode(&bytes).map_err(|e| EngineError::Malformed(e.to_string()))?;
+            log_floor = log_floor.min(change.hlc.get_time().to_duration());
+        }
+        // What each unexpired peer acknowledged; `None` if one never did (it
+        // may lack any delete).
+        let acked: Option<Vec<VersionVector>> = self
+            .memory()
+            .peers
+            .values()
+            .filter(|p| !p.expired)
+            .map(|p| p.acked.clone())
+            .collect();
+        let rows =
+            w.tx.query_all_raw(store::stmt(
+                "SELECT model, record, state FROM _sync_rows WHERE presence = ?",
+                vec![Value::BigInt(Some(Presence::Deleted.code()))],
+            ))
+            .await?;
+        let mut gone: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
+        let mut floors = VersionVector::new();
+        let mut report = Collected::default();
+        for row in &rows {
+            let model: String = row.try_get("", "model")?;
+            let Some(desc) = registry.rank(&model).and_then(|r| registry.at(r)) else {
+                continue;
+            };
+            let id = store::get_uuid(row, "record", "_sync_rows")?;
+            let bytes: Vec<u8> = row.try_get("", "state")?;
+            let state = RecordState::decode(desc.meta().ownership, &bytes)
+                .map_err(|e| store::corrupt("_sync_rows", e))?;
+            let take = match &state {
+                RecordState::Shared(SharedState {
+                    tombstone: Some(t), ..
+                }) => {
+                    let at = t.hlc.get_time().to_duration();
+                    let take = at < bound && at < log_floor;
+                    report.shared += u64::from(take);
+                    take
+                }
+                RecordState::Owned(o) if o.is_delete() => {
+                    let (origin, seq) = (o.change.origin, o.change.seq);
+                    let take = o.change.hlc.get_time().to_duration() < bound
+                        && acked
+                            .as_ref()
+                            .is_some_and(|acked| acked.iter().all(|a| a.get(origin) >= seq));
+                    if take {
+                        floors.advance(origin, seq);
+                        report.owned += 1;
+                    }
+                    take
+                }
+                _ => false,
+            };
+            if take {
+                gone.entry(desc.name())
+                    .or_default()
+                    .push(store::uuid_value(id));
+            }
+        }
+        if gone.is_empty() {
+            w.tx.commit().await?;
+            return Ok(report);
+        }
+        let mut script = store::Script::default();
+        for (model, ids) in &gone {
+            for table in ["_sync_rows", "_sync_waiting", "_sync_aside"] {
+                script.in_chunks(
+                    &format!("DELETE FROM {table} WHERE model = ? AND record IN ({{}})"),
+                    &[(*model).into()],
+                    ids.clone(),
+                );
+            }
+        }
+        // A peer that lacks a collected device-owned delete can no longer be
+        // served it as a change: it resyncs instead.
+        store::raise_pruned(&mut script, &floors)?;
+        script.run(&w.tx).await?;
+        w.tx.commit().await?;
+        {
+            let mut m = self.memory();
+            m.pruned.merge(&floors);
+            for (model, ids) in &gone {
+                if let Some(n) = m.rows.get_mut(*model) {
+                    *n = n.saturating_sub(ids.len() as u64);
+                }
+            }
+        }
+        metrics::counter!("syncable_tombstones_collected_total")
+            .increment(report.shared + report.owned);
+        tracing::info!(
+            shared = report.shared,
+            owned = report.owned,
+            "tombstones collected"
+        );
+        Ok(report)
+    }
+
+    /// A resync starts: remembers every record held now (in `tx`, with the
+    /// backfill's restart).
+    pub(crate) async fn begin_resync<C: ConnectionTrait>(&self, tx: &C) -> Result<(), EngineError> {
+        tx.execute_raw(store::stmt("DELETE FROM _sync_unseen", vec![]))
+            .await?;
+        tx.execute_raw(store::stmt(
+            "INSERT INTO _sync_unseen (model, record)
+             SELECT model, record FROM _sync_rows WHERE presence != ?",
+            vec![Value::BigInt(Some(Presence::Deleted.code()))],
+        ))
+        .await?;
+        tx.execute_raw(store::stmt(
+            "DELETE FROM _sync_meta WHERE key = ?",
+            vec![META_RESYNC_VECTOR.into()],
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Strikes the records of a snapshot page from those a resync settles,
+    /// before the page is applied (a crash in between leaves them struck,
+    /// and kept: never dropped for want of a page that arrived). The last
+    /// page leaves the snapshot's vector for the settling.
+    pub(crate) async fn resync_saw(
+        &self,
+        rows: &[crate::protocol::SnapshotRow],
+        last: Option<&VersionVector>,
+    ) -> Result<(), EngineError> {
+        if !self.memory().resyncing {
+            return Ok(());
+        }
+        let mut by_model: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for row in rows {
+            match row {
+                crate::protocol::SnapshotRow::Shared { model, id, .. } => {
+                    by_model
+                        .entry(model.clone())
+                        .or_default()
+                        .push(store::uuid_value(*id));
+                }
+                crate::protocol::SnapshotRow::Owned(bytes) => {
+                    // One that does not decode is refused by the apply, and
+                    // keeps nothing here from being settled.
+                    if let Ok(c) = bytes.decode() {
+                        by_model
+                            .entry(c.model)
+                            .or_default()
+                            .push(store::uuid_value(c.id));
+                    }
+                }
+            }
+        }
+        let w = self.write_tx().await?;
+        let mut script = store::Script::default();
+        for (model, ids) in by_model {
+            script.in_chunks(
+                "DELETE FROM _sync_unseen WHERE model = ? AND record IN ({})",
+                &[model.into()],
+                ids,
+            );
+        }
+        if let Some(v) = last {
+            let bytes = rmp_serde::to_vec(v).map_err(|e| EngineError::Malformed(e.to_string()))?;
+            store::set_meta_in(&mut script, META_RESYNC_VECTOR, bytes);
+        }
+        script.run(&w.tx).await?;
+        w.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Settles the records a complete resync's snapshot did not bring (see
+    /// the module documentation). Runs after the last page, and at open if
+    /// a crash came between.
+    pub(crate) async fn finish_resync(&self) -> Result<(), EngineError> {
+        let registry = &self.inner.registry;
+        let db = self.db();
+        let Some(bytes) = store::get_meta(db, META_RESYNC_VECTOR).await? else {
+            return Ok(());
+        };
+        let vector: VersionVector =
+            rmp_serde::from_slice(&bytes).map_err(|e| EngineError::Malformed(e.to_string()))?;
+        let unseen = db
+            .query_all_raw(store::stmt(
+                "SELECT model, record FROM _sync_unseen",
+                vec![],
+            ))
+            .await?;
+        let mut keys = BTreeSet::new();
+        for row in &unseen {
+            let model: String = row.try_get("", "model")?;
+            if let Some(rank) = registry.rank(&model) {
+                let id = store::get_uuid(row, "record", "_sync_unseen")?;
+                keys.insert(RecordKey { rank, id });
+            }
+        }
+        let stored = store::load_rows(db, registry, &keys).await?;
+        // This device's writes (and relayed ones) the serving device lacked.
+        let mut beyond: HashMap<Uuid, Vec<Change>> = HashMap::new();
+        let origins: Vec<(Uuid, u64)> = self.vector().iter().collect();
+        for (origin, upto) in origins {
+            let after = vector.get(origin);
+            if upto <= after {
+                continue;
+            }
+            for (_, bytes) in store::log_since(db, origin, after, upto, u64::MAX >> 1).await? {
+                let change = bytes
+                    .decode()
+                    .map_err(|e| EngineError::Malformed(e.to_string()))?;
+                beyond.entry(change.id).or_default().push(change);
+            }
+        }
+        let mut settled: BTreeMap<RecordKey, (Settle, RecordState)> = BTreeMap::new();
+        for (key, row) in stored {
+            let Some(row) = row else { continue };
+            let Some(desc) = registry.at(key.rank) else {
+                continue;
+            };
+            if row.state.is_deleted() {
+                continue;
+            }
+            let settle = match &row.state {
+                RecordState::Owned(o) => {
+                    if o.change.seq <= vector.get(o.change.origin) {
+                        Settle::Drop
+                    } else {
+                        Settle::Keep
+                    }
+                }
+                RecordState::Shared(_) => {
+                    let writes: Vec<&Change> = beyond
+                        .get(&key.id)
+                        .map(|cs| cs.iter().filter(|c| c.model == desc.name()).collect())
+                        .unwrap_or_default();
+                    let meta = desc.meta();
+                    let created_beyond = writes.iter().any(|c| match &c.op {
+                        Op::Upsert(fields) => {
+                            fields.iter().all(|f| f.base.is_none())
+                                && meta
+                                    .fields
+                                    .iter()
+                                    .all(|m| fields.iter().any(|f| f.name == m.name))
+                        }
+                        Op::Delete { .. } => false,
+                    });
+                    match (writes.is_empty(), created_beyond) {
+                        (true, _) => Settle::Drop,
+                        (false, true) => Settle::Keep,
+                        (false, false) => Settle::Delete,
+                    }
+                }
+            };
+            if settle != Settle::Keep {
+                settled.insert(key, (settle, row.state));
+            }
+        }
+        // Real deletes first: a crash before the drops leaves those records
+        // deleted, which the next settling skips.
+        let deletes: Vec<RecordKey> = settled
+            .iter()
+            .filter(|(_, (s, _))| *s == Settle::Delete)
+            .map(|(k, _)| *k)
+            .collect();
+        if !deletes.is_empty() {
+            let mut tx = self.begin().await?;
+            for key in &deletes {
+                tx.delete_record(key.rank, key.id).await?;
+            }
+            tx.commit().await?;
+            tracing::warn!(
+                records = deletes.len(),
+                "records deleted elsewhere while this device was away: its writes to them lost"
+            );
+        }
+        let drops: BTreeMap<RecordKey, RecordState> = settled
+            .into_iter()
+            .filter(|(_, (s, _))| *s == Settle::Drop)
+            .filter_map(|(k, (_, state))| Some((k, tombstone_of(self.device(), state)?)))
+            .collect();
+        let dropped = drops.len();
+        let w = self.write_tx().await?;
+        let mut script = store::Script::default();
+        let mut waiting_delta = 0;
+        let mut owned_gone: Vec<RecordKey> = Vec::new();
+        if !drops.is_empty() {
+            owned_gone = drops
+                .iter()
+                .filter(|(_, s)| matches!(s, RecordState::Owned(_)))
+                .map(|(k, _)| *k)
+                .collect();
+            let input = Input {
+                changed: drops,
+                ..Input::default()
+            };
+            let mut facts = Facts::default();
+            let projection =
+                write::project(&w.tx, registry, &self.inner.tables, &input, &mut facts).await?;
+            let mut writes = write::build(
+                registry,
+                &self.inner.tables,
+                input.changed,
+                facts,
+                projection,
+            )?;
+            waiting_delta = writes.waiting_delta;
+            write::script(&mut script, registry, &mut writes)?;
+            // A device-owned record's tombstone is its owner's signed delete,
+            // which this device never received: it keeps no state of it.
+            let mut by_model: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
+            for key in &owned_gone {
+                if let Some(desc) = registry.at(key.rank) {
+                    by_model
+                        .entry(desc.name())
+                        .or_default()
+                        .push(store::uuid_value(key.id));
+                }
+            }
+            for (model, ids) in by_model {
+                script.in_chunks(
+                    "DELETE FROM _sync_rows WHERE model = ? AND record IN ({})",
+                    &[model.into()],
+                    ids,
+                );
+            }
+        }
+        script.push("DELETE FROM _sync_unseen".into(), vec![]);
+        script.push(
+            "DELETE FROM _sync_meta WHERE key = ?".into(),
+            vec![META_RESYNC_VECTOR.into()],
+        );
+        write::run(&w.tx, script, &[]).await?;
+        w.tx.commit().await?;
+        {
+            let mut m = self.memory();
+            m.resyncing = false;
+            m.waiting = m.waiting.saturating_add_signed(waiting_delta);
+            for key in &owned_gone {
+                if let Some(n) = registry.at(key.rank).and_then(|d| m.rows.get_mut(d.name())) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                records = dropped,
+                "records deleted elsewhere (their tombstones collected) while this device was away: dropped"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether a resync is under way (records to settle are remembered).
+    pub(crate) async fn resync_pending<C: ConnectionTrait>(db: &C) -> Result<bool, EngineError> {
+        Ok(
+            store::count(db, "SELECT COUNT(*) AS n FROM _sync_unseen", vec![]).await? > 0
+                || store::get_meta(db, META_RESYNC_VECTOR).await?.is_some(),
+        )
+    }
+
+    /// Settles a resync a crash interrupted after its snapshot completed.
+    pub(crate) async fn resume_resync(&self) -> Result<(), EngineError> {
+        let db = self.db().begin().await?;
+        let pending = Self::resync_pending(&db).await?;
+        db.commit().await?;
+        self.memory().resyncing = pending;
+        if pending && !self.needs_backfill() {
+            self.finish_resync().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The state that shows a record as deleted, for a record dropped because
+/// its tombstone was collected elsewhere. Kept for a shared record (it
+/// stops any write that lost to the delete); for a device-owned one it only
+/// drives the projection, and is not stored.
+fn tombstone_of(device: Uuid, state: RecordState) -> Option<RecordState> {
+    Some(match state {
+        RecordState::Shared(s) => {
+            let latest = s.latest()?;
+            RecordState::Shared(SharedState {
+                fields: BTreeMap::new(),
+                tombstone: Some(Tombstone {
+                    device,
+                    hlc: latest,
+                    seen: Some(latest),
+                }),
+            })
+        }
+        RecordState::Owned(mut o) => {
+            o.change.op = Op::Delete { seen: None };
+            RecordState::Owned(o)
+        }
+    })
+}
