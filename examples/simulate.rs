@@ -18,8 +18,9 @@
 //! discarded, its engine reopened from its database), `skew` (clocks apart
 //! within the drift bound, one beyond it for a while), `join` (devices that
 //! join mid-run and backfill from a neighbour), `pages` (small catch-up and
-//! snapshot pages). Topologies: `mesh`, `line`, `star`, `sparse` (a ring with
-//! random chords); devices off each other's edges never meet and learn each
+//! snapshot pages), `collect` (tombstones collected as soon as every peer
+//! acknowledged their delete: a retention horizon of zero). Topologies:
+//! `mesh`, `line`, `star`, `sparse` (a ring with random chords); devices off each other's edges never meet and learn each
 //! other's changes through relays.
 //!
 //! Checks after quiescence: identical synced data on every device (per
@@ -69,7 +70,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "drop,dup,reorder,partition,crash,skew,join,pages"
+        default_value = "drop,dup,reorder,partition,crash,skew,join,pages,collect"
     )]
     faults: Vec<String>,
     /// mesh, line, star or sparse; default mesh up to 12 devices, else
@@ -118,6 +119,7 @@ struct Sim {
     joins: u64,
     skews: u64,
     refused: u64,
+    collected: u64,
 }
 
 struct Dev {
@@ -572,7 +574,7 @@ impl Sim {
 
     async fn fault(&mut self, ops_left: usize) -> Result<(), Error> {
         let n = self.devices.len();
-        match self.rng.random_range(0..5u32) {
+        match self.rng.random_range(0..6u32) {
             0 if self.faults.contains("partition") => {
                 if self.cut.is_empty() {
                     // Cut off a group of up to a third of the devices.
@@ -615,6 +617,14 @@ impl Sim {
             3 if self.faults.contains("join") && ops_left > 0 => {
                 if let Some(i) = (0..n).find(|&i| !self.devices[i].joined) {
                     self.join(i).await?;
+                }
+            }
+            4 if self.faults.contains("collect") => {
+                if let Some(i) = self.pick_up() {
+                    // A horizon of zero: whatever every peer acknowledged
+                    // goes, at once.
+                    let c = self.engine(i)?.collect_tombstones(Duration::ZERO).await?;
+                    self.collected += c.shared + c.owned;
                 }
             }
             _ => self.anti_entropy().await?,
@@ -717,6 +727,16 @@ impl Sim {
                     .zip(content.iter())
                     .find(|(a, b)| a != b)
                     .map(|(a, _)| (a.model, a.id));
+                if std::env::var_os("SIMULATE_DEBUG").is_some() {
+                    for (a, b) in reference
+                        .iter()
+                        .zip(content.iter())
+                        .filter(|(a, b)| a != b)
+                        .take(3)
+                    {
+                        eprintln!("  on 0: {a:?}\n  on {i}: {b:?}");
+                    }
+                }
                 let (s0, si) = (self.engine(0)?.status(), self.engine(i)?.status());
                 return Ok(Some(format!(
                     "device 0 and device {i} differ: only on 0 {only0:?}, only on {i} {only_i:?}, \
@@ -932,6 +952,7 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
         joins: 0,
         skews: 0,
         refused: 0,
+        collected: 0,
     };
     for i in 0..n {
         let skew = if sim.faults.contains("skew") {
@@ -1074,7 +1095,7 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
         "seed {seed}: {n} devices ({kind}), {} writes ({records} records created, {deleted} deleted, \
          {} refused locally by a unique key), \
          {} messages delivered, {} dropped, {} duplicated, {} partitions, {} crashes, {} clock jumps, \
-         {} joins; log entries left {log}; {:.1} s",
+         {} joins, {} tombstones collected; log entries left {log}; {:.1} s",
         sim.writes,
         sim.refused,
         sim.delivered,
@@ -1084,6 +1105,7 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
         sim.crashes,
         sim.skews,
         sim.joins,
+        sim.collected,
         t.elapsed().as_secs_f64()
     );
     for d in &mut sim.devices {

@@ -9,9 +9,11 @@
 //! A device silent for longer than the horizon is expired (see
 //! [`Engine::expire_peers`]) and resyncs from a snapshot when it returns.
 //!
-//! That resync is where a collected tombstone could otherwise be undone: the
-//! returning device still holds the record, and perhaps wrote to it while
-//! away. So a resync remembers which records the device held when it
+//! That resync (asked for with [`ErrorCode::Expired`](crate::ErrorCode::Expired), distinct from the
+//! resync of a device that merely lacks pruned changes: that one acknowledged
+//! every collected delete) is where a collected tombstone could otherwise
+//! be undone: the returning device still holds the record, and perhaps
+//! wrote to it while away. So a resync remembers which records the device held when it
 //! started (`_sync_unseen`), strikes each record the snapshot brings, and
 //! when the snapshot is complete settles the rest against the snapshot's
 //! vector `V`:
@@ -101,6 +103,19 @@ impl Engine {
             .filter(|p| !p.expired)
             .map(|p| p.acked.clone())
             .collect();
+        // And this device must hold all that each of them held when it last
+        // acknowledged: whatever a peer wrote to a record before it learned
+        // of the record's delete (or relayed before acknowledging it) is
+        // then here already, merged into the tombstone, and cannot arrive
+        // after it.
+        let mine = self.vector();
+        if acked
+            .as_ref()
+            .is_none_or(|acked| !acked.iter().all(|a| mine.covers(a)))
+        {
+            w.tx.commit().await?;
+            return Ok(Collected::default());
+        }
         let rows =
             w.tx.query_all_raw(store::stmt(
                 "SELECT model, record, state FROM _sync_rows WHERE presence = ?",

@@ -298,8 +298,9 @@ pub mod steps {
         engine.acknowledge(peer, vector, Vec::new());
     }
 
-    /// Starts the device's backfill over.
-    pub async fn restart_backfill(engine: &Engine) -> Result<(), EngineError> {
-        engine.restart_backfill().await
+    /// Starts the device's backfill over (`expired`: as a device away
+    /// beyond the retention horizon, which settles what the snapshot lacks).
+    pub async fn restart_backfill(engine: &Engine, expired: bool) -> Result<(), EngineError> {
+        engine.restart_backfill(expired).await
     }
 }

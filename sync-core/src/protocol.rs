@@ -12,9 +12,9 @@ use crate::trust::{Hash, MemberRecord, SealProof};
 use crate::vector::VersionVector;
 
 /// The protocol version this engine speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The oldest protocol version this engine still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 3;
+pub const MIN_PROTOCOL_VERSION: u16 = 4;
 /// The largest encoded message accepted. Larger payloads are paged.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -270,8 +270,8 @@ pub enum ErrorCode {
     WrongLibrary,
     /// The peer is not paired with us.
     NotPaired,
-    /// The peer was away beyond the retention horizon (or asked for changes
-    /// we no longer keep): it must resync from a snapshot.
+    /// The peer asked for changes we no longer keep: it must resync from a
+    /// snapshot.
     ResyncRequired,
     /// A message we could not accept.
     Malformed,
@@ -279,6 +279,10 @@ pub enum ErrorCode {
     Unexpected,
     /// Our side failed.
     Internal,
+    /// The peer was away beyond the retention horizon: it must resync from
+    /// a snapshot, and settle the records the snapshot lacks (their
+    /// tombstones may have been collected meanwhile).
+    Expired,
 }
 
 /// An error sent to a peer.

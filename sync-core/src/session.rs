@@ -193,7 +193,16 @@ impl Session {
             }
             (_, Message::PullRequest(request)) => match self.engine.serve_pull(&request).await? {
                 Ok(response) => Output::send(Message::PullResponse(response)),
-                Err(e) => Output::send(Message::Error(e)),
+                Err(mut e) => {
+                    // Changes we no longer keep, for a peer that was away
+                    // too long: tombstones may be gone too.
+                    if e.code == ErrorCode::ResyncRequired
+                        && self.peer.is_some_and(|p| self.engine.is_expired(p))
+                    {
+                        e.code = ErrorCode::Expired;
+                    }
+                    Output::send(Message::Error(e))
+                }
             },
             (_, Message::PullResponse(response)) => self.pulled(response).await?,
             (_, Message::SnapshotRequest(request)) => {
@@ -319,7 +328,7 @@ impl Session {
             // acknowledged, it is a peer like any other.
             self.state = SessionState::Ready;
             return Ok(Output::send(Message::Error(ErrorMessage {
-                code: ErrorCode::ResyncRequired,
+                code: ErrorCode::Expired,
                 message: "away beyond the retention horizon: resync from a snapshot".into(),
             })));
         }
@@ -507,9 +516,11 @@ impl Session {
     }
 
     async fn remote_error(&mut self, error: ErrorMessage) -> Result<Output, EngineError> {
-        if error.code == ErrorCode::ResyncRequired {
-            tracing::warn!(peer = ?self.peer, "told to resync from a snapshot");
-            self.engine.restart_backfill().await?;
+        if matches!(error.code, ErrorCode::ResyncRequired | ErrorCode::Expired) {
+            tracing::warn!(peer = ?self.peer, code = ?error.code, "told to resync from a snapshot");
+            self.engine
+                .restart_backfill(error.code == ErrorCode::Expired)
+                .await?;
             self.state = SessionState::Backfilling;
             let request = self.engine.backfill_request(self.config.snapshot_limit);
             return Ok(Output::send(Message::SnapshotRequest(request)));

@@ -193,16 +193,23 @@ impl Engine {
         self.set_backfill(Backfill::Done).await
     }
 
-    /// Starts a backfill over, as a peer that was away too long must.
-    pub(crate) async fn restart_backfill(&self) -> Result<(), EngineError> {
+    /// Starts a backfill over, as a peer that lacks changes no longer kept
+    /// must. `expired`: this device was away beyond the retention horizon,
+    /// so a record the snapshot does not bring may have been deleted with
+    /// its tombstone collected since; it is settled when the snapshot is
+    /// complete (see `collect`). A device that was not expired holds every
+    /// collected delete (collection waits for its acknowledgement) and
+    /// keeps what the snapshot lacks.
+    pub(crate) async fn restart_backfill(&self, expired: bool) -> Result<(), EngineError> {
         let w = self.write_tx().await?;
         save_backfill(&w.tx, &Backfill::Needed).await?;
-        // What the snapshot does not bring was deleted, or is new here.
-        self.begin_resync(&w.tx).await?;
+        if expired {
+            self.begin_resync(&w.tx).await?;
+        }
         w.tx.commit().await?;
         let mut m = self.memory();
         m.backfill = Backfill::Needed;
-        m.resyncing = true;
+        m.resyncing |= expired;
         Ok(())
     }
 
