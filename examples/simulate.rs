@@ -737,6 +737,19 @@ impl Sim {
                         eprintln!("  on 0: {a:?}\n  on {i}: {b:?}");
                     }
                 }
+                if std::env::var_os("SIMULATE_DEBUG").is_some() {
+                    for (model, id) in only0.iter().chain(only_i.iter()) {
+                        for (j, name) in [(0, "0"), (i, "i")] {
+                            let d = syncable::core::__private::steps::describe_record(
+                                self.engine(j)?,
+                                model,
+                                *id,
+                            )
+                            .await?;
+                            eprintln!("  {model} {id} on {name}: {d}");
+                        }
+                    }
+                }
                 let (s0, si) = (self.engine(0)?.status(), self.engine(i)?.status());
                 return Ok(Some(format!(
                     "device 0 and device {i} differ: only on 0 {only0:?}, only on {i} {only_i:?}, \

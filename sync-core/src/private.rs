@@ -216,6 +216,26 @@ pub mod steps {
         engine.serve_snapshot(request).await
     }
 
+    /// How a record is stored here, in words: its presence and its state
+    /// (for the simulation's report of a divergence).
+    pub async fn describe_record(
+        engine: &Engine,
+        model: &str,
+        id: uuid::Uuid,
+    ) -> Result<String, EngineError> {
+        let registry = engine.registry();
+        let Some(rank) = registry.rank(model) else {
+            return Ok(format!("no model {model}"));
+        };
+        let key = crate::project::RecordKey { rank, id };
+        let rows =
+            crate::store::load_rows(engine.db(), registry, &std::iter::once(key).collect()).await?;
+        Ok(match rows.get(&key).and_then(|r| r.as_ref()) {
+            None => "no state".into(),
+            Some(s) => format!("{:?} key {:?}: {:?}", s.presence, s.key, s.state),
+        })
+    }
+
     /// The request that continues this device's backfill.
     pub fn backfill_request(engine: &Engine, limit: u32) -> SnapshotRequest {
         engine.backfill_request(limit)
