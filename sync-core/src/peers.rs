@@ -97,6 +97,9 @@ pub(crate) struct PeerMemory {
     pub(crate) last_seen: Option<u64>,
     pub(crate) expired: bool,
     pub(crate) connected: bool,
+    /// Sessions open with it (a replaced connection's session may end after
+    /// its successor's began).
+    pub(crate) sessions: u32,
     /// Its vector, as of its last message.
     pub(crate) vector: Option<VersionVector>,
     /// Not yet written.
@@ -249,11 +252,18 @@ impl Engine {
         }
     }
 
-    /// Marks a session with `peer` as open or closed.
+    /// Notes a session with `peer` opening or closing: it is connected
+    /// while any is open (a replaced connection's session may end after its
+    /// successor's began).
     pub fn set_connected(&self, peer: Uuid, connected: bool) {
         if let Some(p) = self.memory().peers.get_mut(&peer) {
-            p.connected = connected;
-            if !connected {
+            p.sessions = if connected {
+                p.sessions.saturating_add(1)
+            } else {
+                p.sessions.saturating_sub(1)
+            };
+            p.connected = p.sessions > 0;
+            if !p.connected {
                 p.links = None;
             }
         }

@@ -98,6 +98,16 @@ pub struct Session {
     pulled_from: Option<VersionVector>,
     /// The next page was asked for before this one was applied.
     asked_ahead: bool,
+    /// Whether this session counts among its peer's open sessions.
+    counted: bool,
+}
+
+impl Drop for Session {
+    /// A session dropped without [`disconnect`](Session::disconnect) (an
+    /// extra stream that ended, a task aborted) no longer counts as open.
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 fn in_batches(batches: Vec<Batch>) -> Vec<InBatch> {
@@ -125,6 +135,7 @@ impl Session {
             state: SessionState::Handshake,
             pulled_from: None,
             asked_ahead: false,
+            counted: false,
         }
     }
 
@@ -132,10 +143,9 @@ impl Session {
     /// pinned certificate): everything the session believes of its peer is
     /// about that device, and a hello in another device's name is refused.
     pub fn authenticated(engine: Engine, config: SessionConfig, peer: Uuid) -> Self {
-        Self {
-            authenticated: Some(peer),
-            ..Self::new(engine, config)
-        }
+        let mut session = Self::new(engine, config);
+        session.authenticated = Some(peer);
+        session
     }
 
     /// The peer, once it said hello.
@@ -262,7 +272,8 @@ impl Session {
 
     fn close(&mut self) {
         self.state = SessionState::Closed;
-        if let Some(peer) = self.peer {
+        if let (Some(peer), true) = (self.peer, self.counted) {
+            self.counted = false;
             self.engine.set_connected(peer, false);
         }
     }
@@ -320,7 +331,10 @@ impl Session {
         }
         let peer = hello.device;
         self.peer = Some(peer);
-        self.engine.set_connected(peer, true);
+        if !self.counted {
+            self.counted = true;
+            self.engine.set_connected(peer, true);
+        }
         self.engine.heard_from(peer, Some(&hello.vector));
         if self.engine.is_expired(peer) && !hello.needs_backfill {
             tracing::warn!(%peer, "peer returned after the retention horizon; asking it to resync");

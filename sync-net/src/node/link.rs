@@ -10,7 +10,7 @@ use sync_core::{Message, Session};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::Node;
+use super::{Node, lock};
 use crate::codec::{FrameError, read_message_within, write_message};
 use crate::error::NetError;
 use crate::tls::close_code;
@@ -34,8 +34,15 @@ impl Node {
         };
         tracing::info!(device = %self.device(), %peer, "connected");
         let result = self.link(&connection, peer, initiator, pushes).await;
+        // The session, ending, said the peer is disconnected (unless
+        // another connection's session with it is open).
         self.unregister(peer, id);
-        self.inner.engine.set_connected(peer, false);
+        if lock(&self.inner.links).contains_key(&peer) {
+            // Replaced by another connection to the same peer: nothing
+            // went wrong with the peer.
+            tracing::debug!(%peer, "a replaced connection ended");
+            return;
+        }
         // Whatever ended the link first, a peer that closed the connection
         // said why: report its words (a refusal reads "not paired").
         let refused = match connection.close_reason() {
