@@ -6,14 +6,8 @@
 #[allow(dead_code)]
 mod harness;
 
-use std::sync::OnceLock;
-
+use harness::shared as harness;
 use libfuzzer_sys::fuzz_target;
-
-fn harness() -> &'static harness::Harness {
-    static H: OnceLock<harness::Harness> = OnceLock::new();
-    H.get_or_init(|| harness::Harness::new().unwrap())
-}
 
 fuzz_target!(|bytes: &[u8]| {
     if let Err(why) = harness().apply(bytes) {

@@ -33,7 +33,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, Value};
 use uuid::Uuid;
 
 use crate::change::{Change, Op};
@@ -461,9 +461,7 @@ impl Engine {
 
     /// Settles a resync a crash interrupted after its snapshot completed.
     pub(crate) async fn resume_resync(&self) -> Result<(), EngineError> {
-        let db = self.db().begin().await?;
-        let pending = Self::resync_pending(&db).await?;
-        db.commit().await?;
+        let pending = Self::resync_pending(self.db()).await?;
         self.memory().resyncing = pending;
         if pending && !self.needs_backfill() {
             self.finish_resync().await?;

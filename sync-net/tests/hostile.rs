@@ -14,15 +14,8 @@
 #[path = "hostile/harness.rs"]
 mod harness;
 
-use std::sync::OnceLock;
-
-use harness::Harness;
+use harness::{Harness, shared as harness};
 use proptest::prelude::*;
-
-fn harness() -> &'static Harness {
-    static H: OnceLock<Harness> = OnceLock::new();
-    H.get_or_init(|| Harness::new().unwrap())
-}
 
 /// A seed frame, mutated: bytes overwritten, cut short, or spliced with
 /// another seed.

@@ -12,50 +12,8 @@ use sync_core::SyncModel;
 use sync_net::{Node, NodeConfig};
 use uuid::Uuid;
 
-pub mod tag {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, sync_core::Syncable)]
-    #[sea_orm(table_name = "tags")]
-    #[sync(shared)]
-    pub struct Model {
-        #[sea_orm(primary_key)]
-        pub id: i32,
-        #[sea_orm(unique)]
-        #[sync(id)]
-        pub gid: Uuid,
-        pub name: String,
-        pub color: Option<String>,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
-pub mod volume {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, sync_core::Syncable)]
-    #[sea_orm(table_name = "volumes")]
-    #[sync(device_owned)]
-    pub struct Model {
-        #[sea_orm(primary_key)]
-        pub id: i32,
-        #[sea_orm(unique)]
-        #[sync(id)]
-        pub gid: Uuid,
-        #[sync(owner)]
-        pub device: Uuid,
-        pub name: String,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
+mod models;
+pub use models::{tag, volume};
 
 pub const LIBRARY: Uuid = Uuid::from_u128(0x5EED);
 

@@ -20,52 +20,21 @@ use sea_orm::{ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, Schem
 use sync_core::{DeviceKey, Engine, EngineConfig, Message, Session, SessionConfig, SyncModel};
 use uuid::Uuid;
 
-pub mod tag {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, sync_core::Syncable)]
-    #[sea_orm(table_name = "tags")]
-    #[sync(shared)]
-    pub struct Model {
-        #[sea_orm(primary_key)]
-        pub id: i32,
-        #[sea_orm(unique)]
-        #[sync(id)]
-        pub gid: Uuid,
-        pub name: String,
-        pub color: Option<String>,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
-pub mod volume {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, sync_core::Syncable)]
-    #[sea_orm(table_name = "volumes")]
-    #[sync(device_owned)]
-    pub struct Model {
-        #[sea_orm(primary_key)]
-        pub id: i32,
-        #[sea_orm(unique)]
-        #[sync(id)]
-        pub gid: Uuid,
-        #[sync(owner)]
-        pub device: Uuid,
-        pub name: String,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
+#[path = "../common/models.rs"]
+mod models;
+pub use models::{tag, volume};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The harness of this process, built on first use (test threads and
+/// fuzz iterations share it).
+pub fn shared() -> &'static Harness {
+    static SHARED: std::sync::OnceLock<Harness> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| match Harness::new() {
+        Ok(h) => h,
+        Err(e) => panic!("the hostile-input harness could not start: {e}"),
+    })
+}
 
 /// A device under attack, and the seeds inputs are made from.
 pub struct Harness {
