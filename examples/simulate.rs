@@ -120,6 +120,10 @@ struct Sim {
     skews: u64,
     refused: u64,
     collected: u64,
+    // `SIMULATE_TRACE=model:uuid`: how each device stores that record,
+    // printed whenever it changes.
+    trace: Option<(String, Uuid)>,
+    traced: BTreeMap<usize, String>,
 }
 
 struct Dev {
@@ -184,6 +188,22 @@ impl Sim {
         let engine = Engine::open(d.db.clone(), key, config).await?;
         d.commits = Some(engine.subscribe());
         d.engine = Some(engine);
+        Ok(())
+    }
+
+    /// Prints how device `i` stores the traced record when that changed.
+    async fn trace(&mut self, i: usize, why: &str) -> Result<(), Error> {
+        let Some((model, id)) = self.trace.clone() else {
+            return Ok(());
+        };
+        let Some(engine) = self.devices[i].engine.as_ref() else {
+            return Ok(());
+        };
+        let now = syncable::core::__private::steps::describe_record(engine, &model, id).await?;
+        if self.traced.get(&i) != Some(&now) {
+            eprintln!("trace: device {i} after {why}: {now}");
+            self.traced.insert(i, now);
+        }
         Ok(())
     }
 
@@ -295,7 +315,16 @@ impl Sim {
             return Ok(true);
         };
         self.delivered += 1;
+        let what = if let Some((_, id)) = &self.trace {
+            for line in mentions(&message, *id) {
+                eprintln!("trace: {from} -> {to}: {line}");
+            }
+            format!("{} from {from}", message_kind(&message))
+        } else {
+            String::new()
+        };
         let output = session.handle(message).await?;
+        self.trace(to, &what).await?;
         for m in &output.send {
             self.send(to, from, m)?;
         }
@@ -561,6 +590,7 @@ impl Sim {
             }
         }
         tx.commit().await?;
+        self.trace(i, "a local write").await?;
         self.writes += 1;
         for (m, id) in created {
             self.created.entry(m).or_default().insert(id);
@@ -598,6 +628,7 @@ impl Sim {
                     self.devices[i].engine = None;
                     self.devices[i].commits = None;
                     self.open(i).await?;
+                    self.trace(i, "a crash").await?;
                     self.connect_neighbours(i).await?;
                     self.crashes += 1;
                 }
@@ -920,6 +951,59 @@ struct Outcome {
     report: String,
 }
 
+/// What a message carries about record `id`, for the trace.
+fn mentions(m: &Message, id: Uuid) -> Vec<String> {
+    let mut out = Vec::new();
+    let change = |out: &mut Vec<String>, what: &str, bytes: &syncable::core::EncodedChange| {
+        if let Ok(c) = bytes.decode()
+            && c.id == id
+        {
+            let op = format!("{:?}", c.op);
+            out.push(format!(
+                "{what}: {} seq {} at {} {}",
+                c.origin,
+                c.seq,
+                c.hlc,
+                &op[..op.len().min(12)]
+            ));
+        }
+    };
+    match m {
+        Message::Push(p) => p
+            .batches
+            .iter()
+            .flat_map(|b| &b.changes)
+            .for_each(|c| change(&mut out, "push", c)),
+        Message::PullResponse(p) => p
+            .batches
+            .iter()
+            .flat_map(|b| &b.changes)
+            .for_each(|c| change(&mut out, "pull response", c)),
+        Message::SnapshotResponse(s) => {
+            for row in &s.rows {
+                match row {
+                    syncable::core::SnapshotRow::Owned(c) => change(&mut out, "snapshot row", c),
+                    syncable::core::SnapshotRow::Shared { id: r, .. } if *r == id => {
+                        out.push("snapshot row (shared)".into())
+                    }
+                    _ => {}
+                }
+            }
+            if s.next.is_none() {
+                out.push(format!("last snapshot page, vector {:?}", s.vector));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// A message's kind, for the trace.
+fn message_kind(m: &Message) -> String {
+    let s = format!("{m:?}");
+    s.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("?").to_owned()
+}
+
 async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
     let n = args.devices;
     let dir = tempfile::tempdir()?;
@@ -966,6 +1050,11 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
         skews: 0,
         refused: 0,
         collected: 0,
+        trace: std::env::var("SIMULATE_TRACE").ok().and_then(|t| {
+            let (model, id) = t.split_once(':')?;
+            Some((model.to_owned(), id.parse().ok()?))
+        }),
+        traced: BTreeMap::new(),
     };
     for i in 0..n {
         let skew = if sim.faults.contains("skew") {

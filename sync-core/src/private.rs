@@ -236,6 +236,11 @@ pub mod steps {
         })
     }
 
+    /// Tries the snapshot rows held back for now again.
+    pub async fn retry_held(engine: &Engine) -> Result<ApplyReport, EngineError> {
+        engine.retry_held().await
+    }
+
     /// The request that continues this device's backfill.
     pub fn backfill_request(engine: &Engine, limit: u32) -> SnapshotRequest {
         engine.backfill_request(limit)

@@ -231,7 +231,7 @@ pub(crate) struct Incoming {
     pub(crate) rows: Vec<SnapshotRow>,
     pub(crate) snapshot: Option<SnapshotStep>,
     /// Held rows being retried (released when they apply).
-    pub(crate) retried: Vec<(String, Uuid)>,
+    pub(crate) retried: Vec<store::HeldRow>,
 }
 
 enum Item {
@@ -828,10 +828,14 @@ impl Engine {
             .collect();
         store::save_origins(&mut script, &fresh);
         store::hold_rows(&mut script, &held_rows);
-        let released: Vec<(String, Uuid)> = incoming
+        let released: Vec<store::HeldRow> = incoming
             .retried
             .iter()
-            .filter(|(m, r)| !held_rows.iter().any(|h| &h.model == m && h.record == *r))
+            .filter(|r| {
+                !held_rows
+                    .iter()
+                    .any(|h| h.model == r.model && h.record == r.record && h.row == r.row)
+            })
             .cloned()
             .collect();
         store::release_held(&mut script, &released);
@@ -851,6 +855,13 @@ impl Engine {
         store::set_meta_in(&mut script, META_CLOCK, last.to_be_bytes().to_vec());
         phases.mark("bookkeeping");
         let conflicts_added = write::run(&w.tx, script, &writes.conflicts).await?;
+        // Rows held for one record by several sources are each kept, so the
+        // count is read back rather than reckoned.
+        let held_count = if held_rows.is_empty() && released.is_empty() {
+            None
+        } else {
+            Some(store::held_count(&w.tx).await?)
+        };
         phases.mark("write");
         w.tx.commit().await?;
         phases.mark("commit");
@@ -871,10 +882,9 @@ impl Engine {
                 *m.rows.entry((*model).to_owned()).or_default() += n;
             }
             m.pruned.merge(&pruned_floor);
-            m.held_rows = m
-                .held_rows
-                .saturating_add(held_rows.len() as u64)
-                .saturating_sub(released.len() as u64);
+            if let Some(n) = held_count {
+                m.held_rows = n;
+            }
             if let Some(step) = &incoming.snapshot {
                 m.backfill.step(step);
             }
@@ -1148,7 +1158,7 @@ impl Engine {
             if let Ok(row) = rmp_serde::from_slice::<SnapshotRow>(&h.row) {
                 rows.push(row);
             }
-            retried.push((h.model, h.record));
+            retried.push(h);
         }
         Ok(self
             .receive(Incoming {

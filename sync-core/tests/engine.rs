@@ -752,6 +752,57 @@ async fn a_database_knows_its_device_and_refuses_a_newer_schema() {
     assert!(err.to_string().contains("newer"), "{err}");
 }
 
+/// A version-3 database (one held snapshot row per record) opens: its
+/// held rows carry over into the table that keeps every row held. An older
+/// version is refused.
+#[tokio::test]
+async fn a_version_3_database_is_upgraded_and_older_ones_refused() {
+    use sea_orm::ConnectionTrait;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.sqlite");
+    let time = sync_core::clock::ManualTime::new(common::EPOCH);
+    let d = common::device_at(&path, 1, time.clone()).await;
+    let db = d.engine.database().clone();
+    drop(d);
+    for sql in [
+        "DROP TABLE _sync_held",
+        "CREATE TABLE _sync_held (model TEXT NOT NULL, record BLOB NOT NULL, row BLOB NOT NULL, \
+         reason TEXT NOT NULL, PRIMARY KEY (model, record)) WITHOUT ROWID",
+        "INSERT INTO _sync_held VALUES ('tags', X'00000000000000000000000000000001', X'90', 'clock')",
+        "UPDATE _sync_meta SET value = X'00000003' WHERE key = 'schema_version'",
+    ] {
+        db.execute_unprepared(sql).await.unwrap();
+    }
+    let engine = sync_core::Engine::open(
+        db.clone(),
+        common::device_key(1),
+        sync_core::EngineConfig::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(engine.status().held_rows, 1, "the held row carried over");
+    let version = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "SELECT hex(value) AS v FROM _sync_meta WHERE key = 'schema_version'",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<String>("", "v")
+        .unwrap();
+    assert_eq!(version, format!("{:08X}", sync_core::SCHEMA_VERSION));
+    drop(engine);
+
+    db.execute_unprepared("UPDATE _sync_meta SET value = X'00000002' WHERE key = 'schema_version'")
+        .await
+        .unwrap();
+    let err = sync_core::Engine::open(db, common::device_key(1), sync_core::EngineConfig::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot upgrade"), "{err}");
+}
+
 #[tokio::test]
 async fn malformed_and_unknown_changes_are_rejected_without_writing() {
     let a = device(1).await;

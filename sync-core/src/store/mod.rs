@@ -23,7 +23,7 @@ pub(crate) use trust::*;
 
 /// The schema this engine writes. Bumped by every change to the `_sync_*`
 /// tables.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The engine's storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -326,13 +326,10 @@ const TABLES: &[&str] = &[
     ) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS _sync_aside_record ON _sync_aside (model, record)",
     // Snapshot rows refused for now (clock ahead, model unknown), retried.
-    "CREATE TABLE IF NOT EXISTS _sync_held (
-        model TEXT NOT NULL,
-        record BLOB NOT NULL,
-        row BLOB NOT NULL,
-        reason TEXT NOT NULL,
-        PRIMARY KEY (model, record)
-    ) WITHOUT ROWID",
+    // Every row held is kept, however many arrive for one record: snapshots
+    // from different peers may carry different states of it, and only the
+    // merge may choose between them.
+    HELD_TABLE,
     // Per origin, the highest number up to which this device holds
     // everything (its version vector), and ranges held beyond it.
     "CREATE TABLE IF NOT EXISTS _sync_vector (
@@ -410,6 +407,34 @@ const TABLES: &[&str] = &[
     ) WITHOUT ROWID",
 ];
 
+const HELD_TABLE: &str = "CREATE TABLE IF NOT EXISTS _sync_held (
+        model TEXT NOT NULL,
+        record BLOB NOT NULL,
+        row BLOB NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (model, record, row)
+    )";
+
+/// Steps from a schema version to the next, where the state carries over.
+async fn upgrade<C: ConnectionTrait>(db: &C, from: u32) -> Result<(), StoreError> {
+    match from {
+        // Version 3 kept one held row per record, the last to arrive.
+        3 => {
+            db.execute_unprepared("ALTER TABLE _sync_held RENAME TO _sync_held_v3")
+                .await?;
+            db.execute_unprepared(HELD_TABLE).await?;
+            db.execute_unprepared(
+                "INSERT INTO _sync_held (model, record, row, reason) \
+                 SELECT model, record, row, reason FROM _sync_held_v3",
+            )
+            .await?;
+            db.execute_unprepared("DROP TABLE _sync_held_v3").await?;
+            Ok(())
+        }
+        found => Err(StoreError::OlderSchema { found }),
+    }
+}
+
 /// Creates the `_sync_*` tables, or checks the ones there.
 pub(crate) async fn migrate<C: ConnectionTrait>(db: &C) -> Result<(), StoreError> {
     let exists = db
@@ -437,8 +462,8 @@ pub(crate) async fn migrate<C: ConnectionTrait>(db: &C) -> Result<(), StoreError
                 supported: SCHEMA_VERSION,
             });
         }
-        if found < SCHEMA_VERSION {
-            return Err(StoreError::OlderSchema { found });
+        for from in found..SCHEMA_VERSION {
+            upgrade(db, from).await?;
         }
     }
     for sql in TABLES {

@@ -477,7 +477,7 @@ pub(crate) fn hold_rows(script: &mut Script, rows: &[HeldRow]) {
     script.insert_many(
         "INSERT INTO _sync_held (model, record, row, reason)",
         4,
-        "ON CONFLICT (model, record) DO UPDATE SET row = excluded.row, reason = excluded.reason",
+        "ON CONFLICT (model, record, row) DO UPDATE SET reason = excluded.reason",
         values,
     );
 }
@@ -502,12 +502,28 @@ pub(crate) async fn held_rows<C: ConnectionTrait>(db: &C) -> Result<Vec<HeldRow>
         .collect()
 }
 
-/// Drops held rows.
-pub(crate) fn release_held(script: &mut Script, rows: &[(String, Uuid)]) {
-    for (model, record) in rows {
+/// How many snapshot rows are held.
+pub(crate) async fn held_count<C: ConnectionTrait>(db: &C) -> Result<u64, StoreError> {
+    let row = db
+        .query_one_raw(stmt("SELECT COUNT(*) AS n FROM _sync_held", vec![]))
+        .await?;
+    let n: i64 = match row {
+        Some(r) => r.try_get("", "n")?,
+        None => 0,
+    };
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Drops held rows, each exactly as it was held.
+pub(crate) fn release_held(script: &mut Script, rows: &[HeldRow]) {
+    for r in rows {
         script.push(
-            "DELETE FROM _sync_held WHERE model = ? AND record = ?".into(),
-            vec![model.as_str().into(), uuid_value(*record)],
+            "DELETE FROM _sync_held WHERE model = ? AND record = ? AND row = ?".into(),
+            vec![
+                r.model.as_str().into(),
+                uuid_value(r.record),
+                blob(r.row.clone()),
+            ],
         );
     }
 }
