@@ -316,6 +316,12 @@ impl Sim {
         };
         self.delivered += 1;
         let what = if let Some((_, id)) = &self.trace {
+            if std::env::var("SIMULATE_TRACE_LINK").is_ok_and(|l| {
+                l == format!("{from},{to}") || l == format!("{to},{from}")
+            }) {
+                let text = format!("{message:?}");
+                eprintln!("trace: {from} -> {to}: {}", &text[..text.len().min(300)]);
+            }
             for line in mentions(&message, *id) {
                 eprintln!("trace: {from} -> {to}: {line}");
             }
@@ -825,8 +831,29 @@ impl Sim {
                     s.parked
                 )));
             }
-            if e.vector() != self.engine(0)?.vector() {
-                return Ok(Some(format!("device {i}'s vector differs from device 0's")));
+            let (mine, first) = (e.vector(), self.engine(0)?.vector());
+            if mine != first {
+                let differ: Vec<String> = mine
+                    .iter()
+                    .chain(first.iter())
+                    .filter(|(o, _)| mine.get(*o) != first.get(*o))
+                    .map(|(o, _)| {
+                        let everywhere: Vec<u64> = (0..n)
+                            .filter_map(|j| self.engine(j).ok().map(|e| e.vector().get(o)))
+                            .collect();
+                        format!("{o}: {} here, {} on 0, by device {everywhere:?}", mine.get(o), first.get(o))
+                    })
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                return Ok(Some(format!(
+                    "device {i}'s vector differs from device 0's ({}); held back {:?}",
+                    differ.join(", "),
+                    s.peers
+                        .iter()
+                        .flat_map(|p| p.held_back.iter().map(|h| h.reason.clone()))
+                        .collect::<Vec<_>>()
+                )));
             }
             for (table, column, target) in [
                 ("entries", "location_id", "locations"),
@@ -956,14 +983,16 @@ fn mentions(m: &Message, id: Uuid) -> Vec<String> {
     let mut out = Vec::new();
     let change = |out: &mut Vec<String>, what: &str, bytes: &syncable::core::EncodedChange| {
         if let Ok(c) = bytes.decode()
-            && c.id == id
+            && (c.id == id || c.origin == id)
         {
             let op = format!("{:?}", c.op);
             out.push(format!(
-                "{what}: {} seq {} at {} {}",
+                "{what}: {} seq {} at {} {} {} {}",
                 c.origin,
                 c.seq,
                 c.hlc,
+                c.model,
+                c.id,
                 &op[..op.len().min(12)]
             ));
         }

@@ -63,7 +63,19 @@ impl Engine {
                 }));
             }
             let Some(device) = origins.get(&origin).copied() else {
-                continue;
+                // Numbers held without knowing their device (a database of
+                // an engine that did not learn it from husk-only claims)
+                // cannot be served as changes; skipping them would leave
+                // the peer short of them for ever.
+                tracing::warn!(%origin, "an origin held without its device");
+                tx.commit().await?;
+                return Ok(Err(ErrorMessage {
+                    code: ErrorCode::ResyncRequired,
+                    message: format!(
+                        "changes of {origin} after {after} cannot be served here as changes; \
+                         resync from a snapshot"
+                    ),
+                }));
             };
             let mut held: Vec<(u64, EncodedChange)> =
                 store::log_since(&tx, origin, after, upto, remaining).await?;

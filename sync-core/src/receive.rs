@@ -433,6 +433,8 @@ impl Engine {
                         Err(reason) if reason.is_final() => {
                             final_seqs.push((origin, seq));
                             if proven.is_some() {
+                                // Served on as it came: its device is known.
+                                new_origins.entry(origin).or_insert(change.device);
                                 refused_log.push((origin, seq, bytes.clone()));
                             }
                             outcomes.push((origin, seq, Outcome::Refused(reason.clone())));
@@ -751,6 +753,12 @@ impl Engine {
         for (batch, track) in incoming.batches.iter().zip(&claims) {
             touched_origins.insert(batch.origin);
             if let (true, Some((after, upto))) = (track.valid, batch.claim) {
+                // A claim can pass an origin whose every change here was left
+                // out (husks) or refused: its device is learned all the same,
+                // or this device could not serve that origin's numbers on.
+                if upto > after {
+                    new_origins.entry(batch.origin).or_insert(batch.device);
+                }
                 let mut start = after.saturating_add(1);
                 for held in &track.held_back {
                     received.insert(batch.origin, start, held.saturating_sub(1));

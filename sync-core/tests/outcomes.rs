@@ -367,6 +367,74 @@ async fn snapshot_rows_held_for_one_record_keep_the_newest_state() {
     assert_eq!(a.content().await, c.content().await);
 }
 
+/// A device that holds an origin's changes only as husks (each superseded
+/// by its device's next incarnation, so left out of the page it pulled)
+/// still learns which device that origin is, and serves its numbers on: a
+/// device behind it in a line is not stuck short of them for ever. The
+/// simulation found it (`--devices 12 --topology line --seed 12`).
+#[tokio::test]
+async fn an_origin_received_only_as_husks_is_served_on() {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    use sync_core::PullRequest;
+    let (a, b, c) = (device(1).await, device(2).await, device(3).await);
+    for x in [&a, &b, &c] {
+        for y in [&a, &b, &c] {
+            if x.id != y.id {
+                x.engine.pair(y.id).await.unwrap();
+            }
+        }
+    }
+    let gid = Uuid::from_u128(78);
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.insert(volume::ActiveModel {
+        gid: Set(gid),
+        device: Set(a.id),
+        name: Set("first".into()),
+        capacity: Set(None),
+        is_online: Set(true),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let first_origin = a.engine.origin();
+    // a restarts: a new incarnation, which renames the volume.
+    let (db, time) = (a.engine.database().clone(), a.time.clone());
+    drop(a);
+    let a = common::open_device(db, 1, time).await;
+    assert_ne!(a.engine.origin(), first_origin);
+    a.time.advance(Duration::from_millis(5));
+    let v = volume::Entity::find()
+        .filter(volume::Column::Gid.eq(gid))
+        .one(a.engine.database())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.update(volume::Model {
+        name: "second".into(),
+        ..v
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    for (from, to) in [(&a, &b), (&b, &c)] {
+        let request = PullRequest {
+            vector: to.engine.vector(),
+            limit: 100,
+        };
+        let page = steps::serve_pull(&from.engine, &request)
+            .await
+            .unwrap()
+            .unwrap();
+        steps::apply_batches(&to.engine, page.batches).await.unwrap();
+    }
+    assert_eq!(b.engine.vector().get(first_origin), 1, "passed as a husk");
+    assert_eq!(c.engine.vector(), b.engine.vector(), "and served on");
+    assert_eq!(c.content().await, a.content().await);
+}
+
 /// A change that can never apply is refused once, recorded once, and its
 /// number passed: the origin's later changes keep flowing through
 /// catch-up, and the refusal is not logged again on each retry.
