@@ -316,9 +316,9 @@ impl Sim {
         };
         self.delivered += 1;
         let what = if let Some((_, id)) = &self.trace {
-            if std::env::var("SIMULATE_TRACE_LINK").is_ok_and(|l| {
-                l == format!("{from},{to}") || l == format!("{to},{from}")
-            }) {
+            if std::env::var("SIMULATE_TRACE_LINK")
+                .is_ok_and(|l| l == format!("{from},{to}") || l == format!("{to},{from}"))
+            {
                 let text = format!("{message:?}");
                 eprintln!("trace: {from} -> {to}: {}", &text[..text.len().min(300)]);
             }
@@ -826,9 +826,24 @@ impl Sim {
             let e = self.engine(i)?;
             let s = e.status();
             if s.parked > 0 {
+                let which = e
+                    .database()
+                    .query_all_raw(sea_orm::Statement::from_string(
+                        sea_orm::DbBackend::Sqlite,
+                        "SELECT model, hex(record) || ' waits for ' || parent_model || ' ' || hex(parent) AS record FROM _sync_waiting",
+                    ))
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        let model: String = r.try_get("", "model").unwrap_or_default();
+                        let id: String = r.try_get("", "record").unwrap_or_default();
+                        format!("{model}:{id}")
+                    })
+                    .collect::<Vec<_>>();
                 return Ok(Some(format!(
-                    "device {i} holds {} parked records",
-                    s.parked
+                    "device {i} holds {} parked records ({})",
+                    s.parked,
+                    which.join(", ")
                 )));
             }
             let (mine, first) = (e.vector(), self.engine(0)?.vector());
@@ -841,7 +856,11 @@ impl Sim {
                         let everywhere: Vec<u64> = (0..n)
                             .filter_map(|j| self.engine(j).ok().map(|e| e.vector().get(o)))
                             .collect();
-                        format!("{o}: {} here, {} on 0, by device {everywhere:?}", mine.get(o), first.get(o))
+                        format!(
+                            "{o}: {} here, {} on 0, by device {everywhere:?}",
+                            mine.get(o),
+                            first.get(o)
+                        )
                     })
                     .collect::<BTreeSet<_>>()
                     .into_iter()
@@ -1030,7 +1049,10 @@ fn mentions(m: &Message, id: Uuid) -> Vec<String> {
 /// A message's kind, for the trace.
 fn message_kind(m: &Message) -> String {
     let s = format!("{m:?}");
-    s.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("?").to_owned()
+    s.split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("?")
+        .to_owned()
 }
 
 async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {

@@ -3,9 +3,11 @@
 //! A deleted record keeps a tombstone so that no write can bring it back.
 //! Kept for ever, tombstones grow without bound; so a tombstone is dropped
 //! once (1) its delete is older than the retention horizon, and (2) every
-//! paired device that has not expired holds it: a shared delete's log entry
-//! was pruned (pruning waits for every unexpired peer's acknowledgement),
-//! a device-owned delete's number is acknowledged by every unexpired peer.
+//! paired device that has not expired holds it: the delete's number is
+//! acknowledged by every unexpired peer (a shared tombstone carries its
+//! delete's origin and number; one stored without them, by an engine before
+//! schema 4 or made by a resync, waits until its delete is older than every
+//! origin's log, whose pruning waits for every acknowledgement).
 //! A device silent for longer than the horizon is expired (see
 //! [`Engine::expire_peers`]) and resyncs from a snapshot when it returns.
 //!
@@ -139,7 +141,17 @@ impl Engine {
                     tombstone: Some(t), ..
                 }) => {
                     let at = t.hlc.get_time().to_duration();
-                    let take = at < bound && at < log_floor;
+                    let take = at < bound
+                        && match t.delete {
+                            // Every unexpired peer acknowledged the delete.
+                            Some((origin, seq)) => acked
+                                .as_ref()
+                                .is_some_and(|acked| acked.iter().all(|a| a.get(origin) >= seq)),
+                            // No number to wait for: a tombstone older than
+                            // every origin's log (its entry pruned, so
+                            // acknowledged) goes.
+                            None => at < log_floor,
+                        };
                     report.shared += u64::from(take);
                     take
                 }
@@ -484,6 +496,7 @@ fn tombstone_of(device: Uuid, state: RecordState) -> Option<RecordState> {
                     device,
                     hlc: latest,
                     seen: Some(latest),
+                    delete: None,
                 }),
             })
         }

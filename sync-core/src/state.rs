@@ -37,6 +37,10 @@ pub(crate) struct Tombstone {
     pub(crate) hlc: Timestamp,
     /// The newest field clock the deleting device held.
     pub(crate) seen: Option<Timestamp>,
+    /// The delete's origin and number, by which its collection waits for
+    /// every peer's acknowledgement; `None` for a tombstone no change made
+    /// (or stored before schema 4).
+    pub(crate) delete: Option<(Uuid, u64)>,
 }
 
 /// A shared record.
@@ -237,6 +241,7 @@ impl<'a> ImageRef<'a> {
                 position(&mut devices, t.device),
                 position(&mut clocks, t.hlc),
                 t.seen.map(|s| position(&mut clocks, s)),
+                t.delete,
             )
         });
         Self {
@@ -249,7 +254,7 @@ impl<'a> ImageRef<'a> {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct ImageTombstone(u32, u32, Option<u32>);
+struct ImageTombstone(u32, u32, Option<u32>, #[serde(default)] Option<(Uuid, u64)>);
 
 impl SharedImage {
     #[cfg(test)]
@@ -274,6 +279,7 @@ impl SharedImage {
                 position(&mut devices, t.device),
                 position(&mut clocks, t.hlc),
                 t.seen.map(|s| position(&mut clocks, s)),
+                t.delete,
             )
         });
         Self {
@@ -310,10 +316,11 @@ impl SharedImage {
             }
         }
         let tombstone = match &self.tombstone {
-            Some(ImageTombstone(d, h, s)) => Some(Tombstone {
+            Some(ImageTombstone(d, h, s, delete)) => Some(Tombstone {
                 device: device(*d)?,
                 hlc: clock(*h)?,
                 seen: s.map(clock).transpose()?,
+                delete: *delete,
             }),
             None => None,
         };

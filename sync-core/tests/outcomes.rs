@@ -363,7 +363,10 @@ async fn snapshot_rows_held_for_one_record_keep_the_newest_state() {
     c.time.advance(Duration::from_secs(40));
     steps::retry_held(&c.engine).await.unwrap();
     assert_eq!(c.engine.status().held_rows, 0);
-    assert!(rows::<volume::Model>(&c).await.is_empty(), "the delete wins");
+    assert!(
+        rows::<volume::Model>(&c).await.is_empty(),
+        "the delete wins"
+    );
     assert_eq!(a.content().await, c.content().await);
 }
 
@@ -428,7 +431,9 @@ async fn an_origin_received_only_as_husks_is_served_on() {
             .await
             .unwrap()
             .unwrap();
-        steps::apply_batches(&to.engine, page.batches).await.unwrap();
+        steps::apply_batches(&to.engine, page.batches)
+            .await
+            .unwrap();
     }
     assert_eq!(b.engine.vector().get(first_origin), 1, "passed as a husk");
     assert_eq!(c.engine.vector(), b.engine.vector(), "and served on");
