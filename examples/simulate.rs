@@ -737,6 +737,46 @@ impl Sim {
         Ok(false)
     }
 
+    /// Once everything converged: heartbeats until every device knows what
+    /// every other holds, then each collects with a horizon of zero. Every
+    /// tombstone must go (every device acknowledged every delete), and
+    /// nothing may differ or come back after.
+    async fn collect_all(&mut self) -> Result<Option<String>, Error> {
+        let n = self.devices.len();
+        for _ in 0..=n {
+            self.anti_entropy().await?;
+            self.run_queue(5_000_000).await?;
+        }
+        for i in 0..n {
+            let c = self.engine(i)?.collect_tombstones(Duration::ZERO).await?;
+            self.collected += c.shared + c.owned;
+        }
+        for i in 0..n {
+            let left = self
+                .engine(i)?
+                .database()
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Sqlite,
+                    "SELECT COUNT(*) AS n FROM _sync_rows WHERE presence = 2",
+                ))
+                .await?
+                .map(|r| r.try_get::<i64>("", "n"))
+                .transpose()?
+                .unwrap_or(0);
+            if left > 0 {
+                return Ok(Some(format!(
+                    "device {i} kept {left} tombstones after every device held every delete"
+                )));
+            }
+        }
+        self.anti_entropy().await?;
+        self.run_queue(5_000_000).await?;
+        Ok(self
+            .check()
+            .await?
+            .map(|f| format!("after collecting every tombstone: {f}")))
+    }
+
     async fn converged(&self) -> Result<bool, Error> {
         let first = self.engine(0)?.content().await?;
         for i in 1..self.devices.len() {
@@ -1237,6 +1277,10 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
             Some(f) => format!("did not converge: {f}"),
             None => "did not converge (vectors differ)".into(),
         })
+    };
+    let failure = match failure {
+        None if sim.faults.contains("collect") => sim.collect_all().await?,
+        f => f,
     };
     let log: u64 = (0..n)
         .filter_map(|i| sim.engine(i).ok())

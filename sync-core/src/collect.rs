@@ -96,20 +96,43 @@ impl Engine {
                 Change::decode(&bytes).map_err(|e| EngineError::Malformed(e.to_string()))?;
             log_floor = log_floor.min(change.hlc.get_time().to_duration());
         }
-        // What each unexpired peer acknowledged; `None` if one never did (it
-        // may lack any delete).
-        let acked: Option<Vec<VersionVector>> = self
-            .memory()
-            .peers
-            .values()
-            .filter(|p| !p.expired)
-            .map(|p| p.acked.clone())
-            .collect();
-        // And this device must hold all that each of them held when it last
-        // acknowledged: whatever a peer wrote to a record before it learned
-        // of the record's delete (or relayed before acknowledging it) is
-        // then here already, merged into the tombstone, and cannot arrive
-        // after it.
+        // What each unexpired member of the library is known to hold: a
+        // paired peer's acknowledgement, merged with what heartbeats relayed
+        // of it; `None` if nothing is known of one (it may lack any delete).
+        let acked: Option<Vec<VersionVector>> = {
+            let m = self.memory();
+            let me = self.device();
+            let members: BTreeSet<Uuid> = m
+                .membership
+                .current()
+                .chain(m.peers.keys().copied())
+                .filter(|d| *d != me && !m.membership.is_removed(*d))
+                .collect();
+            members
+                .into_iter()
+                .filter_map(|d| {
+                    let peer = m.peers.get(&d);
+                    let heard = m.heard.get(&d);
+                    if peer.is_some_and(|p| p.expired)
+                        || (peer.is_none() && heard.is_some_and(|h| h.expired))
+                    {
+                        return None;
+                    }
+                    let mut known: Option<VersionVector> = peer.and_then(|p| p.acked.clone());
+                    if let Some(h) = heard {
+                        known
+                            .get_or_insert_with(VersionVector::new)
+                            .merge(&h.vector);
+                    }
+                    Some(known)
+                })
+                .collect()
+        };
+        // And this device must hold all that each of them held: whatever a
+        // member wrote to a record before it learned of the record's delete
+        // (or relayed before it held the delete) is then here already,
+        // merged into the tombstone, and cannot arrive after it, through
+        // any path.
         let mine = self.vector();
         if acked
             .as_ref()

@@ -174,6 +174,9 @@ pub(crate) struct Memory {
     pub(crate) growth: Growth,
     /// A resync remembers records to settle (see `collect`).
     pub(crate) resyncing: bool,
+    /// What each member of the library is known to hold, as heartbeats
+    /// relay it (see `collect`): never written, rebuilt after a restart.
+    pub(crate) heard: BTreeMap<Uuid, crate::peers::Heard>,
 }
 
 impl Memory {
@@ -360,6 +363,7 @@ impl Engine {
             last_prune_ms: 0,
             growth: Growth::default(),
             resyncing: false,
+            heard: BTreeMap::new(),
         };
         tracing::info!(%device, %origin, "engine opened");
         let engine = Self {

@@ -90,6 +90,16 @@ pub struct Status {
     pub held_rows: u64,
 }
 
+/// What a member of the library is known to hold, from heartbeats.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Heard {
+    pub(crate) vector: VersionVector,
+    /// When (this device's time) that grew last.
+    pub(crate) grew_at: u64,
+    /// Not grown for longer than the retention horizon.
+    pub(crate) expired: bool,
+}
+
 /// What this device knows of a paired peer.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PeerMemory {
@@ -286,6 +296,50 @@ impl Engine {
         }
     }
 
+    /// Notes what `peer` says members of the library hold (its heartbeat):
+    /// each vector is one that member held at some point, so reports merge.
+    pub(crate) fn note_held(
+        &self,
+        peer: Uuid,
+        vector: &VersionVector,
+        held: &[(Uuid, VersionVector)],
+    ) {
+        let now = self.now_ms();
+        let me = self.device();
+        let mut m = self.memory();
+        let reports = std::iter::once((peer, vector))
+            .chain(held.iter().take(MAX_LINKS).map(|(d, v)| (*d, v)));
+        for (device, v) in reports {
+            if device == me || !m.membership.is_member(device) || m.membership.is_removed(device) {
+                continue;
+            }
+            let h = m.heard.entry(device).or_default();
+            if !h.vector.covers(v) {
+                h.vector.merge(v);
+                h.grew_at = now;
+                h.expired = false;
+            }
+        }
+    }
+
+    /// What this device knows each member holds, itself included, for its
+    /// heartbeats.
+    pub(crate) fn held_by_members(&self) -> Vec<(Uuid, VersionVector)> {
+        let m = self.memory();
+        let mut out: BTreeMap<Uuid, VersionVector> = m
+            .heard
+            .iter()
+            .map(|(d, h)| (*d, h.vector.clone()))
+            .collect();
+        for (id, p) in &m.peers {
+            for v in [&p.acked, &p.vector].into_iter().flatten() {
+                out.entry(*id).or_default().merge(v);
+            }
+        }
+        out.insert(self.device(), m.received.vector.clone());
+        out.into_iter().take(MAX_LINKS).collect()
+    }
+
     /// Whether `peer`, as of its last heartbeat, has a session with
     /// `device`: then `device` pushes its commits to it directly, and
     /// relaying them is redundant (a push it misses, it pulls).
@@ -454,6 +508,13 @@ impl Engine {
                     p.expired = true;
                     p.dirty = true;
                     out.push(*id);
+                }
+            }
+            // A member heard of only through others, whose holdings have
+            // not grown for as long, stops holding collection back too.
+            for h in m.heard.values_mut() {
+                if h.grew_at < limit {
+                    h.expired = true;
                 }
             }
             out

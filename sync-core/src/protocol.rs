@@ -244,9 +244,16 @@ pub struct Heartbeat {
     /// them (at most [`MAX_LINKS`] are read).
     #[serde(default)]
     pub links: Vec<Uuid>,
+    /// What the sender knows each member of the library holds (its own
+    /// vector included): devices that never meet learn of each other's
+    /// progress through those between, which tombstone collection waits for
+    /// (at most [`MAX_LINKS`] are read).
+    #[serde(default)]
+    pub held: Vec<(Uuid, VersionVector)>,
 }
 
-/// The most entries of [`Heartbeat::links`] a receiver reads.
+/// The most entries of [`Heartbeat::links`] (and of [`Heartbeat::held`]) a
+/// receiver reads.
 pub const MAX_LINKS: usize = 4_096;
 
 /// Membership records: sent whole when two devices' digests differ.

@@ -239,6 +239,7 @@ impl Session {
                 if let Some(peer) = self.peer {
                     self.engine.heard_from(peer, Some(&beat.vector));
                     self.engine.note_links(peer, &beat.links);
+                    self.engine.note_held(peer, &beat.vector, &beat.held);
                 }
                 let members = self.members_if_differ(&beat.members);
                 // The peer holds something this device lacks (a push that
@@ -552,6 +553,7 @@ impl Session {
             vector: self.engine.vector(),
             members: self.engine.members_digest(),
             links: self.engine.connected_peers(),
+            held: self.engine.held_by_members(),
         })
     }
 

@@ -560,6 +560,113 @@ async fn a_page_that_leaves_out_a_superseded_change_carries_its_newer_state() {
     assert_eq!(held.name, "renamed");
 }
 
+/// In a library where a and c never meet (a - b - c), c collects a delete
+/// only once it knows a holds it and holds all a held: a rename a made
+/// before it learned of the delete, still on its way through b, would
+/// otherwise reach c after the tombstone was gone and wait there for ever
+/// as an incomplete record. The simulation found it (12 devices in a line,
+/// seeds 2, 10, 18).
+#[tokio::test]
+async fn a_member_never_met_holds_collection_back_until_heard_of() {
+    let mut net = Net::new(vec![device(1).await, device(2).await, device(3).await], 7);
+    for (x, y) in [(0, 1), (1, 0), (1, 2), (2, 1)] {
+        let id = net.nodes[y].dev.id;
+        net.nodes[x].dev.engine.pair(id).await.unwrap();
+    }
+    net.connect(0, 1).await;
+    net.connect(1, 2).await;
+    net.heartbeats();
+    net.run(10_000).await;
+    let a_id = net.nodes[0].dev.id;
+    assert!(
+        net.nodes[2]
+            .dev
+            .engine
+            .members()
+            .iter()
+            .any(|m| m.device == a_id),
+        "c knows a as a member"
+    );
+    let gid = Uuid::from_u128(80);
+    let c = &net.nodes[2].dev;
+    let mut tx = c.engine.begin().await.unwrap();
+    tx.insert(tag::ActiveModel {
+        gid: Set(gid),
+        name: Set("doomed".into()),
+        color: Set(None),
+        weight: Set(0),
+        parent_id: Set(None),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let created = tx.commit().await.unwrap();
+    net.committed(2, created);
+    net.run(10_000).await;
+    // a renames it, cut off from b.
+    net.partition(0, 1, true);
+    let a = &net.nodes[0].dev;
+    a.time.advance(Duration::from_millis(5));
+    let row = tag::Entity::find()
+        .all(a.engine.database())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.gid == gid)
+        .unwrap();
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.update(tag::Model {
+        name: "renamed".into(),
+        ..row
+    })
+    .await
+    .unwrap();
+    let renamed = tx.commit().await.unwrap();
+    net.committed(0, renamed);
+    net.run(10_000).await;
+    // c deletes it; b holds the delete and acknowledges it.
+    let c = &net.nodes[2].dev;
+    c.time.advance(Duration::from_millis(10));
+    let mut tx = c.engine.begin().await.unwrap();
+    assert!(tx.delete::<tag::Model>(gid).await.unwrap());
+    let deleted = tx.commit().await.unwrap();
+    net.committed(2, deleted);
+    net.run(10_000).await;
+    net.anti_entropy().await;
+    net.heartbeats();
+    net.run(10_000).await;
+    let c = &net.nodes[2].dev;
+    c.time.advance(Duration::from_secs(60));
+    let collected = c.engine.collect_tombstones(Duration::ZERO).await.unwrap();
+    assert_eq!(collected.shared, 0, "a is not known to hold the delete");
+
+    // The link heals (a fresh connection, as a transport makes): a's rename
+    // reaches b, then c, and meets the tombstone.
+    net.partition(0, 1, false);
+    net.disconnect(0);
+    net.nodes[0].online = true;
+    net.connect(0, 1).await;
+    for _ in 0..4 {
+        net.anti_entropy().await;
+        net.heartbeats();
+        net.run(10_000).await;
+    }
+    for node in &net.nodes {
+        let tags = tag::Entity::find()
+            .all(node.dev.engine.database())
+            .await
+            .unwrap();
+        assert!(tags.is_empty(), "{tags:?}");
+        assert_eq!(node.dev.engine.status().parked, 0);
+    }
+    let c = &net.nodes[2].dev;
+    let collected = c.engine.collect_tombstones(Duration::ZERO).await.unwrap();
+    assert_eq!(
+        collected.shared, 1,
+        "every member holds it now, c all they held"
+    );
+}
+
 /// A shared tombstone that came in a snapshot (so never in this device's
 /// log) is collected only once every unexpired peer acknowledged its
 /// delete: one peer that lacks it would otherwise resync from this device,

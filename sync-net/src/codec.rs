@@ -196,6 +196,7 @@ mod tests {
             vector: VersionVector::new(),
             members: [0; 32],
             links: Vec::new(),
+            held: Vec::new(),
         })
     }
 

@@ -234,6 +234,11 @@ impl Membership {
         self.digest
     }
 
+    /// The members (removed devices are not).
+    pub(crate) fn current(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.members.iter().copied()
+    }
+
     pub(crate) fn is_member(&self, device: Uuid) -> bool {
         self.members.contains(&device)
     }

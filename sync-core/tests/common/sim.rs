@@ -242,6 +242,20 @@ impl Net {
         }
     }
 
+    /// Every session sends its heartbeat.
+    pub fn heartbeats(&mut self) {
+        for a in 0..self.nodes.len() {
+            let beats: Vec<(usize, Message)> = self.nodes[a]
+                .sessions
+                .iter()
+                .map(|(p, s)| (*p, s.heartbeat()))
+                .collect();
+            for (p, m) in beats {
+                self.send(a, p, &m);
+            }
+        }
+    }
+
     /// Runs with anti-entropy rounds until every online device holds the
     /// same content and nothing is queued; panics (with the seed in the
     /// caller's message) if that does not happen.
