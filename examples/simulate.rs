@@ -120,6 +120,12 @@ struct Sim {
     skews: u64,
     refused: u64,
     collected: u64,
+    power_losses: u64,
+    // Records whose creating write a power loss undid before it was known
+    // to have left the device.
+    lost: BTreeSet<Uuid>,
+    // The records each created record referenced: it may go with them.
+    parents: BTreeMap<Uuid, Vec<Uuid>>,
     // `SIMULATE_TRACE=model:uuid`: how each device stores that record,
     // printed whenever it changes.
     trace: Option<(String, Uuid)>,
@@ -134,6 +140,11 @@ struct Dev {
     sessions: BTreeMap<usize, Session>,
     commits: Option<tokio::sync::broadcast::Receiver<Arc<syncable::core::Commit>>>,
     joined: bool,
+    // A copy of the database at an earlier commit, that a power loss rolls
+    // back to, and the records created here since.
+    backup: Option<std::path::PathBuf>,
+    since_backup: Vec<Uuid>,
+    deleted_since_backup: Vec<(&'static str, Uuid)>,
     incarnation: u64,
 }
 
@@ -499,6 +510,13 @@ impl Sim {
                     None
                 };
                 let gid = self.new_id();
+                if let Some(p) = parent
+                    && let Some(p) = <entry::Entity as sea_orm::EntityTrait>::find_by_id(p)
+                        .one(tx.connection())
+                        .await?
+                {
+                    self.parents.insert(gid, vec![p.gid]);
+                }
                 tx.insert(entry::ActiveModel {
                     gid: Set(gid),
                     device: Set(me),
@@ -542,6 +560,7 @@ impl Sim {
                         })
                         .await?;
                         created.push(("collection_entries", gid));
+                        self.parents.insert(gid, vec![c, e]);
                     }
                 }
             }
@@ -600,9 +619,15 @@ impl Sim {
         self.writes += 1;
         for (m, id) in created {
             self.created.entry(m).or_default().insert(id);
+            if self.devices[i].backup.is_some() {
+                self.devices[i].since_backup.push(id);
+            }
         }
         for (m, id) in deleted {
             self.deleted.entry(m).or_default().insert(id);
+            if self.devices[i].backup.is_some() {
+                self.devices[i].deleted_since_backup.push((m, id));
+            }
         }
         self.publish(i)?;
         Ok(())
@@ -626,6 +651,11 @@ impl Sim {
                     for i in healed {
                         self.connect_neighbours(i).await?;
                     }
+                }
+            }
+            1 if self.faults.contains("power") && self.rng.random_bool(0.5) => {
+                if let Some(i) = self.pick_up() {
+                    self.power(i).await?;
                 }
             }
             1 if self.faults.contains("crash") => {
@@ -666,6 +696,50 @@ impl Sim {
             }
             _ => self.anti_entropy().await?,
         }
+        Ok(())
+    }
+
+    /// Power to device `i`: the first time, its database is copied as it
+    /// stands (a commit it will fall back to); the next, it loses power and
+    /// comes back with that copy, every later commit gone.
+    async fn power(&mut self, i: usize) -> Result<(), Error> {
+        let path = self.dir.join(format!("d{i}.sqlite"));
+        let copy = self.dir.join(format!("d{i}-earlier.sqlite"));
+        if self.devices[i].backup.is_none() {
+            let _ = std::fs::remove_file(&copy);
+            self.devices[i]
+                .db
+                .execute_unprepared(&format!("VACUUM INTO '{}'", copy.display()))
+                .await?;
+            self.devices[i].backup = Some(copy);
+            self.devices[i].since_backup.clear();
+            self.devices[i].deleted_since_backup.clear();
+            return Ok(());
+        }
+        self.disconnect(i);
+        self.devices[i].engine = None;
+        self.devices[i].commits = None;
+        self.devices[i].db.clone().close().await?;
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        std::fs::copy(&copy, &path)?;
+        self.devices[i].db = open_db(&path).await?;
+        self.devices[i].backup = None;
+        let since = std::mem::take(&mut self.devices[i].since_backup);
+        self.lost.extend(since);
+        // A delete the power loss undid may stand or not, as it reached a
+        // peer first or not: neither is checked.
+        for (m, id) in std::mem::take(&mut self.devices[i].deleted_since_backup) {
+            if let Some(d) = self.deleted.get_mut(m) {
+                d.remove(&id);
+            }
+            self.lost.insert(id);
+        }
+        self.open(i).await?;
+        self.trace(i, "a power loss").await?;
+        self.connect_neighbours(i).await?;
+        self.power_losses += 1;
         Ok(())
     }
 
@@ -857,6 +931,39 @@ impl Sim {
             }
         }
         let held: BTreeSet<(&str, Uuid)> = reference.iter().map(|r| (r.model, r.id)).collect();
+        // Every record created and never deleted is here, unless it lost (a
+        // conflict log names it: its parent deleted, a unique key taken) or
+        // a power loss undid its creation.
+        let mut named: BTreeSet<Uuid> = BTreeSet::new();
+        for i in 0..n {
+            named.extend(self.engine(i)?.conflicts().await?.iter().map(|c| c.record));
+        }
+        let deleted: BTreeSet<Uuid> = self.deleted.values().flatten().copied().collect();
+        // May be gone: deleted, lost, named by a conflict, or referencing
+        // (transitively) a record that may be gone.
+        let may_go = |id: &Uuid| {
+            let mut todo = vec![*id];
+            let mut seen = BTreeSet::new();
+            while let Some(x) = todo.pop() {
+                if deleted.contains(&x) || named.contains(&x) || self.lost.contains(&x) {
+                    return true;
+                }
+                if seen.insert(x) {
+                    todo.extend(self.parents.get(&x).into_iter().flatten());
+                }
+            }
+            false
+        };
+        for (model, ids) in &self.created {
+            if let Some(id) = ids
+                .iter()
+                .find(|id| !held.contains(&(*model, **id)) && !may_go(id))
+            {
+                return Ok(Some(format!(
+                    "{model} {id}, created and never deleted, is nowhere and no conflict names it"
+                )));
+            }
+        }
         for (model, ids) in &self.deleted {
             if let Some(id) = ids.iter().find(|id| held.contains(&(*model, **id))) {
                 return Ok(Some(format!("deleted {model} {id} came back")));
@@ -1141,6 +1248,9 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
         skews: 0,
         refused: 0,
         collected: 0,
+        power_losses: 0,
+        lost: BTreeSet::new(),
+        parents: BTreeMap::new(),
         trace: std::env::var("SIMULATE_TRACE").ok().and_then(|t| {
             let (model, id) = t.split_once(':')?;
             Some((model.to_owned(), id.parse().ok()?))
@@ -1162,6 +1272,9 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
             sessions: BTreeMap::new(),
             commits: None,
             joined: i < n - joiners,
+            backup: None,
+            since_backup: Vec::new(),
+            deleted_since_backup: Vec::new(),
             incarnation: 0,
         });
         sim.open(i).await?;
@@ -1291,7 +1404,7 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
     let report = format!(
         "seed {seed}: {n} devices ({kind}), {} writes ({records} records created, {deleted} deleted, \
          {} refused locally by a unique key), \
-         {} messages delivered, {} dropped, {} duplicated, {} partitions, {} crashes, {} clock jumps, \
+         {} messages delivered, {} dropped, {} duplicated, {} partitions, {} crashes, {} power losses, {} clock jumps, \
          {} joins, {} tombstones collected; log entries left {log}; {:.1} s",
         sim.writes,
         sim.refused,
@@ -1300,6 +1413,7 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
         sim.duplicated,
         sim.partitions,
         sim.crashes,
+        sim.power_losses,
         sim.skews,
         sim.joins,
         sim.collected,

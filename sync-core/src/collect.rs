@@ -118,13 +118,14 @@ impl Engine {
                     {
                         return None;
                     }
-                    let mut known: Option<VersionVector> = peer.and_then(|p| p.acked.clone());
-                    if let Some(h) = heard {
-                        known
-                            .get_or_insert_with(VersionVector::new)
-                            .merge(&h.vector);
-                    }
-                    Some(known)
+                    // The latest report of it (its own heartbeats for a
+                    // paired peer), else a peer's acknowledgement (kept
+                    // across restarts).
+                    Some(
+                        heard
+                            .map(|h| h.vector.clone())
+                            .or_else(|| peer.and_then(|p| p.acked.clone())),
+                    )
                 })
                 .collect()
         };

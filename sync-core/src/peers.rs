@@ -296,8 +296,12 @@ impl Engine {
         }
     }
 
-    /// Notes what `peer` says members of the library hold (its heartbeat):
-    /// each vector is one that member held at some point, so reports merge.
+    /// Notes what `peer` says members of the library hold (its heartbeat).
+    /// Each report replaces the last: any vector a member held that includes
+    /// a delete proves all it wrote before learning of it, and a member
+    /// rolled back to an earlier state (a restored backup, a power loss)
+    /// holds less than it once reported, which a merge would claim for
+    /// ever.
     pub(crate) fn note_held(
         &self,
         peer: Uuid,
@@ -314,8 +318,8 @@ impl Engine {
                 continue;
             }
             let h = m.heard.entry(device).or_default();
-            if !h.vector.covers(v) {
-                h.vector.merge(v);
+            if h.vector != *v {
+                h.vector = v.clone();
                 h.grew_at = now;
                 h.expired = false;
             }
