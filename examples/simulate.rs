@@ -11,24 +11,29 @@
 //! cargo run --release --example simulate -- --faults drop,dup,reorder --seed 3
 //! ```
 //!
-//! Faults (`--faults`, default all): `drop`, `dup` (messages), `reorder`
-//! (links interleave in any order; one link keeps its order, as a QUIC
-//! stream does),
-//! `partition` (groups cut off and healed), `crash` (a device's memory
-//! discarded, its engine reopened from its database), `skew` (clocks apart
-//! within the drift bound, one beyond it for a while), `join` (devices that
-//! join mid-run and backfill from a neighbour), `pages` (small catch-up and
-//! snapshot pages), `collect` (tombstones collected as soon as every peer
-//! acknowledged their delete: a retention horizon of zero). Topologies:
-//! `mesh`, `line`, `star`, `sparse` (a ring with random chords); devices off each other's edges never meet and learn each
+//! Faults (`--faults`; the default is all but `power`): `drop`, `dup`
+//! (messages), `reorder` (links interleave in any order; one link keeps its
+//! order, as a QUIC stream does), `partition` (groups cut off and healed),
+//! `crash` (a device's memory discarded, its engine reopened from its
+//! database), `power` (a device's database copied, later rolled back to that
+//! copy), `skew` (clocks apart within the drift bound, one beyond it for a
+//! while), `join` (devices that join mid-run and backfill from a neighbour),
+//! `pages` (small catch-up and snapshot pages), `collect` (tombstones
+//! collected as soon as every member holds their delete: a retention horizon
+//! of zero). Topologies: `mesh`, `line`, `star`, `sparse` (a ring with
+//! random chords); devices off each other's edges never meet and learn each
 //! other's changes through relays.
 //!
 //! Checks after quiescence: identical synced data on every device (per
-//! model), every record created and never deleted present everywhere, no
-//! deleted record anywhere, no dangling reference, nothing parked, equal
-//! version vectors, logs pruned once everyone acknowledged. A failing seed
-//! prints the first divergence and the command that replays it; the run is
-//! deterministic (the same output twice).
+//! model), every record created and never deleted present (unless a
+//! conflict names it, a power loss undid it, or it went with a record it
+//! referenced), no deleted record anywhere, no dangling reference, nothing
+//! parked, equal version vectors; with `collect`, no tombstone left once
+//! every device collects, and the same checks after. A failing seed prints
+//! the first divergence and the command that replays it; the run is
+//! deterministic (the same output twice). `SIMULATE_DEBUG=1`,
+//! `SIMULATE_TRACE=model:uuid` (or `origin:uuid`) and
+//! `SIMULATE_TRACE_LINK=a,b` print what a divergence needs to be understood.
 #![allow(unreachable_pub)]
 
 #[path = "library/mod.rs"]

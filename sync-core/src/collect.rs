@@ -3,12 +3,14 @@
 //! A deleted record keeps a tombstone so that no write can bring it back.
 //! Kept for ever, tombstones grow without bound; so a tombstone is dropped
 //! once (1) its delete is older than the retention horizon, and (2) every
-//! paired device that has not expired holds it: the delete's number is
-//! acknowledged by every unexpired peer (a shared tombstone carries its
+//! member of the library that has not expired holds it: the delete's number
+//! is in what every unexpired member is known to hold (a paired peer's
+//! heartbeats and acknowledgements, and for the others what heartbeats
+//! relay of them; see `docs/protocol.md`). A shared tombstone carries its
 //! delete's origin and number; one stored without them, by an engine before
 //! schema 4 or made by a resync, waits until its delete is older than every
-//! origin's log, whose pruning waits for every acknowledgement).
-//! A device silent for longer than the horizon is expired (see
+//! origin's log, whose pruning waits for every acknowledgement. And (3) this
+//! device holds all that each member is known to hold. A device silent for longer than the horizon is expired (see
 //! [`Engine::expire_peers`]) and resyncs from a snapshot when it returns.
 //!
 //! That resync (asked for with [`ErrorCode::Expired`](crate::ErrorCode::Expired), distinct from the
