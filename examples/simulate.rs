@@ -1168,17 +1168,25 @@ fn mentions(m: &Message, id: Uuid) -> Vec<String> {
             ));
         }
     };
+    let batches = |out: &mut Vec<String>, what: &str, batches: &[syncable::core::Batch]| {
+        for b in batches {
+            if b.origin == id {
+                out.push(format!(
+                    "{what}: batch of {} after {} up to {} with {} changes",
+                    b.origin,
+                    b.after,
+                    b.upto,
+                    b.changes.len()
+                ));
+            }
+            for c in &b.changes {
+                change(out, what, c);
+            }
+        }
+    };
     match m {
-        Message::Push(p) => p
-            .batches
-            .iter()
-            .flat_map(|b| &b.changes)
-            .for_each(|c| change(&mut out, "push", c)),
-        Message::PullResponse(p) => p
-            .batches
-            .iter()
-            .flat_map(|b| &b.changes)
-            .for_each(|c| change(&mut out, "pull response", c)),
+        Message::Push(p) => batches(&mut out, "push", &p.batches),
+        Message::PullResponse(p) => batches(&mut out, "pull response", &p.batches),
         Message::SnapshotResponse(s) => {
             for row in &s.rows {
                 match row {
