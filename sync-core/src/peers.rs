@@ -94,6 +94,8 @@ pub struct Status {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Heard {
     pub(crate) vector: VersionVector,
+    /// When the member held it, by its clock.
+    pub(crate) stamp: u64,
     /// When (this device's time) that grew last.
     pub(crate) grew_at: u64,
     /// Not grown for longer than the retention horizon.
@@ -296,52 +298,47 @@ impl Engine {
         }
     }
 
-    /// Notes what `peer` says members of the library hold (its heartbeat).
-    /// Each report replaces the last: any vector a member held that includes
-    /// a delete proves all it wrote before learning of it, and a member
-    /// rolled back to an earlier state (a restored backup, a power loss)
-    /// holds less than it once reported, which a merge would claim for
-    /// ever.
-    pub(crate) fn note_held(
-        &self,
-        peer: Uuid,
-        vector: &VersionVector,
-        held: &[(Uuid, VersionVector)],
-    ) {
+    /// Notes what a peer's heartbeat says members of the library hold. Of
+    /// the reports of one member, the latest by that member's stamp is
+    /// kept: not a merge, since a member rolled back to an earlier state (a
+    /// restored backup, a power loss) holds less than it once reported; and
+    /// not simply the last to arrive, since a relay echoes older reports.
+    pub(crate) fn note_held(&self, held: &[(Uuid, u64, VersionVector)]) {
         let now = self.now_ms();
         let me = self.device();
         let mut m = self.memory();
-        let reports = std::iter::once((peer, vector))
-            .chain(held.iter().take(MAX_LINKS).map(|(d, v)| (*d, v)));
-        for (device, v) in reports {
-            if device == me || !m.membership.is_member(device) || m.membership.is_removed(device) {
+        for (device, stamp, v) in held.iter().take(MAX_LINKS) {
+            if *device == me || !m.membership.is_member(*device) || m.membership.is_removed(*device)
+            {
                 continue;
             }
-            let h = m.heard.entry(device).or_default();
-            if h.vector != *v {
+            let h = m.heard.entry(*device).or_default();
+            // Two reports within one millisecond: the one that holds more.
+            if *stamp > h.stamp || (*stamp == h.stamp && v.covers(&h.vector)) {
+                if h.vector != *v {
+                    h.grew_at = now;
+                    h.expired = false;
+                }
+                h.stamp = *stamp;
                 h.vector = v.clone();
-                h.grew_at = now;
-                h.expired = false;
             }
         }
     }
 
-    /// What this device knows each member holds, itself included, for its
-    /// heartbeats.
-    pub(crate) fn held_by_members(&self) -> Vec<(Uuid, VersionVector)> {
+    /// What this device knows each member holds, itself included (stamped
+    /// now), for its heartbeats.
+    pub(crate) fn held_by_members(&self) -> Vec<(Uuid, u64, VersionVector)> {
+        let now = self.now_ms();
         let m = self.memory();
-        let mut out: BTreeMap<Uuid, VersionVector> = m
-            .heard
-            .iter()
-            .map(|(d, h)| (*d, h.vector.clone()))
-            .collect();
-        for (id, p) in &m.peers {
-            for v in [&p.acked, &p.vector].into_iter().flatten() {
-                out.entry(*id).or_default().merge(v);
-            }
-        }
-        out.insert(self.device(), m.received.vector.clone());
-        out.into_iter().take(MAX_LINKS).collect()
+        let mut out: Vec<(Uuid, u64, VersionVector)> =
+            vec![(self.device(), now, m.received.vector.clone())];
+        out.extend(
+            m.heard
+                .iter()
+                .take(MAX_LINKS.saturating_sub(1))
+                .map(|(d, h)| (*d, h.stamp, h.vector.clone())),
+        );
+        out
     }
 
     /// Whether `peer`, as of its last heartbeat, has a session with

@@ -245,11 +245,12 @@ pub struct Heartbeat {
     #[serde(default)]
     pub links: Vec<Uuid>,
     /// What the sender knows each member of the library holds (its own
-    /// vector included): devices that never meet learn of each other's
-    /// progress through those between, which tombstone collection waits for
-    /// (at most [`MAX_LINKS`] are read).
+    /// vector included), each report stamped with the time (milliseconds, by
+    /// that member's clock) the member held it: devices that never meet
+    /// learn of each other's progress through those between, which
+    /// tombstone collection waits for (at most [`MAX_LINKS`] are read).
     #[serde(default)]
-    pub held: Vec<(Uuid, VersionVector)>,
+    pub held: Vec<(Uuid, u64, VersionVector)>,
 }
 
 /// The most entries of [`Heartbeat::links`] (and of [`Heartbeat::held`]) a

@@ -239,7 +239,7 @@ impl Session {
                 if let Some(peer) = self.peer {
                     self.engine.heard_from(peer, Some(&beat.vector));
                     self.engine.note_links(peer, &beat.links);
-                    self.engine.note_held(peer, &beat.vector, &beat.held);
+                    self.engine.note_held(&beat.held);
                 }
                 let members = self.members_if_differ(&beat.members);
                 // The peer holds something this device lacks (a push that
