@@ -215,7 +215,11 @@ impl Sim {
         let Some(engine) = self.devices[i].engine.as_ref() else {
             return Ok(());
         };
-        let now = syncable::core::__private::steps::describe_record(engine, &model, id).await?;
+        let now = if model == "origin" {
+            format!("holds {} of it", engine.vector().get(id))
+        } else {
+            syncable::core::__private::steps::describe_record(engine, &model, id).await?
+        };
         if self.traced.get(&i) != Some(&now) {
             eprintln!("trace: device {i} after {why}: {now}");
             self.traced.insert(i, now);
