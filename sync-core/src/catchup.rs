@@ -30,10 +30,11 @@ impl Engine {
         &self,
         request: &PullRequest,
     ) -> Result<Result<PullResponse, ErrorMessage>, EngineError> {
-        let (mine, pruned, origins) = {
+        let (mine, ahead, pruned, origins) = {
             let m = self.memory();
             (
                 m.received.vector.clone(),
+                m.received.ahead.clone(),
                 m.pruned.clone(),
                 m.origins.clone(),
             )
@@ -128,6 +129,62 @@ impl Engine {
             if cut {
                 has_more = true;
                 break;
+            }
+        }
+        // Numbers held beyond a gap (received out of order) that the
+        // requester lacks. A gap usually fills soon; but if the only device
+        // that held its numbers lost them (a power loss, a restored backup),
+        // what lies beyond reaches other devices only this way. Never a
+        // reason for `has_more`: the requester's vector does not pass a gap,
+        // so it would ask for the same again at once.
+        for (origin, ranges) in &ahead {
+            let Some(device) = origins.get(origin).copied() else {
+                continue;
+            };
+            for (&start, &end) in ranges {
+                let after = start.saturating_sub(1).max(request.vector.get(*origin));
+                if end <= after || remaining == 0 || bytes >= PAGE_BYTES {
+                    continue;
+                }
+                let mut held: Vec<(u64, EncodedChange)> =
+                    store::log_since(&tx, *origin, after, end, remaining).await?;
+                held.extend(store::owned_since(&tx, *origin, after, end, remaining).await?);
+                held.sort_by_key(|(seq, _)| *seq);
+                held.truncate(remaining as usize);
+                let mut cut = held.len() as u64 == remaining;
+                let (mut changes, mut seqs) = (Vec::new(), Vec::new());
+                let mut reach = end;
+                for (seq, change) in held {
+                    if bytes.saturating_add(change.len()) > PAGE_BYTES && bytes > 0 {
+                        cut = true;
+                        break;
+                    }
+                    bytes = bytes.saturating_add(change.len());
+                    reach = seq;
+                    seqs.push(seq);
+                    changes.push(change);
+                }
+                if !cut {
+                    reach = end;
+                }
+                let (seals, vouched) = prove(&tx, *origin, after, reach, &seqs).await?;
+                if vouched <= after {
+                    continue;
+                }
+                let keep = seqs.iter().take_while(|s| **s <= vouched).count();
+                changes.truncate(keep);
+                remaining -= keep as u64;
+                for seq in seqs.iter().take(keep) {
+                    carried.insert((*origin, *seq));
+                }
+                batches.push(Batch {
+                    origin: *origin,
+                    device,
+                    after,
+                    upto: vouched,
+                    changes,
+                    seals,
+                });
             }
         }
         self.add_newer_states(&tx, request, &origins, &mut batches, &carried)
