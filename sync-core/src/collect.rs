@@ -10,8 +10,9 @@
 //! delete's origin and number; one stored without them, by an engine before
 //! schema 4 or made by a resync, waits until its delete is older than every
 //! origin's log, whose pruning waits for every acknowledgement. And (3) this
-//! device holds all that each member is known to hold. A device silent for longer than the horizon is expired (see
-//! [`Engine::expire_peers`]) and resyncs from a snapshot when it returns.
+//! device holds all that each member is known to hold. A device silent for
+//! longer than the horizon is expired (see [`Engine::expire_peers`]) and
+//! resyncs from a snapshot when it returns.
 //!
 //! That resync (asked for with [`ErrorCode::Expired`](crate::ErrorCode::Expired), distinct from the
 //! resync of a device that merely lacks pruned changes: that one acknowledged
@@ -98,9 +99,10 @@ impl Engine {
                 Change::decode(&bytes).map_err(|e| EngineError::Malformed(e.to_string()))?;
             log_floor = log_floor.min(change.hlc.get_time().to_duration());
         }
-        // What each unexpired member of the library is known to hold: a
-        // paired peer's acknowledgement, merged with what heartbeats relayed
-        // of it; `None` if nothing is known of one (it may lack any delete).
+        // What each unexpired member of the library is known to hold: the
+        // latest report of it that heartbeats brought, else (after a
+        // restart) a paired peer's acknowledgement; `None` if nothing is
+        // known of one (it may lack any delete).
         let acked: Option<Vec<VersionVector>> = {
             let m = self.memory();
             let me = self.device();
@@ -169,7 +171,7 @@ impl Engine {
                     let at = t.hlc.get_time().to_duration();
                     let take = at < bound
                         && match t.delete {
-                            // Every unexpired peer acknowledged the delete.
+                            // Every unexpired member holds the delete.
                             Some((origin, seq)) => acked
                                 .as_ref()
                                 .is_some_and(|acked| acked.iter().all(|a| a.get(origin) >= seq)),
