@@ -78,29 +78,13 @@ impl Engine {
                     ),
                 }));
             };
-            let mut held: Vec<(u64, EncodedChange)> =
-                store::log_since(&tx, origin, after, upto, remaining).await?;
-            held.extend(store::owned_since(&tx, origin, after, upto, remaining).await?);
-            held.sort_by_key(|(seq, _)| *seq);
-            held.truncate(remaining as usize);
-            let full = held.len() as u64 == remaining;
-            let mut reach = upto;
-            let mut changes = Vec::with_capacity(held.len());
-            let mut seqs = Vec::with_capacity(held.len());
-            let mut cut = full;
-            for (seq, change) in held {
-                if bytes.saturating_add(change.len()) > PAGE_BYTES && bytes > 0 {
-                    cut = true;
-                    break;
-                }
-                bytes = bytes.saturating_add(change.len());
-                reach = seq;
-                seqs.push(seq);
-                changes.push(change);
-            }
-            if !cut {
-                reach = upto;
-            } else if changes.is_empty() {
+            let Page {
+                mut changes,
+                seqs,
+                reach,
+                mut cut,
+            } = page(&tx, origin, after, upto, remaining, &mut bytes).await?;
+            if cut && changes.is_empty() {
                 has_more = true;
                 break;
             }
@@ -146,27 +130,12 @@ impl Engine {
                 if end <= after || remaining == 0 || bytes >= PAGE_BYTES {
                     continue;
                 }
-                let mut held: Vec<(u64, EncodedChange)> =
-                    store::log_since(&tx, *origin, after, end, remaining).await?;
-                held.extend(store::owned_since(&tx, *origin, after, end, remaining).await?);
-                held.sort_by_key(|(seq, _)| *seq);
-                held.truncate(remaining as usize);
-                let mut cut = held.len() as u64 == remaining;
-                let (mut changes, mut seqs) = (Vec::new(), Vec::new());
-                let mut reach = end;
-                for (seq, change) in held {
-                    if bytes.saturating_add(change.len()) > PAGE_BYTES && bytes > 0 {
-                        cut = true;
-                        break;
-                    }
-                    bytes = bytes.saturating_add(change.len());
-                    reach = seq;
-                    seqs.push(seq);
-                    changes.push(change);
-                }
-                if !cut {
-                    reach = end;
-                }
+                let Page {
+                    mut changes,
+                    seqs,
+                    reach,
+                    ..
+                } = page(&tx, *origin, after, end, remaining, &mut bytes).await?;
                 let (seals, vouched) = prove(&tx, *origin, after, reach, &seqs).await?;
                 if vouched <= after {
                     continue;
@@ -247,6 +216,57 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Changes of one origin read for a page.
+struct Page {
+    changes: Vec<EncodedChange>,
+    seqs: Vec<u64>,
+    /// How far the page reaches: `upto`, or the last number read if cut.
+    reach: u64,
+    /// Cut short, by the page's count or its bytes.
+    cut: bool,
+}
+
+/// The stored changes of `origin` in `(after, upto]` (log entries and
+/// device-owned states), at most `remaining` of them and as many as fit the
+/// page's bytes (`bytes` so far, updated).
+async fn page(
+    tx: &sea_orm::DatabaseTransaction,
+    origin: uuid::Uuid,
+    after: u64,
+    upto: u64,
+    remaining: u64,
+    bytes: &mut usize,
+) -> Result<Page, EngineError> {
+    let mut held: Vec<(u64, EncodedChange)> =
+        store::log_since(tx, origin, after, upto, remaining).await?;
+    held.extend(store::owned_since(tx, origin, after, upto, remaining).await?);
+    held.sort_by_key(|(seq, _)| *seq);
+    held.truncate(remaining as usize);
+    let mut cut = held.len() as u64 == remaining;
+    let mut reach = upto;
+    let mut changes = Vec::with_capacity(held.len());
+    let mut seqs = Vec::with_capacity(held.len());
+    for (seq, change) in held {
+        if bytes.saturating_add(change.len()) > PAGE_BYTES && *bytes > 0 {
+            cut = true;
+            break;
+        }
+        *bytes = bytes.saturating_add(change.len());
+        reach = seq;
+        seqs.push(seq);
+        changes.push(change);
+    }
+    if !cut {
+        reach = upto;
+    }
+    Ok(Page {
+        changes,
+        seqs,
+        reach,
+        cut,
+    })
 }
 
 /// The seals that prove the changes `sent` (by number) of `origin` and the

@@ -317,13 +317,7 @@ async fn a_snapshot_row_held_back_on_an_early_page_arrives_later() {
 #[tokio::test]
 async fn snapshot_rows_held_for_one_record_keep_the_newest_state() {
     let (a, b, c) = (device(1).await, device(2).await, device(3).await);
-    for x in [&a, &b, &c] {
-        for y in [&a, &b, &c] {
-            if x.id != y.id {
-                x.engine.pair(y.id).await.unwrap();
-            }
-        }
-    }
+    common::pair_each(&[&a, &b, &c]).await;
     // a and b run 30 s ahead of c (bound: 5 s).
     a.time.advance(Duration::from_secs(30));
     b.time.advance(Duration::from_secs(30));
@@ -380,13 +374,7 @@ async fn an_origin_received_only_as_husks_is_served_on() {
     use sea_orm::{ColumnTrait, QueryFilter};
     use sync_core::PullRequest;
     let (a, b, c) = (device(1).await, device(2).await, device(3).await);
-    for x in [&a, &b, &c] {
-        for y in [&a, &b, &c] {
-            if x.id != y.id {
-                x.engine.pair(y.id).await.unwrap();
-            }
-        }
-    }
+    common::pair_each(&[&a, &b, &c]).await;
     let gid = Uuid::from_u128(78);
     let mut tx = a.engine.begin().await.unwrap();
     tx.insert(volume::ActiveModel {
@@ -448,13 +436,7 @@ async fn an_origin_received_only_as_husks_is_served_on() {
 async fn numbers_beyond_a_gap_are_served_on() {
     use sync_core::{Message, PullRequest};
     let (a, b, c) = (device(1).await, device(2).await, device(3).await);
-    for x in [&a, &b, &c] {
-        for y in [&a, &b, &c] {
-            if x.id != y.id {
-                x.engine.pair(y.id).await.unwrap();
-            }
-        }
-    }
+    common::pair_each(&[&a, &b, &c]).await;
     let mut commits = a.engine.subscribe();
     for name in ["one", "two", "three"] {
         let mut tx = a.engine.begin().await.unwrap();

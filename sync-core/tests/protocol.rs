@@ -675,13 +675,7 @@ async fn a_member_never_met_holds_collection_back_until_heard_of() {
 #[tokio::test]
 async fn a_tombstone_from_a_snapshot_waits_for_every_acknowledgement() {
     let (a, b, c) = (device(1).await, device(2).await, device(3).await);
-    for x in [&a, &b, &c] {
-        for y in [&a, &b, &c] {
-            if x.id != y.id {
-                x.engine.pair(y.id).await.unwrap();
-            }
-        }
-    }
+    common::pair_each(&[&a, &b, &c]).await;
     let gid = Uuid::from_u128(79);
     let mut tx = a.engine.begin().await.unwrap();
     tx.insert(tag::ActiveModel {

@@ -434,6 +434,17 @@ pub async fn open_device(db: DatabaseConnection, n: u128, time: ManualTime) -> D
     Device { engine, time, id }
 }
 
+/// Pairs every device with every other.
+pub async fn pair_each(devices: &[&Device]) {
+    for x in devices {
+        for y in devices {
+            if x.id != y.id {
+                x.engine.pair(y.id).await.unwrap();
+            }
+        }
+    }
+}
+
 impl Device {
     /// Applies changes as received from a peer; panics on a refused one.
     pub async fn receive(&self, changes: &[Change]) -> sync_core::ApplyReport {
