@@ -109,7 +109,7 @@ struct Sim {
     devices: Vec<Dev>,
     edges: BTreeSet<(usize, usize)>,
     cut: BTreeSet<usize>,
-    queue: Vec<(usize, usize, Vec<u8>)>,
+    queue: Queue,
     config: SessionConfig,
     // What the workload did, for the checks.
     created: BTreeMap<&'static str, BTreeSet<Uuid>>,
@@ -135,6 +135,63 @@ struct Sim {
     // printed whenever it changes.
     trace: Option<(String, Uuid)>,
     traced: BTreeMap<usize, String>,
+}
+
+/// Messages in flight: one queue per link (a QUIC stream keeps its order),
+/// the links taking turns or, with reordering, picked by the seed.
+#[derive(Default)]
+struct Queue {
+    links: BTreeMap<(usize, usize), std::collections::VecDeque<Vec<u8>>>,
+    // The links with messages waiting.
+    waiting: Vec<(usize, usize)>,
+    turn: usize,
+}
+
+impl Queue {
+    fn push(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
+        let q = self.links.entry((from, to)).or_default();
+        if q.is_empty() {
+            self.waiting.push((from, to));
+        }
+        q.push_back(bytes);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// How many links have messages waiting.
+    fn links(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// The first message of the `pick`th waiting link, else of the next in
+    /// turn.
+    fn pop(&mut self, pick: Option<usize>) -> Option<(usize, usize, Vec<u8>)> {
+        if self.waiting.is_empty() {
+            return None;
+        }
+        let i = pick.unwrap_or(self.turn) % self.waiting.len();
+        self.turn = self.turn.wrapping_add(1);
+        let link = self.waiting[i];
+        let q = self.links.get_mut(&link)?;
+        let bytes = q.pop_front()?;
+        if q.is_empty() {
+            self.waiting.swap_remove(i);
+        }
+        Some((link.0, link.1, bytes))
+    }
+
+    /// Drops every message to or from device `i`.
+    fn forget(&mut self, i: usize) {
+        self.links.retain(|(f, t), _| *f != i && *t != i);
+        self.waiting.retain(|(f, t)| *f != i && *t != i);
+    }
+
+    fn clear(&mut self) {
+        self.links.clear();
+        self.waiting.clear();
+    }
 }
 
 struct Dev {
@@ -228,7 +285,7 @@ impl Sim {
     }
 
     fn send(&mut self, from: usize, to: usize, m: &Message) -> Result<(), Error> {
-        self.queue.push((from, to, syncable::core::encode(m)?));
+        self.queue.push(from, to, syncable::core::encode(m)?);
         Ok(())
     }
 
@@ -282,7 +339,7 @@ impl Sim {
                 s.disconnect();
             }
         }
-        self.queue.retain(|(f, t, _)| *f != i && *t != i);
+        self.queue.forget(i);
     }
 
     /// Queues the pushes of `i`'s new commits to its sessions.
@@ -304,23 +361,16 @@ impl Sim {
 
     /// Delivers one queued message; false when none is queued.
     async fn step(&mut self) -> Result<bool, Error> {
-        if self.queue.is_empty() {
-            return Ok(false);
-        }
         // Links interleave in any order; within one link (a QUIC stream)
         // messages keep theirs.
-        let i = if self.faults.contains("reorder") {
-            let pick = self.rng.random_range(0..self.queue.len());
-            let (f, t, _) = &self.queue[pick];
-            let (f, t) = (*f, *t);
-            self.queue
-                .iter()
-                .position(|(a, b, _)| *a == f && *b == t)
-                .unwrap_or(pick)
+        let pick = if self.faults.contains("reorder") && !self.queue.is_empty() {
+            Some(self.rng.random_range(0..self.queue.links()))
         } else {
-            0
+            None
         };
-        let (from, to, bytes) = self.queue.remove(i);
+        let Some((from, to, bytes)) = self.queue.pop(pick) else {
+            return Ok(false);
+        };
         let lossy = self.faults.contains("drop");
         if !self.devices[to].sessions.contains_key(&from) || (lossy && self.rng.random_bool(0.03)) {
             self.dropped += 1;
@@ -328,7 +378,7 @@ impl Sim {
         }
         if self.faults.contains("dup") && self.rng.random_bool(0.02) {
             self.duplicated += 1;
-            self.queue.push((from, to, bytes.clone()));
+            self.queue.push(from, to, bytes.clone());
         }
         let message = syncable::core::decode(&bytes)?;
         let Some(session) = self.devices[to].sessions.get_mut(&from) else {
@@ -349,7 +399,24 @@ impl Sim {
         } else {
             String::new()
         };
+        let kind = if std::env::var_os("SIMULATE_PROF").is_some() {
+            message_kind(&message)
+        } else {
+            String::new()
+        };
+        let t0 = Instant::now();
         let output = session.handle(message).await?;
+        if !kind.is_empty() {
+            let e = PROF.with(|p| {
+                let mut p = p.borrow_mut();
+                let e = p.entry(kind).or_insert((0u64, 0f64, 0usize));
+                e.0 += 1;
+                e.1 += t0.elapsed().as_secs_f64();
+                e.2 += bytes.len();
+                *e
+            });
+            let _ = e;
+        }
         self.trace(to, &what).await?;
         for m in &output.send {
             self.send(to, from, m)?;
@@ -861,14 +928,17 @@ impl Sim {
     }
 
     async fn converged(&self) -> Result<bool, Error> {
+        let v = self.engine(0)?.vector();
+        if !(1..self.devices.len()).all(|i| self.engine(i).is_ok_and(|e| e.vector() == v)) {
+            return Ok(false);
+        }
         let first = self.engine(0)?.content().await?;
         for i in 1..self.devices.len() {
             if self.engine(i)?.content().await? != first {
                 return Ok(false);
             }
         }
-        let v = self.engine(0)?.vector();
-        Ok((1..self.devices.len()).all(|i| self.engine(i).is_ok_and(|e| e.vector() == v)))
+        Ok(true)
     }
 
     /// Every check; the first failure as text.
@@ -1219,6 +1289,7 @@ fn message_kind(m: &Message) -> String {
         .to_owned()
 }
 
+thread_local! { static PROF: std::cell::RefCell<BTreeMap<String,(u64,f64,usize)>> = std::cell::RefCell::new(BTreeMap::new()); }
 async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
     let n = args.devices;
     let dir = tempfile::tempdir()?;
@@ -1251,7 +1322,7 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
         devices: Vec::with_capacity(n),
         edges,
         cut: BTreeSet::new(),
-        queue: Vec::new(),
+        queue: Queue::default(),
         config,
         created: BTreeMap::new(),
         deleted: BTreeMap::new(),
@@ -1436,6 +1507,11 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
         sim.collected,
         t.elapsed().as_secs_f64()
     );
+    PROF.with(|p| {
+        for (k, v) in p.borrow().iter() {
+            eprintln!("prof {k}: {} msgs, {:.2} s, {} bytes", v.0, v.1, v.2);
+        }
+    });
     for d in &mut sim.devices {
         d.sessions.clear();
         d.engine = None;

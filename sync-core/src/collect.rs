@@ -127,7 +127,7 @@ impl Engine {
                     // across restarts).
                     Some(
                         heard
-                            .map(|h| h.vector.clone())
+                            .map(|h| h.vector())
                             .or_else(|| peer.and_then(|p| p.acked.clone())),
                     )
                 })

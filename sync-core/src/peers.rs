@@ -7,13 +7,14 @@
 //! read from memory alone, so it never waits for the writer.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
 
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::protocol::{HeldBack, MAX_LINKS};
+use crate::protocol::{HeldBack, HeldReport, MAX_LINKS};
 use crate::store::{self, PeerRecord};
 use crate::vector::VersionVector;
 
@@ -90,16 +91,77 @@ pub struct Status {
     pub held_rows: u64,
 }
 
-/// What a member of the library is known to hold, from heartbeats.
+/// What a member of the library is known to hold, from heartbeats: the
+/// vector of the heartbeat that brought the report (shared by every member
+/// that heartbeat reported) and where the member differs from it, so that
+/// a device keeps about one vector per heartbeat, not one per member.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Heard {
-    pub(crate) vector: VersionVector,
+    base: Arc<VersionVector>,
+    differs: BTreeMap<Uuid, u64>,
     /// When the member held it, by its clock.
     pub(crate) stamp: u64,
-    /// When (this device's time) that grew last.
-    pub(crate) grew_at: u64,
-    /// Not grown for longer than the retention horizon.
+    /// When (this device's time) a newer report of it arrived last: a
+    /// member still heard of is still a member.
+    pub(crate) fresh_at: u64,
+    /// No newer report for longer than the retention horizon.
     pub(crate) expired: bool,
+}
+
+impl Heard {
+    /// The number of `origin` the member holds.
+    pub(crate) fn get(&self, origin: Uuid) -> u64 {
+        self.differs
+            .get(&origin)
+            .copied()
+            .unwrap_or_else(|| self.base.get(origin))
+    }
+
+    /// The member's vector.
+    pub(crate) fn vector(&self) -> VersionVector {
+        let mut v = (*self.base).clone();
+        for (origin, seq) in &self.differs {
+            v.set(*origin, *seq);
+        }
+        v
+    }
+
+    /// Whether the vector `base` with `differs` set holds all this one does,
+    /// and more.
+    fn holds_less(&self, base: &VersionVector, differs: &BTreeMap<Uuid, u64>) -> bool {
+        let theirs = |o: Uuid| differs.get(&o).copied().unwrap_or_else(|| base.get(o));
+        let mut origins: BTreeSet<Uuid> =
+            self.differs.keys().chain(differs.keys()).copied().collect();
+        if *self.base != *base {
+            origins.extend(self.base.iter().chain(base.iter()).map(|(o, _)| o));
+        }
+        let mut more = false;
+        for o in origins {
+            let (new, old) = (theirs(o), self.get(o));
+            if new < old {
+                return false;
+            }
+            more |= new > old;
+        }
+        more
+    }
+
+    /// Where the member differs from `mine`, given where this report's
+    /// base differs from it (computed once per base).
+    fn differs_from(&self, mine: &VersionVector, base_differs: &[(Uuid, u64)]) -> Vec<(Uuid, u64)> {
+        let origins: BTreeSet<Uuid> = base_differs
+            .iter()
+            .map(|(o, _)| *o)
+            .chain(self.differs.keys().copied())
+            .collect();
+        origins
+            .into_iter()
+            .filter_map(|o| {
+                let seq = self.get(o);
+                (seq != mine.get(o)).then_some((o, seq))
+            })
+            .collect()
+    }
 }
 
 /// What this device knows of a paired peer.
@@ -298,46 +360,68 @@ impl Engine {
         }
     }
 
-    /// Notes what a peer's heartbeat says members of the library hold. Of
+    /// Notes what a peer's heartbeat says members of the library hold
+    /// (`base`: the heartbeat's vector, which the reports differ from). Of
     /// the reports of one member, the latest by that member's stamp is
     /// kept: not a merge, since a member rolled back to an earlier state (a
     /// restored backup, a power loss) holds less than it once reported; and
     /// not simply the last to arrive, since a relay echoes older reports.
-    pub(crate) fn note_held(&self, held: &[(Uuid, u64, VersionVector)]) {
+    pub(crate) fn note_held(&self, base: &VersionVector, held: &[HeldReport]) {
         let now = self.now_ms();
         let me = self.device();
+        let mut shared: Option<Arc<VersionVector>> = None;
         let mut m = self.memory();
-        for (device, stamp, v) in held.iter().take(MAX_LINKS) {
-            if *device == me || !m.membership.is_member(*device) || m.membership.is_removed(*device)
-            {
+        for report in held.iter().take(MAX_LINKS) {
+            let device = report.device;
+            if device == me || !m.membership.is_member(device) || m.membership.is_removed(device) {
                 continue;
             }
-            let h = m.heard.entry(*device).or_default();
-            // Two reports within one millisecond: the one that holds more.
-            if *stamp > h.stamp || (*stamp == h.stamp && v.covers(&h.vector)) {
-                if h.vector != *v {
-                    h.grew_at = now;
-                    h.expired = false;
-                }
-                h.stamp = *stamp;
-                h.vector = v.clone();
+            let known = m.heard.get(&device);
+            if known.is_some_and(|h| report.stamp < h.stamp) {
+                continue;
             }
+            let mut differs: BTreeMap<Uuid, u64> = report.differs.iter().copied().collect();
+            differs.retain(|o, s| *s != base.get(*o));
+            // Two reports within one millisecond: the one that holds more.
+            if known.is_some_and(|h| report.stamp == h.stamp && !h.holds_less(base, &differs)) {
+                continue;
+            }
+            let base = shared.get_or_insert_with(|| Arc::new(base.clone())).clone();
+            m.heard.insert(
+                device,
+                Heard {
+                    base,
+                    differs,
+                    stamp: report.stamp,
+                    fresh_at: now,
+                    expired: false,
+                },
+            );
         }
     }
 
     /// What this device knows each member holds, itself included (stamped
-    /// now), for its heartbeats.
-    pub(crate) fn held_by_members(&self) -> Vec<(Uuid, u64, VersionVector)> {
+    /// now), for a heartbeat whose vector is `mine`.
+    pub(crate) fn held_by_members(&self, mine: &VersionVector) -> Vec<HeldReport> {
         let now = self.now_ms();
         let m = self.memory();
-        let mut out: Vec<(Uuid, u64, VersionVector)> =
-            vec![(self.device(), now, m.received.vector.clone())];
-        out.extend(
-            m.heard
-                .iter()
-                .take(MAX_LINKS.saturating_sub(1))
-                .map(|(d, h)| (*d, h.stamp, h.vector.clone())),
-        );
+        let mut out = vec![HeldReport {
+            device: self.device(),
+            stamp: now,
+            differs: m.received.vector.differs_from(mine),
+        }];
+        // Where each base differs from `mine`, once per base.
+        let mut bases: BTreeMap<*const VersionVector, Vec<(Uuid, u64)>> = BTreeMap::new();
+        for (device, h) in m.heard.iter().take(MAX_LINKS.saturating_sub(1)) {
+            let base_differs = bases
+                .entry(Arc::as_ptr(&h.base))
+                .or_insert_with(|| h.base.differs_from(mine));
+            out.push(HeldReport {
+                device: *device,
+                stamp: h.stamp,
+                differs: h.differs_from(mine, base_differs),
+            });
+        }
         out
     }
 
@@ -511,10 +595,10 @@ impl Engine {
                     out.push(*id);
                 }
             }
-            // A member heard of only through others, whose holdings have
-            // not grown for as long, stops holding collection back too.
+            // A member heard of only through others, of whom no newer
+            // report came for as long, stops holding collection back too.
             for h in m.heard.values_mut() {
-                if h.grew_at < limit {
+                if h.fresh_at < limit {
                     h.expired = true;
                 }
             }

@@ -12,9 +12,9 @@ use crate::trust::{Hash, MemberRecord, SealProof};
 use crate::vector::VersionVector;
 
 /// The protocol version this engine speaks.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// The oldest protocol version this engine still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 5;
+pub const MIN_PROTOCOL_VERSION: u16 = 6;
 /// The largest encoded message accepted. Larger payloads are paged.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -250,7 +250,33 @@ pub struct Heartbeat {
     /// learn of each other's progress through those between, which
     /// tombstone collection waits for (at most [`MAX_LINKS`] are read).
     #[serde(default)]
-    pub held: Vec<(Uuid, u64, VersionVector)>,
+    pub held: Vec<HeldReport>,
+}
+
+/// What one member of the library held, as a heartbeat reports it: where
+/// its vector differs from the heartbeat's own `vector`. Members mostly hold
+/// what the sender holds, so a report is a few bytes, not a vector per
+/// member (which grows with members x origins).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldReport {
+    /// The member.
+    pub device: Uuid,
+    /// When the member held it, in milliseconds by its own clock.
+    pub stamp: u64,
+    /// Each origin whose number the member holds differs from the
+    /// heartbeat's vector, with the member's number (0: none of it).
+    pub differs: Vec<(Uuid, u64)>,
+}
+
+impl HeldReport {
+    /// The member's vector, given the heartbeat's vector it differs from.
+    pub fn vector(&self, base: &VersionVector) -> VersionVector {
+        let mut v = base.clone();
+        for (origin, seq) in &self.differs {
+            v.set(*origin, *seq);
+        }
+        v
+    }
 }
 
 /// The most entries of [`Heartbeat::links`] (and of [`Heartbeat::held`]) a

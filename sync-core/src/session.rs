@@ -239,7 +239,7 @@ impl Session {
                 if let Some(peer) = self.peer {
                     self.engine.heard_from(peer, Some(&beat.vector));
                     self.engine.note_links(peer, &beat.links);
-                    self.engine.note_held(&beat.held);
+                    self.engine.note_held(&beat.vector, &beat.held);
                 }
                 let members = self.members_if_differ(&beat.members);
                 // The peer holds something this device lacks (a push that
@@ -549,11 +549,12 @@ impl Session {
 
     /// A heartbeat carrying this device's vector.
     pub fn heartbeat(&self) -> Message {
+        let vector = self.engine.vector();
         Message::Heartbeat(Heartbeat {
-            vector: self.engine.vector(),
+            held: self.engine.held_by_members(&vector),
+            vector,
             members: self.engine.members_digest(),
             links: self.engine.connected_peers(),
-            held: self.engine.held_by_members(),
         })
     }
 

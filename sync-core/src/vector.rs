@@ -24,6 +24,9 @@ impl VersionVector {
 
     /// Raises `origin` to `seq` if that is higher; whether it moved.
     pub fn advance(&mut self, origin: Uuid, seq: u64) -> bool {
+        if seq == 0 {
+            return false;
+        }
         let entry = self.0.entry(origin).or_insert(0);
         if seq > *entry {
             *entry = seq;
@@ -67,6 +70,51 @@ impl VersionVector {
     pub fn merge(&mut self, other: &VersionVector) {
         for (o, s) in other.iter() {
             self.advance(o, s);
+        }
+    }
+
+    /// Sets `origin` to exactly `seq`, lower or higher (0: none of it).
+    pub fn set(&mut self, origin: Uuid, seq: u64) {
+        if seq == 0 {
+            self.0.remove(&origin);
+        } else {
+            self.0.insert(origin, seq);
+        }
+    }
+
+    /// Each origin whose number differs in `base`, with this vector's number
+    /// (0: none of it); `base` with these set is this vector.
+    pub fn differs_from(&self, base: &VersionVector) -> Vec<(Uuid, u64)> {
+        let mut out = Vec::new();
+        let mut mine = self.0.iter().filter(|(_, s)| **s > 0).peekable();
+        let mut theirs = base.0.iter().filter(|(_, s)| **s > 0).peekable();
+        loop {
+            match (mine.peek(), theirs.peek()) {
+                (None, None) => return out,
+                (Some((o, s)), None) => {
+                    out.push((**o, **s));
+                    mine.next();
+                }
+                (None, Some((o, _))) => {
+                    out.push((**o, 0));
+                    theirs.next();
+                }
+                (Some((a, s)), Some((b, t))) => {
+                    if a < b {
+                        out.push((**a, **s));
+                        mine.next();
+                    } else if b < a {
+                        out.push((**b, 0));
+                        theirs.next();
+                    } else {
+                        if s != t {
+                            out.push((**a, **s));
+                        }
+                        mine.next();
+                        theirs.next();
+                    }
+                }
+            }
         }
     }
 
@@ -206,6 +254,24 @@ mod tests {
             }
             let contiguous = (1..).take_while(|s| truth.contains(s)).last().unwrap_or(0);
             prop_assert_eq!(r.vector.get(O), contiguous);
+        }
+
+        /// A vector is its base with the entries it differs in set, and
+        /// names no origin the two agree on.
+        #[test]
+        fn a_vector_is_its_base_with_its_differences(
+            a in prop::collection::btree_map(0u128..12, 0u64..4, 0..10),
+            b in prop::collection::btree_map(0u128..12, 0u64..4, 0..10),
+        ) {
+            let v: VersionVector = a.iter().map(|(o, s)| (Uuid::from_u128(*o), *s)).collect();
+            let base: VersionVector = b.iter().map(|(o, s)| (Uuid::from_u128(*o), *s)).collect();
+            let differs = v.differs_from(&base);
+            let mut rebuilt = base.clone();
+            for (o, s) in &differs {
+                prop_assert_ne!(base.get(*o), *s);
+                rebuilt.set(*o, *s);
+            }
+            prop_assert_eq!(rebuilt, v);
         }
     }
 }
