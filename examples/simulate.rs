@@ -39,14 +39,17 @@
 #[path = "library/mod.rs"]
 mod library;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use library::{collection, collection_entry, device, entry, location, tag, user_metadata};
+use library::{
+    collection, collection_entry, device, entry, location, tag, user_metadata, user_metadata_tag,
+    volume,
+};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection};
@@ -141,7 +144,7 @@ struct Sim {
 /// the links taking turns or, with reordering, picked by the seed.
 #[derive(Default)]
 struct Queue {
-    links: BTreeMap<(usize, usize), std::collections::VecDeque<Vec<u8>>>,
+    links: BTreeMap<(usize, usize), VecDeque<Vec<u8>>>,
     // The links with messages waiting.
     waiting: Vec<(usize, usize)>,
     turn: usize,
@@ -329,6 +332,32 @@ impl Sim {
             .collect()
     }
 
+    /// The most links between two devices (by the shortest path).
+    fn diameter(&self) -> usize {
+        let n = self.devices.len();
+        let mut adjacent = vec![Vec::new(); n];
+        for &(a, b) in &self.edges {
+            adjacent[a].push(b);
+            adjacent[b].push(a);
+        }
+        let mut longest = 0;
+        for start in 0..n {
+            let mut hops = vec![usize::MAX; n];
+            hops[start] = 0;
+            let mut next = VecDeque::from([start]);
+            while let Some(a) = next.pop_front() {
+                for &b in &adjacent[a] {
+                    if hops[b] == usize::MAX {
+                        hops[b] = hops[a] + 1;
+                        longest = longest.max(hops[b]);
+                        next.push_back(b);
+                    }
+                }
+            }
+        }
+        longest
+    }
+
     fn disconnect(&mut self, i: usize) {
         let peers: Vec<usize> = self.devices[i].sessions.keys().copied().collect();
         for p in peers {
@@ -498,7 +527,7 @@ impl Sim {
     async fn write(&mut self, i: usize) -> Result<(), Error> {
         let dt = Duration::from_millis(self.rng.random_range(1..50));
         self.devices[i].time.advance(dt);
-        let kind = self.rng.random_range(0..14u32);
+        let kind = self.rng.random_range(0..18u32);
         let now = chrono::DateTime::from_timestamp(EPOCH.as_secs() as i64, 0).unwrap_or_default();
         let me = self.engine(i)?.device();
         let engine = self.engine(i)?.clone();
@@ -668,6 +697,90 @@ impl Sim {
                 {
                     row.user_metadata_id = Some(meta.id);
                     tx.update(row).await?;
+                }
+            }
+            14 => {
+                // A volume of this device's (device-owned, unique
+                // fingerprint: two devices seeing one disk collide), or
+                // new free space on one it has; its location then points at
+                // it (device-owned -> device-owned).
+                use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+                let mine = volume::Entity::find()
+                    .filter(volume::Column::Device.eq(me))
+                    .one(tx.connection())
+                    .await?;
+                let vol = match mine {
+                    Some(mut v) if self.rng.random_bool(0.5) => {
+                        v.free = Some(self.rng.random_range(0..1_000_000i64));
+                        tx.update(v.clone()).await?;
+                        v
+                    }
+                    _ => {
+                        let gid = self.new_id();
+                        created.push(("volumes", gid));
+                        let fingerprint = format!("fp-{}", self.rng.random_range(0..12u32));
+                        tx.insert(volume::ActiveModel {
+                            gid: Set(gid),
+                            device: Set(me),
+                            fingerprint: Set(fingerprint.clone()),
+                            display_name: Set(fingerprint),
+                            mount_point: Set(format!("/mnt/{gid}")),
+                            volume_type: Set(None),
+                            capacity: Set(Some(1_000_000)),
+                            free: Set(None),
+                            is_online: Set(true),
+                            last_seen_at: Set(None),
+                            ..Default::default()
+                        })
+                        .await?
+                    }
+                };
+                if let Some(mut loc) = location::Entity::find_owned(tx.connection(), me).await? {
+                    loc.volume_id = Some(vol.id);
+                    tx.update(loc).await?;
+                }
+            }
+            15 => {
+                // One of this device's volumes deleted (its location may
+                // point at it).
+                use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+                if let Some(v) = volume::Entity::find()
+                    .filter(volume::Column::Device.eq(me))
+                    .one(tx.connection())
+                    .await?
+                    && tx.delete::<volume::Model>(v.gid).await?
+                {
+                    deleted.push(("volumes", v.gid));
+                }
+            }
+            16 => {
+                // A tag on a metadata record (shared -> shared, twice).
+                if let (Some(m), Some(t)) =
+                    (self.pick_known("user_metadata"), self.pick_known("tags"))
+                {
+                    let meta = user_metadata::Model::find_by_id(tx.connection(), m).await?;
+                    let tag = tag::Model::find_by_id(tx.connection(), t).await?;
+                    if let (Some(meta), Some(tag)) = (meta, tag) {
+                        let gid = self.new_id();
+                        tx.insert(user_metadata_tag::ActiveModel {
+                            gid: Set(gid),
+                            user_metadata_id: Set(meta.id),
+                            tag_id: Set(tag.id),
+                            source: Set(user_metadata_tag::Source::User),
+                            confidence: Set(1.0),
+                            ..Default::default()
+                        })
+                        .await?;
+                        created.push(("user_metadata_tags", gid));
+                        self.parents.insert(gid, vec![m, t]);
+                    }
+                }
+            }
+            17 => {
+                if let Some(id) = self.pick_known("user_metadata_tags")
+                    && tx.delete::<user_metadata_tag::Model>(id).await?
+                {
+                    deleted.push(("user_metadata_tags", id));
                 }
             }
             _ => {
@@ -893,7 +1006,10 @@ impl Sim {
     /// nothing may differ or come back after.
     async fn collect_all(&mut self) -> Result<Option<String>, Error> {
         let n = self.devices.len();
-        for _ in 0..=n {
+        // A report travels one link per round: after as many rounds as the
+        // longest shortest path, and one for each end, every device holds
+        // every member's report of what it holds now.
+        for _ in 0..self.diameter() + 2 {
             self.anti_entropy().await?;
             self.run_queue(5_000_000).await?;
         }
@@ -965,6 +1081,33 @@ impl Sim {
                         .take(3)
                     {
                         eprintln!("  on 0: {a:?}\n  on {i}: {b:?}");
+                    }
+                }
+                if std::env::var_os("SIMULATE_DEBUG_MODEL").is_some() {
+                    let m = std::env::var("SIMULATE_DEBUG_MODEL").unwrap_or_default();
+                    for (j, rows) in [(0, &reference), (i, &content)] {
+                        for r in rows.iter().filter(|r| r.model == m) {
+                            eprintln!(
+                                "  dev {j}: {} {:?}",
+                                r.id,
+                                r.fields
+                                    .iter()
+                                    .map(|f| format!("{:?}", f.value))
+                                    .collect::<Vec<_>>()
+                            );
+                            eprintln!(
+                                "     {}",
+                                syncable::core::__private::steps::describe_record(
+                                    self.engine(j)?,
+                                    &m,
+                                    r.id
+                                )
+                                .await?
+                                .chars()
+                                .take(300)
+                                .collect::<String>()
+                            );
+                        }
                     }
                 }
                 if std::env::var_os("SIMULATE_DEBUG").is_some() {

@@ -409,11 +409,35 @@ impl<'e> SyncTransaction<'e> {
                 });
             }
         }
+        self.free_keys_of(rank, row.local_key()).await?;
         let mut script = store::Script::default();
         store::delete_rows(&mut script, desc, &[row.local_key()]);
         script.run(&self.w.tx).await?;
         self.stamp(rank, id, PendingWrite::Delete);
         Ok(true)
+    }
+
+    /// Notes the unique keys row `key` of model `rank` holds, before it is
+    /// deleted: rows put aside for those keys get them back at commit, as
+    /// they do when the delete comes from a peer.
+    async fn free_keys_of(&mut self, rank: Rank, key: i64) -> Result<(), EngineError> {
+        let tables = &self.engine.inner.tables;
+        if tables.get(rank).is_none_or(|t| t.unique.is_empty()) {
+            return Ok(());
+        }
+        let held = store::load_old_unique(
+            &self.w.tx,
+            self.engine.registry(),
+            tables,
+            &BTreeSet::from([(rank, key)]),
+        )
+        .await?;
+        for values in held.get(&(rank, key)).into_iter().flatten() {
+            if !values.iter().any(WireValue::is_null) {
+                self.freed.push((rank, key_hash(values)));
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a record of any model by its rank and id, shown or not (a
@@ -444,6 +468,7 @@ impl<'e> SyncTransaction<'e> {
             None => None,
         };
         if let Some(k) = local {
+            self.free_keys_of(rank, k).await?;
             let mut script = store::Script::default();
             store::delete_rows(&mut script, desc, &[k]);
             script.run(&self.w.tx).await?;

@@ -152,3 +152,30 @@ async fn a_catch_up_that_skips_an_owners_swap_still_reaches_its_final_state() {
     assert_eq!(name(f1.gid).await, "b.txt");
     assert_eq!(name(f2.gid).await, "a.txt");
 }
+
+/// The winner of a collision deleted by the application, on a device that
+/// shows the loser renamed: the loser gets its value back there as it does
+/// where the delete arrives from a peer (found by the simulation: a volume's
+/// owner deleted it while another device's volume of the same fingerprint
+/// was shown renamed, and stayed so on that device alone).
+#[tokio::test]
+async fn a_loser_gets_its_value_back_when_the_winner_is_deleted_here() {
+    let a = device(1).await;
+    let b = device(2).await;
+    let (loser, ca) = create_label(&a, "work", "a's").await;
+    b.time.advance(Duration::from_millis(5));
+    let (winner, cb) = create_label(&b, "work", "b's").await;
+    a.receive(&cb).await;
+    b.receive(&ca).await;
+    let renamed = format!("work~{}", &loser.simple().to_string()[..8]);
+    assert!(slugs(&b).await.contains(&(loser, renamed)));
+
+    let mut tx = b.engine.begin().await.unwrap();
+    assert!(tx.delete::<label::Model>(winner).await.unwrap());
+    let delete = tx.commit().await.unwrap();
+    assert_eq!(slugs(&b).await, vec![(loser, "work".to_owned())]);
+
+    a.receive(&delete).await;
+    assert_eq!(slugs(&a).await, vec![(loser, "work".to_owned())]);
+    assert_eq!(a.content().await, b.content().await);
+}
