@@ -486,7 +486,7 @@ impl Sim {
                 for m in msgs {
                     self.send(a, p, &m)?;
                 }
-                let beat = self.devices[a].sessions.get(&p).map(|s| s.heartbeat());
+                let beat = self.devices[a].sessions.get_mut(&p).map(|s| s.heartbeat());
                 if let Some(beat) = beat {
                     self.send(a, p, &beat)?;
                 }

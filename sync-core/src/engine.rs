@@ -177,6 +177,10 @@ pub(crate) struct Memory {
     /// What each member of the library is known to hold, as heartbeats
     /// relay it (see `collect`): never written, rebuilt after a restart.
     pub(crate) heard: BTreeMap<Uuid, crate::peers::Heard>,
+    /// This device's own report to members: the vector it last reported
+    /// and since when (its stamp), so that the report changes only when
+    /// what it holds does.
+    pub(crate) own_report: Option<(u64, VersionVector)>,
 }
 
 impl Memory {
@@ -364,6 +368,7 @@ impl Engine {
             growth: Growth::default(),
             resyncing: false,
             heard: BTreeMap::new(),
+            own_report: None,
         };
         tracing::info!(%device, %origin, "engine opened");
         let engine = Self {

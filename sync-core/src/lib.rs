@@ -62,7 +62,7 @@ pub use protocol::{
 pub use receive::{ApplyReport, Outcome, RejectReason, Rejection};
 pub use registry::{ModelDescriptor, Registry, RegistryError, dependency_order};
 pub use schema::SchemaMismatch;
-pub use session::{Output, Session, SessionConfig, SessionState};
+pub use session::{FULL_HEARTBEAT_EVERY, Output, Session, SessionConfig, SessionState};
 pub use snapshot::MAX_SNAPSHOT_LIMIT;
 pub use state::SharedImage;
 pub use store::{SCHEMA_VERSION, StoreError};

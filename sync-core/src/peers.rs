@@ -99,10 +99,13 @@ pub struct Status {
 pub(crate) struct Heard {
     base: Arc<VersionVector>,
     differs: BTreeMap<Uuid, u64>,
+    /// The sum of the member's numbers: with the stamp, tells reports apart
+    /// (two within one millisecond).
+    total: u64,
     /// When the member held it, by its clock.
     pub(crate) stamp: u64,
-    /// When (this device's time) a newer report of it arrived last: a
-    /// member still heard of is still a member.
+    /// When (this device's time) a newer report of it arrived last, which
+    /// is when what it holds last changed.
     pub(crate) fresh_at: u64,
     /// No newer report for longer than the retention horizon.
     pub(crate) expired: bool,
@@ -369,7 +372,7 @@ impl Engine {
     pub(crate) fn note_held(&self, base: &VersionVector, held: &[HeldReport]) {
         let now = self.now_ms();
         let me = self.device();
-        let mut shared: Option<Arc<VersionVector>> = None;
+        let mut shared: Option<(Arc<VersionVector>, u64)> = None;
         let mut m = self.memory();
         for report in held.iter().take(MAX_LINKS) {
             let device = report.device;
@@ -386,12 +389,18 @@ impl Engine {
             if known.is_some_and(|h| report.stamp == h.stamp && !h.holds_less(base, &differs)) {
                 continue;
             }
-            let base = shared.get_or_insert_with(|| Arc::new(base.clone())).clone();
+            let (base, base_total) = shared
+                .get_or_insert_with(|| (Arc::new(base.clone()), base.total()))
+                .clone();
+            let total = differs.iter().fold(base_total, |t, (o, s)| {
+                t.saturating_sub(base.get(*o)).saturating_add(*s)
+            });
             m.heard.insert(
                 device,
                 Heard {
                     base,
                     differs,
+                    total,
                     stamp: report.stamp,
                     fresh_at: now,
                     expired: false,
@@ -400,19 +409,41 @@ impl Engine {
         }
     }
 
-    /// What this device knows each member holds, itself included (stamped
-    /// now), for a heartbeat whose vector is `mine`.
-    pub(crate) fn held_by_members(&self, mine: &VersionVector) -> Vec<HeldReport> {
+    /// What this device knows each member holds, itself included, for a
+    /// heartbeat whose vector is `mine`; reports `sent` says the peer has
+    /// (by member, stamp and the sum of its numbers) are left out. This device's own report is
+    /// stamped when what it holds last changed (or it opened), so reports
+    /// of members whose holdings did not change are not sent again.
+    pub(crate) fn held_by_members(
+        &self,
+        mine: &VersionVector,
+        sent: impl Fn(Uuid, (u64, u64)) -> bool,
+    ) -> Vec<HeldReport> {
         let now = self.now_ms();
-        let m = self.memory();
-        let mut out = vec![HeldReport {
-            device: self.device(),
-            stamp: now,
-            differs: m.received.vector.differs_from(mine),
-        }];
+        let me = self.device();
+        let mut m = self.memory();
+        let stamp = match &m.own_report {
+            Some((stamp, v)) if *v == m.received.vector => *stamp,
+            _ => {
+                let v = m.received.vector.clone();
+                m.own_report = Some((now, v));
+                now
+            }
+        };
+        let mut out = Vec::new();
+        if !sent(me, (stamp, m.received.vector.total())) {
+            out.push(HeldReport {
+                device: me,
+                stamp,
+                differs: m.received.vector.differs_from(mine),
+            });
+        }
         // Where each base differs from `mine`, once per base.
         let mut bases: BTreeMap<*const VersionVector, Vec<(Uuid, u64)>> = BTreeMap::new();
         for (device, h) in m.heard.iter().take(MAX_LINKS.saturating_sub(1)) {
+            if sent(*device, (h.stamp, h.total)) {
+                continue;
+            }
             let base_differs = bases
                 .entry(Arc::as_ptr(&h.base))
                 .or_insert_with(|| h.base.differs_from(mine));
@@ -595,8 +626,8 @@ impl Engine {
                     out.push(*id);
                 }
             }
-            // A member heard of only through others, of whom no newer
-            // report came for as long, stops holding collection back too.
+            // A member heard of only through others, whose holdings have
+            // not changed for as long, stops holding collection back too.
             for h in m.heard.values_mut() {
                 if h.fresh_at < limit {
                     h.expired = true;

@@ -100,7 +100,22 @@ pub struct Session {
     asked_ahead: bool,
     /// Whether this session counts among its peer's open sessions.
     counted: bool,
+    /// Heartbeats sent: every [`FULL_HEARTBEAT_EVERY`]th carries every
+    /// member's report, the others only those not sent yet.
+    beats: u64,
+    /// The stamp (and sum of numbers) of each member's report sent to the
+    /// peer.
+    reported: std::collections::HashMap<Uuid, (u64, u64)>,
+    /// The membership digests (this device's, the peer's) for which this
+    /// device last sent its records: the same disagreement is not answered
+    /// again until a full heartbeat.
+    members_answered: Option<(crate::trust::Hash, crate::trust::Hash)>,
 }
+
+/// Every how many heartbeats a session sends every member's report again,
+/// and its membership records if the digests still differ (whatever the
+/// peer missed).
+pub const FULL_HEARTBEAT_EVERY: u64 = 8;
 
 impl Drop for Session {
     /// A session dropped without [`disconnect`](Session::disconnect) (an
@@ -136,6 +151,9 @@ impl Session {
             pulled_from: None,
             asked_ahead: false,
             counted: false,
+            beats: 0,
+            reported: std::collections::HashMap::new(),
+            members_answered: None,
         }
     }
 
@@ -547,11 +565,27 @@ impl Session {
         })
     }
 
-    /// A heartbeat carrying this device's vector.
-    pub fn heartbeat(&self) -> Message {
+    /// A heartbeat carrying this device's vector, and the reports of what
+    /// members hold that the peer was not sent yet.
+    pub fn heartbeat(&mut self) -> Message {
+        if self.beats % FULL_HEARTBEAT_EVERY == 0 {
+            self.reported.clear();
+            self.members_answered = None;
+        }
+        self.beats += 1;
         let vector = self.engine.vector();
+        let held = self
+            .engine
+            .held_by_members(&vector, |d, key| self.reported.get(&d) == Some(&key));
+        let base_total = vector.total();
+        for r in &held {
+            let total = r.differs.iter().fold(base_total, |t, (o, s)| {
+                t.saturating_sub(vector.get(*o)).saturating_add(*s)
+            });
+            self.reported.insert(r.device, (r.stamp, total));
+        }
         Message::Heartbeat(Heartbeat {
-            held: self.engine.held_by_members(&vector),
+            held,
             vector,
             members: self.engine.members_digest(),
             links: self.engine.connected_peers(),
@@ -561,11 +595,14 @@ impl Session {
     /// This device's membership records, if the peer's digest says it
     /// holds others: each side then merges the other's, and the digests
     /// agree.
-    fn members_if_differ(&self, theirs: &crate::trust::Hash) -> Option<Message> {
-        (*theirs != self.engine.members_digest()).then(|| {
-            Message::Members(crate::protocol::Members {
-                records: self.engine.member_records(),
-            })
-        })
+    fn members_if_differ(&mut self, theirs: &crate::trust::Hash) -> Option<Message> {
+        let mine = self.engine.members_digest();
+        if *theirs == mine || self.members_answered == Some((mine, *theirs)) {
+            return None;
+        }
+        self.members_answered = Some((mine, *theirs));
+        Some(Message::Members(crate::protocol::Members {
+            records: self.engine.member_records(),
+        }))
     }
 }

@@ -73,6 +73,11 @@ impl VersionVector {
         }
     }
 
+    /// The sum of the numbers held (saturating).
+    pub fn total(&self) -> u64 {
+        self.0.values().fold(0u64, |t, s| t.saturating_add(*s))
+    }
+
     /// Sets `origin` to exactly `seq`, lower or higher (0: none of it).
     pub fn set(&mut self, origin: Uuid, seq: u64) {
         if seq == 0 {

@@ -247,7 +247,7 @@ impl Net {
         for a in 0..self.nodes.len() {
             let beats: Vec<(usize, Message)> = self.nodes[a]
                 .sessions
-                .iter()
+                .iter_mut()
                 .map(|(p, s)| (*p, s.heartbeat()))
                 .collect();
             for (p, m) in beats {
