@@ -574,9 +574,10 @@ impl Session {
         }
         self.beats += 1;
         let vector = self.engine.vector();
-        let held = self
-            .engine
-            .held_by_members(&vector, |d, key| self.reported.get(&d) == Some(&key));
+        // The peer's own report it knows better.
+        let held = self.engine.held_by_members(&vector, |d, key| {
+            Some(d) == self.peer || self.reported.get(&d) == Some(&key)
+        });
         let base_total = vector.total();
         for r in &held {
             let total = r.differs.iter().fold(base_total, |t, (o, s)| {

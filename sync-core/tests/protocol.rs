@@ -834,3 +834,77 @@ async fn a_device_returning_after_tombstones_were_collected_brings_nothing_back(
         assert_eq!(n.dev.engine.parked_len(), 0, "nothing waits for ever");
     }
 }
+
+/// A heartbeat carries the reports the peer was not sent yet: none while
+/// nothing changes, the writer's own once it writes, every one again each
+/// `FULL_HEARTBEAT_EVERY` heartbeats (whatever the peer missed).
+#[tokio::test]
+async fn heartbeats_carry_only_the_reports_a_peer_lacks() {
+    let mut net = Net::new(vec![device(1).await, device(2).await, device(3).await], 7);
+    for (x, y) in [(0, 1), (1, 0), (1, 2), (2, 1)] {
+        let id = net.nodes[y].dev.id;
+        net.nodes[x].dev.engine.pair(id).await.unwrap();
+    }
+    net.connect(0, 1).await;
+    net.connect(1, 2).await;
+    net.run(10_000).await;
+    // Two rounds: b hears of c, then tells a.
+    for _ in 0..2 {
+        net.heartbeats();
+        net.run(10_000).await;
+    }
+    let c = net.nodes[2].dev.id;
+    let b_to_a = |net: &mut Net| net.nodes[1].sessions.get_mut(&0).unwrap().heartbeat();
+    let first = match b_to_a(&mut net) {
+        Message::Heartbeat(h) => h.held,
+        other => panic!("not a heartbeat: {other:?}"),
+    };
+    assert!(first.is_empty(), "nothing changed since: {first:?}");
+
+    let mut tx = net.nodes[2].dev.engine.begin().await.unwrap();
+    tx.insert(tag::ActiveModel {
+        gid: Set(Uuid::from_u128(81)),
+        name: Set("new".into()),
+        color: Set(None),
+        weight: Set(0),
+        parent_id: Set(None),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let created = tx.commit().await.unwrap();
+    let c_origin = created[0].origin;
+    net.committed(2, created);
+    net.run(10_000).await;
+    for _ in 0..2 {
+        net.heartbeats();
+        net.run(10_000).await;
+    }
+    let held_of_c = |beat: &Message| match beat {
+        Message::Heartbeat(h) => h
+            .held
+            .iter()
+            .map(|r| (r.device, r.vector(&h.vector).get(c_origin)))
+            .collect::<Vec<_>>(),
+        other => panic!("not a heartbeat: {other:?}"),
+    };
+    let after = held_of_c(&b_to_a(&mut net));
+    assert!(
+        after.is_empty(),
+        "a got b's and c's new reports already: {after:?}"
+    );
+    // Until the next full heartbeat, nothing more; then every report, each
+    // holding c's write.
+    let mut full = Vec::new();
+    for _ in 0..sync_core::FULL_HEARTBEAT_EVERY {
+        full = held_of_c(&b_to_a(&mut net));
+        if !full.is_empty() {
+            break;
+        }
+    }
+    let b = net.nodes[1].dev.id;
+    full.sort();
+    let mut expected = vec![(b, 1), (c, 1)];
+    expected.sort();
+    assert_eq!(full, expected, "a is not told of itself");
+}
