@@ -29,6 +29,14 @@ impl Engine {
         self.memory().membership.records()
     }
 
+    /// The membership records `skip` does not name, with their ids.
+    pub(crate) fn member_records_but(
+        &self,
+        skip: impl Fn(&Hash) -> bool,
+    ) -> Vec<(Hash, MemberRecord)> {
+        self.memory().membership.records_but(skip)
+    }
+
     /// A digest of the membership records held: two devices with equal
     /// digests hold the same membership.
     pub fn members_digest(&self) -> Hash {

@@ -283,7 +283,9 @@ impl HeldReport {
 /// receiver reads.
 pub const MAX_LINKS: usize = 4_096;
 
-/// Membership records: sent whole when two devices' digests differ.
+/// Membership records, sent when two devices' digests differ: those the
+/// sender has not sent that peer yet (all of them again after a full
+/// heartbeat).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Members {
     /// The records.

@@ -110,6 +110,9 @@ pub struct Session {
     /// device last sent its records: the same disagreement is not answered
     /// again until a full heartbeat.
     members_answered: Option<(crate::trust::Hash, crate::trust::Hash)>,
+    /// The membership records sent to the peer: each is sent once, and
+    /// again only after a full heartbeat.
+    members_sent: std::collections::HashSet<crate::trust::Hash>,
 }
 
 /// Every how many heartbeats a session sends every member's report again,
@@ -154,6 +157,7 @@ impl Session {
             beats: 0,
             reported: std::collections::HashMap::new(),
             members_answered: None,
+            members_sent: std::collections::HashSet::new(),
         }
     }
 
@@ -571,6 +575,7 @@ impl Session {
         if self.beats % FULL_HEARTBEAT_EVERY == 0 {
             self.reported.clear();
             self.members_answered = None;
+            self.members_sent.clear();
         }
         self.beats += 1;
         let vector = self.engine.vector();
@@ -602,8 +607,17 @@ impl Session {
             return None;
         }
         self.members_answered = Some((mine, *theirs));
-        Some(Message::Members(crate::protocol::Members {
-            records: self.engine.member_records(),
-        }))
+        let fresh = self
+            .engine
+            .member_records_but(|id| self.members_sent.contains(id));
+        if fresh.is_empty() {
+            return None;
+        }
+        let mut records = Vec::with_capacity(fresh.len());
+        for (id, record) in fresh {
+            self.members_sent.insert(id);
+            records.push(record);
+        }
+        Some(Message::Members(crate::protocol::Members { records }))
     }
 }

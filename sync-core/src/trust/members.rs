@@ -229,6 +229,15 @@ impl Membership {
         self.records.values().cloned().collect()
     }
 
+    /// The records `skip` does not name, with their ids.
+    pub(crate) fn records_but(&self, skip: impl Fn(&Hash) -> bool) -> Vec<(Hash, MemberRecord)> {
+        self.records
+            .iter()
+            .filter(|(id, _)| !skip(id))
+            .map(|(id, r)| (*id, r.clone()))
+            .collect()
+    }
+
     /// A digest of the records held: equal digests, equal membership.
     pub(crate) fn digest(&self) -> Hash {
         self.digest
