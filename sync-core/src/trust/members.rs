@@ -183,19 +183,22 @@ impl Membership {
 
     /// Recomputes who is in, from this device and its direct peers.
     pub(crate) fn recompute(&mut self, me: Uuid, paired: impl IntoIterator<Item = Uuid>) {
+        // Whom each device admitted; then everyone reachable from this
+        // device and its peers through admissions.
+        let mut admitted: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
+        for r in self.records.values() {
+            if let MemberRecord::Admit(a) = r {
+                admitted.entry(a.by.device()).or_default().push(a.device);
+            }
+        }
         let mut members: BTreeSet<Uuid> = paired.into_iter().collect();
         members.insert(me);
-        loop {
-            let before = members.len();
-            for r in self.records.values() {
-                if let MemberRecord::Admit(a) = r
-                    && members.contains(&a.by.device())
-                {
-                    members.insert(a.device);
+        let mut next: Vec<Uuid> = members.iter().copied().collect();
+        while let Some(by) = next.pop() {
+            for device in admitted.get(&by).into_iter().flatten() {
+                if members.insert(*device) {
+                    next.push(*device);
                 }
-            }
-            if members.len() == before {
-                break;
             }
         }
         let mut removed: BTreeMap<Uuid, BTreeMap<Uuid, u64>> = BTreeMap::new();
