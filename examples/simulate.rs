@@ -32,8 +32,11 @@
 //! every device collects, and the same checks after. A failing seed prints
 //! the first divergence and the command that replays it; the run is
 //! deterministic (the same output twice). `SIMULATE_DEBUG=1`,
-//! `SIMULATE_TRACE=model:uuid` (or `origin:uuid`) and
-//! `SIMULATE_TRACE_LINK=a,b` print what a divergence needs to be understood.
+//! `SIMULATE_DEBUG_MODEL=model` (every row of that model on the two devices
+//! that differ), `SIMULATE_TRACE=model:uuid` (or `origin:uuid`) and
+//! `SIMULATE_TRACE_LINK=a,b` print what a divergence needs to be understood;
+//! `SIMULATE_PROFILE=1` prints, per message kind, how many were delivered,
+//! the time spent handling them and their bytes.
 #![allow(unreachable_pub)]
 
 #[path = "library/mod.rs"]
@@ -138,6 +141,9 @@ struct Sim {
     // printed whenever it changes.
     trace: Option<(String, Uuid)>,
     traced: BTreeMap<usize, String>,
+    // `SIMULATE_PROFILE=1`: per message kind, how many were delivered, the
+    // time spent handling them and their bytes.
+    profile: Option<BTreeMap<String, (u64, Duration, u64)>>,
 }
 
 /// Messages in flight: one queue per link (a QUIC stream keeps its order),
@@ -428,23 +434,14 @@ impl Sim {
         } else {
             String::new()
         };
-        let kind = if std::env::var_os("SIMULATE_PROF").is_some() {
-            message_kind(&message)
-        } else {
-            String::new()
-        };
-        let t0 = Instant::now();
+        let kind = self.profile.is_some().then(|| message_kind(&message));
+        let started = Instant::now();
         let output = session.handle(message).await?;
-        if !kind.is_empty() {
-            let e = PROF.with(|p| {
-                let mut p = p.borrow_mut();
-                let e = p.entry(kind).or_insert((0u64, 0f64, 0usize));
-                e.0 += 1;
-                e.1 += t0.elapsed().as_secs_f64();
-                e.2 += bytes.len();
-                *e
-            });
-            let _ = e;
+        if let (Some(profile), Some(kind)) = (self.profile.as_mut(), kind) {
+            let e = profile.entry(kind).or_default();
+            e.0 += 1;
+            e.1 += started.elapsed();
+            e.2 += bytes.len() as u64;
         }
         self.trace(to, &what).await?;
         for m in &output.send {
@@ -1083,30 +1080,18 @@ impl Sim {
                         eprintln!("  on 0: {a:?}\n  on {i}: {b:?}");
                     }
                 }
-                if std::env::var_os("SIMULATE_DEBUG_MODEL").is_some() {
-                    let m = std::env::var("SIMULATE_DEBUG_MODEL").unwrap_or_default();
+                if let Ok(model) = std::env::var("SIMULATE_DEBUG_MODEL") {
                     for (j, rows) in [(0, &reference), (i, &content)] {
-                        for r in rows.iter().filter(|r| r.model == m) {
-                            eprintln!(
-                                "  dev {j}: {} {:?}",
+                        for r in rows.iter().filter(|r| r.model == model) {
+                            let values: Vec<String> =
+                                r.fields.iter().map(|f| format!("{:?}", f.value)).collect();
+                            let state = syncable::core::__private::steps::describe_record(
+                                self.engine(j)?,
+                                &model,
                                 r.id,
-                                r.fields
-                                    .iter()
-                                    .map(|f| format!("{:?}", f.value))
-                                    .collect::<Vec<_>>()
-                            );
-                            eprintln!(
-                                "     {}",
-                                syncable::core::__private::steps::describe_record(
-                                    self.engine(j)?,
-                                    &m,
-                                    r.id
-                                )
-                                .await?
-                                .chars()
-                                .take(300)
-                                .collect::<String>()
-                            );
+                            )
+                            .await?;
+                            eprintln!("  device {j}: {} {values:?}\n    {state}", r.id);
                         }
                     }
                 }
@@ -1432,7 +1417,6 @@ fn message_kind(m: &Message) -> String {
         .to_owned()
 }
 
-thread_local! { static PROF: std::cell::RefCell<BTreeMap<String,(u64,f64,usize)>> = std::cell::RefCell::new(BTreeMap::new()); }
 async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
     let n = args.devices;
     let dir = tempfile::tempdir()?;
@@ -1487,6 +1471,7 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
             Some((model.to_owned(), id.parse().ok()?))
         }),
         traced: BTreeMap::new(),
+        profile: std::env::var_os("SIMULATE_PROFILE").map(|_| BTreeMap::new()),
     };
     for i in 0..n {
         let skew = if sim.faults.contains("skew") {
@@ -1650,11 +1635,13 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
         sim.collected,
         t.elapsed().as_secs_f64()
     );
-    PROF.with(|p| {
-        for (k, v) in p.borrow().iter() {
-            eprintln!("prof {k}: {} msgs, {:.2} s, {} bytes", v.0, v.1, v.2);
-        }
-    });
+    for (kind, (n, time, bytes)) in sim.profile.iter().flatten() {
+        eprintln!(
+            "  {kind}: {n} delivered, {:.2} s handling, {:.1} MB",
+            time.as_secs_f64(),
+            *bytes as f64 / 1e6
+        );
+    }
     for d in &mut sim.devices {
         d.sessions.clear();
         d.engine = None;

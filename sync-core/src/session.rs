@@ -572,7 +572,7 @@ impl Session {
     /// A heartbeat carrying this device's vector, and the reports of what
     /// members hold that the peer was not sent yet.
     pub fn heartbeat(&mut self) -> Message {
-        if self.beats % FULL_HEARTBEAT_EVERY == 0 {
+        if self.beats.is_multiple_of(FULL_HEARTBEAT_EVERY) {
             self.reported.clear();
             self.members_answered = None;
             self.members_sent.clear();
