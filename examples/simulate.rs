@@ -29,7 +29,8 @@
 //! conflict names it, a power loss undid it, or it went with a record it
 //! referenced), no deleted record anywhere, no dangling reference, nothing
 //! parked, equal version vectors; with `collect`, no tombstone left once
-//! every device collects, and the same checks after. A failing seed prints
+//! every device collects, and the same checks after; last, no log entry
+//! left once every device prunes after every peer acknowledged. A failing seed prints
 //! the first divergence and the command that replays it; the run is
 //! deterministic (the same output twice). `SIMULATE_DEBUG=1`,
 //! `SIMULATE_DEBUG_MODEL=model` (every row of that model on the two devices
@@ -997,6 +998,52 @@ impl Sim {
         Ok(false)
     }
 
+    /// Once everything converged and every peer acknowledged it: each
+    /// device prunes, and no log entry may remain (every peer holds every
+    /// change, so none is needed for catch-up).
+    async fn pruned_all(&mut self) -> Result<Option<String>, Error> {
+        self.anti_entropy().await?;
+        self.run_queue(5_000_000).await?;
+        for i in 0..self.devices.len() {
+            let engine = self.engine(i)?;
+            engine.flush_peers().await?;
+            engine.prune().await?;
+            let left = engine.status().log_len;
+            if left > 0 && std::env::var_os("SIMULATE_DEBUG").is_some() {
+                let rows = engine
+                    .database()
+                    .query_all_raw(sea_orm::Statement::from_string(
+                        sea_orm::DbBackend::Sqlite,
+                        "SELECT origin, seq FROM _sync_log ORDER BY origin, seq",
+                    ))
+                    .await?;
+                for r in rows.iter().take(10) {
+                    let o: Vec<u8> = r.try_get("", "origin")?;
+                    let seq: i64 = r.try_get("", "seq")?;
+                    let origin = Uuid::from_slice(&o)?;
+                    let peers: Vec<(bool, bool, u64)> = engine
+                        .status()
+                        .peers
+                        .iter()
+                        .map(|p| (p.acknowledged, p.expired, p.behind))
+                        .collect();
+                    eprintln!(
+                        "  log entry {origin} {seq}; the vector holds {}; peers \
+                         (acknowledged, expired, behind): {peers:?}",
+                        engine.vector().get(origin),
+                    );
+                }
+            }
+            if left > 0 {
+                return Ok(Some(format!(
+                    "device {i} keeps {left} log entries after every peer acknowledged \
+                     everything it holds"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
     /// Once everything converged: heartbeats until every device knows what
     /// every other holds, then each collects with a horizon of zero. Every
     /// tombstone must go (every device acknowledged every delete), and
@@ -1609,6 +1656,10 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
     };
     let failure = match failure {
         None if sim.faults.contains("collect") => sim.collect_all().await?,
+        f => f,
+    };
+    let failure = match failure {
+        None => sim.pruned_all().await?,
         f => f,
     };
     let log: u64 = (0..n)

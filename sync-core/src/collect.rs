@@ -221,10 +221,12 @@ impl Engine {
         // served it as a change: it resyncs instead.
         store::raise_pruned(&mut script, &floors)?;
         script.run(&w.tx).await?;
+        let log_len = store::log_len(&w.tx).await?;
         w.tx.commit().await?;
         {
             let mut m = self.memory();
             m.pruned.merge(&floors);
+            m.log_len = log_len;
             for (model, ids) in &gone {
                 if let Some(n) = m.rows.get_mut(*model) {
                     *n = n.saturating_sub(ids.len() as u64);

@@ -305,9 +305,9 @@ impl Engine {
         let w = self.write_tx().await?;
         let registry = &self.inner.registry;
         let now = self.now();
-        let (mut received, known_origins) = {
+        let (mut received, known_origins, pruned) = {
             let m = self.memory();
-            (m.received.clone(), m.origins.clone())
+            (m.received.clone(), m.origins.clone(), m.pruned.clone())
         };
         let received_before = received.clone();
         let mut report = ApplyReport::default();
@@ -735,7 +735,11 @@ impl Engine {
                 };
             report.count(&outcome);
             if let Item::Change { change, bytes, .. } = &items[*ix] {
-                if registry.at(key.rank).map(|d| d.meta().ownership) == Some(Ownership::Shared) {
+                // Numbers at or below the pruned floor are never served
+                // again (a peer that needs them resyncs): not logged.
+                if registry.at(key.rank).map(|d| d.meta().ownership) == Some(Ownership::Shared)
+                    && change.seq > pruned.get(change.origin)
+                {
                     writes.log.push((change.origin, change.seq, bytes.clone()));
                 }
                 if *m == Merged::Changed {
@@ -870,6 +874,12 @@ impl Engine {
         } else {
             Some(store::held_count(&w.tx).await?)
         };
+        // A completed snapshot dropped the log entries below its floor.
+        let log_len = if pruned_floor.is_empty() {
+            None
+        } else {
+            Some(store::log_len(&w.tx).await?)
+        };
         phases.mark("write");
         w.tx.commit().await?;
         phases.mark("commit");
@@ -883,7 +893,7 @@ impl Engine {
             m.received = received;
             m.vector_grew(now_ms);
             m.origins.extend(fresh);
-            m.log_len += writes.log.len() as u64;
+            m.log_len = log_len.unwrap_or(m.log_len + writes.log.len() as u64);
             m.waiting = m.waiting.saturating_add_signed(writes.waiting_delta);
             m.conflicts += conflicts_added;
             for (model, n) in &writes.new_rows {

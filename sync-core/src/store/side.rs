@@ -115,6 +115,15 @@ pub(crate) fn raise_pruned(script: &mut Script, floors: &VersionVector) -> Resul
         "ON CONFLICT (origin) DO UPDATE SET seq = MAX(seq, excluded.seq)",
         values,
     );
+    // Catch-up never serves numbers at or below the floor (a requester
+    // that needs them resyncs), and pruning only looks above it: entries
+    // there would stay for ever.
+    for (o, s) in floors.iter() {
+        script.push(
+            "DELETE FROM _sync_log WHERE origin = ? AND seq <= ?".into(),
+            vec![uuid_value(o), int(s)?],
+        );
+    }
     Ok(())
 }
 
