@@ -91,10 +91,14 @@ pub struct Status {
     pub held_rows: u64,
 }
 
+/// The most heartbeat vectors the reports of members are kept against.
+const MAX_BASES: usize = 4;
+
 /// What a member of the library is known to hold, from heartbeats: the
 /// vector of the heartbeat that brought the report (shared by every member
 /// that heartbeat reported) and where the member differs from it, so that
-/// a device keeps about one vector per heartbeat, not one per member.
+/// a device keeps a few vectors (at most [`MAX_BASES`] and one more), not
+/// one per member.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Heard {
     base: Arc<VersionVector>,
@@ -406,6 +410,21 @@ impl Engine {
                     expired: false,
                 },
             );
+        }
+        // Reports kept from many heartbeats would keep as many vectors:
+        // past a few, every report is rebased on this heartbeat's.
+        if let Some((base, _)) = shared {
+            let bases: BTreeSet<*const VersionVector> =
+                m.heard.values().map(|h| Arc::as_ptr(&h.base)).collect();
+            if bases.len() > MAX_BASES {
+                for h in m.heard.values_mut() {
+                    if !Arc::ptr_eq(&h.base, &base) {
+                        let v = h.vector();
+                        h.differs = v.differs_from(&base).into_iter().collect();
+                        h.base = base.clone();
+                    }
+                }
+            }
         }
     }
 
