@@ -430,9 +430,10 @@ impl Engine {
 
     /// What this device knows each member holds, itself included, for a
     /// heartbeat whose vector is `mine`; reports `sent` says the peer has
-    /// (by member, stamp and the sum of its numbers) are left out. This device's own report is
-    /// stamped when what it holds last changed (or it opened), so reports
-    /// of members whose holdings did not change are not sent again.
+    /// (by member, stamp and the sum of its numbers) are left out. This
+    /// device's own report is stamped when what it holds last changed (or
+    /// it opened), so reports of members whose holdings did not change are
+    /// not sent again.
     pub(crate) fn held_by_members(
         &self,
         mine: &VersionVector,

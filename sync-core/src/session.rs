@@ -598,9 +598,9 @@ impl Session {
         })
     }
 
-    /// This device's membership records, if the peer's digest says it
-    /// holds others: each side then merges the other's, and the digests
-    /// agree.
+    /// This device's membership records not sent to the peer yet, if the
+    /// peer's digest says it holds others (once per pair of digests): each
+    /// side then merges the other's, and the digests agree.
     fn members_if_differ(&mut self, theirs: &crate::trust::Hash) -> Option<Message> {
         let mine = self.engine.members_digest();
         if *theirs == mine || self.members_answered == Some((mine, *theirs)) {
