@@ -565,6 +565,18 @@ async fn a_page_that_leaves_out_a_superseded_change_carries_its_newer_state() {
     assert_eq!(held.name, "renamed");
 }
 
+/// a - b - c: a and c never meet; sessions open along the line.
+async fn line_of_three() -> Net {
+    let mut net = Net::new(vec![device(1).await, device(2).await, device(3).await], 7);
+    for (x, y) in [(0, 1), (1, 0), (1, 2), (2, 1)] {
+        let id = net.nodes[y].dev.id;
+        net.nodes[x].dev.engine.pair(id).await.unwrap();
+    }
+    net.connect(0, 1).await;
+    net.connect(1, 2).await;
+    net
+}
+
 /// In a library where a and c never meet (a - b - c), c collects a delete
 /// only once it knows a holds it and holds all a held: a rename a made
 /// before it learned of the delete, still on its way through b, would
@@ -573,13 +585,7 @@ async fn a_page_that_leaves_out_a_superseded_change_carries_its_newer_state() {
 /// seeds 2, 10, 18).
 #[tokio::test]
 async fn a_member_never_met_holds_collection_back_until_heard_of() {
-    let mut net = Net::new(vec![device(1).await, device(2).await, device(3).await], 7);
-    for (x, y) in [(0, 1), (1, 0), (1, 2), (2, 1)] {
-        let id = net.nodes[y].dev.id;
-        net.nodes[x].dev.engine.pair(id).await.unwrap();
-    }
-    net.connect(0, 1).await;
-    net.connect(1, 2).await;
+    let mut net = line_of_three().await;
     net.heartbeats();
     net.run(10_000).await;
     let a_id = net.nodes[0].dev.id;
@@ -845,13 +851,7 @@ async fn a_device_returning_after_tombstones_were_collected_brings_nothing_back(
 /// `FULL_HEARTBEAT_EVERY` heartbeats (whatever the peer missed).
 #[tokio::test]
 async fn heartbeats_carry_only_the_reports_a_peer_lacks() {
-    let mut net = Net::new(vec![device(1).await, device(2).await, device(3).await], 7);
-    for (x, y) in [(0, 1), (1, 0), (1, 2), (2, 1)] {
-        let id = net.nodes[y].dev.id;
-        net.nodes[x].dev.engine.pair(id).await.unwrap();
-    }
-    net.connect(0, 1).await;
-    net.connect(1, 2).await;
+    let mut net = line_of_three().await;
     net.run(10_000).await;
     // Two rounds: b hears of c, then tells a.
     for _ in 0..2 {

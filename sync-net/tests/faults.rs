@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use common::relay::{Faults, Relay};
 use common::*;
-use sea_orm::{EntityTrait, PaginatorTrait};
-use sync_core::SyncModel;
 use sync_net::{Node, PairingCode, PeerRecord};
 use uuid::Uuid;
 
@@ -51,13 +49,6 @@ async fn pair_through(a: &Node, b: &Node, relay: &Relay) {
     })
     .await
     .unwrap();
-}
-
-async fn tag_count(node: &Node) -> u64 {
-    tag::Entity::find()
-        .count(node.engine().database())
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,18 +113,7 @@ async fn three_nodes_converge_through_loss_delay_reordering_and_a_partition() {
         converged(&all()).await && tag_count(&nodes[2]).await == written.len() as u64
     })
     .await;
-    for id in &written {
-        for node in &nodes {
-            assert!(
-                tag::Model::find_by_id(node.engine().database(), *id)
-                    .await
-                    .unwrap()
-                    .is_some(),
-                "{id} missing on {}",
-                node.device()
-            );
-        }
-    }
+    assert_everywhere(&nodes, &written).await;
     for ((i, j), relay) in &relays {
         let (forwarded, dropped, duplicated, cut) = relay.report();
         eprintln!(

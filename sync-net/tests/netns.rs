@@ -20,8 +20,6 @@ use std::process::Command;
 
 use common::*;
 use nix::sched::{CloneFlags, setns};
-use sea_orm::{EntityTrait, PaginatorTrait};
-use sync_core::SyncModel;
 use sync_net::{Node, PeerRecord};
 use uuid::Uuid;
 
@@ -175,13 +173,6 @@ async fn pair_over(ns: &Namespaces, nodes: &[Node], i: usize, j: usize) {
     .unwrap();
 }
 
-async fn tag_count(node: &Node) -> u64 {
-    tag::Entity::find()
-        .count(node.engine().database())
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn three_nodes_in_their_own_network_namespaces_converge_through_a_cut() {
     let ns = match Namespaces::create() {
@@ -225,18 +216,7 @@ async fn three_nodes_in_their_own_network_namespaces_converge_through_a_cut() {
         converged(&all()).await && tag_count(&nodes[2]).await == written.len() as u64
     })
     .await;
-    for id in &written {
-        for node in &nodes {
-            assert!(
-                tag::Model::find_by_id(node.engine().database(), *id)
-                    .await
-                    .unwrap()
-                    .is_some(),
-                "{id} missing on {}",
-                node.device()
-            );
-        }
-    }
+    assert_everywhere(&nodes, &written).await;
     for node in nodes {
         node.shutdown().await;
     }

@@ -115,3 +115,27 @@ pub async fn rename(node: &Node, id: Uuid, name: &str) {
     tx.update(row).await.unwrap();
     tx.commit().await.unwrap();
 }
+
+pub async fn tag_count(node: &Node) -> u64 {
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    tag::Entity::find()
+        .count(node.engine().database())
+        .await
+        .unwrap()
+}
+
+/// Every one of `written` is on every node.
+pub async fn assert_everywhere(nodes: &[Node], written: &[Uuid]) {
+    for id in written {
+        for node in nodes {
+            assert!(
+                tag::Model::find_by_id(node.engine().database(), *id)
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "{id} missing on {}",
+                node.device()
+            );
+        }
+    }
+}
