@@ -462,7 +462,10 @@ impl Sim {
                 self.send(to, p, &relay)?;
             }
         }
-        if output.close.is_some() {
+        if let Some(why) = &output.close {
+            if std::env::var_os("SIMULATE_DEBUG").is_some() {
+                eprintln!("  session {to} -> {from} closed: {why}");
+            }
             if let Some(mut s) = self.devices[to].sessions.remove(&from) {
                 s.disconnect();
             }
@@ -924,6 +927,19 @@ impl Sim {
             self.lost.insert(id);
         }
         self.open(i).await?;
+        // A pairing made after the earlier commit is gone with it: the
+        // device refuses that peer as not paired, until the user pairs the
+        // two again, which the simulation does at once.
+        let me = self.engine(i)?.device();
+        for p in self.neighbours(i) {
+            if self.devices[p].joined && self.devices[p].engine.is_some() {
+                let them = self.engine(p)?.device();
+                if !self.engine(i)?.is_paired(them) {
+                    self.engine(i)?.pair(them).await?;
+                    self.engine(p)?.pair(me).await?;
+                }
+            }
+        }
         self.trace(i, "a power loss").await?;
         self.connect_neighbours(i).await?;
         self.power_losses += 1;
@@ -1031,6 +1047,18 @@ impl Sim {
                         "  log entry {origin} {seq}; the vector holds {}; peers \
                          (acknowledged, expired, behind): {peers:?}",
                         engine.vector().get(origin),
+                    );
+                }
+            }
+            if left > 0 && std::env::var_os("SIMULATE_DEBUG").is_some() {
+                for (p, s) in &self.devices[i].sessions {
+                    eprintln!("  session {i} -> {p}: {:?}", s.state());
+                }
+                for (p, d) in self.devices.iter().enumerate() {
+                    eprintln!(
+                        "  device {p}: {:?} sessions {:?}",
+                        d.engine.as_ref().map(|e| e.device()),
+                        d.sessions.keys().collect::<Vec<_>>()
                     );
                 }
             }
@@ -1156,6 +1184,18 @@ impl Sim {
                     }
                 }
                 let (s0, si) = (self.engine(0)?.status(), self.engine(i)?.status());
+                if std::env::var_os("SIMULATE_DEBUG").is_some() {
+                    for (o, n) in s0.vector.iter() {
+                        if si.vector.get(o) != n {
+                            eprintln!("  vector of {o}: {n} on 0, {} on {i}", si.vector.get(o));
+                        }
+                    }
+                    for (o, n) in si.vector.iter() {
+                        if s0.vector.get(o) == 0 && n > 0 {
+                            eprintln!("  vector of {o}: 0 on 0, {n} on {i}");
+                        }
+                    }
+                }
                 return Ok(Some(format!(
                     "device 0 and device {i} differ: only on 0 {only0:?}, only on {i} {only_i:?}, \
                      first differing row {differ:?}; vectors equal: {}; parked {} and {}; held \

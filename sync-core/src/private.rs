@@ -251,13 +251,30 @@ pub mod steps {
         engine: &Engine,
         page: SnapshotResponse,
     ) -> Result<(ApplyReport, bool), EngineError> {
-        engine.apply_snapshot(page).await
+        engine.apply_snapshot(page, None).await
     }
 
-    /// Applies batches with their claims, as a session does.
+    /// Applies batches with their claims, as a session does with a pull's
+    /// answer.
     pub async fn apply_batches(
         engine: &Engine,
         batches: Vec<Batch>,
+    ) -> Result<ApplyReport, EngineError> {
+        apply_as(engine, batches, false).await
+    }
+
+    /// Applies batches with their claims, as a session does with a push.
+    pub async fn apply_pushed(
+        engine: &Engine,
+        batches: Vec<Batch>,
+    ) -> Result<ApplyReport, EngineError> {
+        apply_as(engine, batches, true).await
+    }
+
+    async fn apply_as(
+        engine: &Engine,
+        batches: Vec<Batch>,
+        pushed: bool,
     ) -> Result<ApplyReport, EngineError> {
         let batches = batches
             .into_iter()
@@ -272,6 +289,7 @@ pub mod steps {
         Ok(engine
             .receive(Incoming {
                 batches,
+                pushed,
                 ..Incoming::default()
             })
             .await?

@@ -132,6 +132,10 @@ pub struct ApplyReport {
     pub superseded: u64,
     /// Received before.
     pub duplicates: u64,
+    /// Sent by a peer ahead of numbers of their origin not held here yet
+    /// (a push overtaken by a later one, a relay ahead of the origin): not
+    /// taken; the pull that follows brings them in order.
+    pub early: u64,
     /// Entries added to the conflict log.
     pub conflicts: u64,
     /// Refused for good.
@@ -228,6 +232,11 @@ pub(crate) struct SnapshotStep {
 #[derive(Debug, Default)]
 pub(crate) struct Incoming {
     pub(crate) batches: Vec<InBatch>,
+    /// The batches were pushed (as written or relayed), not served by a
+    /// pull: each must continue what is held of its origin, or it is not
+    /// taken (see [`early`]). A pull's answer starts at the requester's
+    /// vector, and may carry a record's newer state past it on purpose.
+    pub(crate) pushed: bool,
     pub(crate) rows: Vec<SnapshotRow>,
     pub(crate) snapshot: Option<SnapshotStep>,
     /// Held rows being retried (released when they apply).
@@ -244,6 +253,25 @@ enum Item {
         record: Uuid,
         state: RecordState,
     },
+}
+
+/// Whether a pushed batch starts beyond the numbers of its origin held here
+/// (`received`) or claimed by the batches before it (`claimed`, the highest
+/// claim per origin so far). Such a batch is not taken: pushes are taken in
+/// order, and the pull that follows brings what was skipped. Otherwise a
+/// push overtaken by a later one, or a relay ahead of the origin, leaves
+/// numbers held past a gap that may never fill (the gap's only holder lost
+/// them in a power loss), which no vector, catch-up or pruning accounts
+/// for.
+fn early(batch: &InBatch, own: Uuid, received: &Received, claimed: &BTreeMap<Uuid, u64>) -> bool {
+    let Some((after, _)) = batch.claim else {
+        return false;
+    };
+    batch.proofs.is_some()
+        && batch.origin != own
+        && after > 0
+        && !received.contains(batch.origin, after)
+        && claimed.get(&batch.origin).is_none_or(|upto| *upto < after)
 }
 
 /// How far a batch's claim may move the received set.
@@ -329,6 +357,7 @@ impl Engine {
         let mut learned: Vec<(Seal, Skeleton)> = Vec::new();
         let mut unverified = 0u64;
         let mut claims_refused = 0u64;
+        let mut claimed: BTreeMap<Uuid, u64> = BTreeMap::new();
         {
             let clock = self.clock();
             for (batch_ix, batch) in incoming.batches.iter().enumerate() {
@@ -338,6 +367,18 @@ impl Engine {
                     valid: batch.claim.is_some_and(|(a, u)| a <= u && u <= MAX_SEQ),
                     held_back: BTreeSet::new(),
                 };
+                if incoming.pushed && early(batch, self.inner.origin, &received, &claimed) {
+                    report.early += batch.changes.len() as u64;
+                    metrics::counter!("syncable_changes_early_total")
+                        .increment(batch.changes.len() as u64);
+                    track.valid = false;
+                    claims.push(track);
+                    continue;
+                }
+                if let Some((_, upto)) = batch.claim {
+                    let slot = claimed.entry(batch.origin).or_default();
+                    *slot = (*slot).max(upto);
+                }
                 let mut decoded: Vec<(Change, &EncodedChange)> =
                     Vec::with_capacity(batch.changes.len());
                 for bytes in &batch.changes {
@@ -1020,11 +1061,20 @@ impl Engine {
         }
         let m = self.memory();
         let mut report = ApplyReport::default();
+        let mut claimed: BTreeMap<Uuid, u64> = BTreeMap::new();
         for batch in &incoming.batches {
             let (_, upto) = batch.claim?;
+            if incoming.pushed && early(batch, self.inner.origin, &m.received, &claimed) {
+                report.early += batch.changes.len() as u64;
+                metrics::counter!("syncable_changes_early_total")
+                    .increment(batch.changes.len() as u64);
+                continue;
+            }
             if batch.origin != self.inner.origin && upto > m.received.vector.get(batch.origin) {
                 return None;
             }
+            let slot = claimed.entry(batch.origin).or_default();
+            *slot = (*slot).max(upto);
             report.duplicates += batch.changes.len() as u64;
         }
         Some(report)

@@ -395,10 +395,24 @@ impl Session {
     }
 
     /// A pull to run now and then even when ready: anything a lost push or
-    /// a relay missed is fetched by it. Snapshot rows held back for now are
-    /// tried again first.
+    /// a relay missed, or a pull whose answer was lost, is fetched by it. Snapshot rows held back for now are
+    /// tried again first. While backfilling, the next snapshot page is asked
+    /// again instead, if this peer serves the backfill.
     pub async fn anti_entropy(&mut self) -> Result<Vec<Message>, EngineError> {
-        if self.state != SessionState::Ready {
+        if self.state == SessionState::Backfilling && !self.engine.needs_backfill() {
+            // The backfill was completed through another peer.
+            return Ok(vec![self.pull()]);
+        }
+        if self.state == SessionState::Backfilling
+            && self.peer.is_none_or(|p| self.engine.drives_backfill(p))
+        {
+            // A page lost on the way, or a backfill whose serving peer went
+            // away, resumes here.
+            let request = self.engine.backfill_request(self.config.snapshot_limit);
+            return Ok(vec![Message::SnapshotRequest(request)]);
+        }
+        // A pull whose answer was lost is asked again.
+        if !matches!(self.state, SessionState::Ready | SessionState::CatchingUp) {
             return Ok(Vec::new());
         }
         self.engine.retry_held().await?;
@@ -418,11 +432,13 @@ impl Session {
     async fn receive(
         &mut self,
         batches: Vec<Batch>,
+        pushed: bool,
     ) -> Result<Vec<crate::receive::ChangeOutcome>, EngineError> {
         let (report, outcomes) = self
             .engine
             .receive(Incoming {
                 batches: in_batches(batches),
+                pushed,
                 ..Incoming::default()
             })
             .await?;
@@ -434,7 +450,7 @@ impl Session {
 
     async fn pulled(&mut self, response: PullResponse) -> Result<Output, EngineError> {
         let from = self.pulled_from.take().unwrap_or_default();
-        self.receive(response.batches).await?;
+        self.receive(response.batches, false).await?;
         let vector = self.engine.vector();
         let progressed = vector != from;
         if response.has_more && progressed {
@@ -446,7 +462,17 @@ impl Session {
 
     async fn snapshot_page(&mut self, page: SnapshotResponse) -> Result<Output, EngineError> {
         let asked = std::mem::take(&mut self.asked_ahead);
-        let (_, complete) = self.engine.apply_snapshot(page).await?;
+        if !self.engine.continues_backfill(&page, self.peer) {
+            if self.state == SessionState::Backfilling && !self.engine.needs_backfill() {
+                // The backfill was completed through another peer.
+                return Ok(Output::send(self.pull()));
+            }
+            // A stale or repeated page, or one of a peer that does not serve
+            // this backfill: the page asked for is on its way, or is asked
+            // again at the next anti-entropy round.
+            return Ok(Output::default());
+        }
+        let (_, complete) = self.engine.apply_snapshot(page, self.peer).await?;
         if complete {
             return Ok(Output::send(self.pull()));
         }
@@ -463,7 +489,10 @@ impl Session {
     /// [`handle`](Self::handle) with the same message.
     pub fn ahead_of(&mut self, message: &Message) -> Option<Message> {
         match message {
-            Message::SnapshotResponse(page) if self.state == SessionState::Backfilling => {
+            Message::SnapshotResponse(page)
+                if self.state == SessionState::Backfilling
+                    && self.engine.continues_backfill(page, self.peer) =>
+            {
                 let cursor = page.next.clone()?;
                 self.asked_ahead = true;
                 Some(Message::SnapshotRequest(crate::protocol::SnapshotRequest {
@@ -525,7 +554,7 @@ impl Session {
     async fn pushed(&mut self, push: Push) -> Result<Output, EngineError> {
         let before = self.engine.vector();
         let gap = push.batches.iter().any(|b| before.get(b.origin) < b.after);
-        let outcomes = self.receive(push.batches.clone()).await?;
+        let outcomes = self.receive(push.batches.clone(), true).await?;
         // Relay what was new here: another peer may lack it too.
         let relay: Vec<Batch> = push
             .batches

@@ -237,7 +237,17 @@ impl Engine {
     pub(crate) async fn apply_snapshot(
         &self,
         page: SnapshotResponse,
+        from: Option<uuid::Uuid>,
     ) -> Result<(ApplyReport, bool), EngineError> {
+        if !self.continues_backfill(&page, from) {
+            tracing::debug!(
+                ?from,
+                done = page.done,
+                "a snapshot page that does not continue this backfill: ignored"
+            );
+            metrics::counter!("syncable_snapshot_pages_ignored_total").increment(1);
+            return Ok((ApplyReport::default(), false));
+        }
         let step = SnapshotStep {
             next: page.next,
             vector: page.vector,
@@ -259,6 +269,56 @@ impl Engine {
             }
         }
         Ok((report, complete))
+    }
+
+    /// Whether `page` (from the device `from`, if known) is the next page of
+    /// this device's backfill. Accepted: the first page of a snapshot while
+    /// one is needed, or while the device serving the running one is not
+    /// connected (the backfill moves to another peer); a whole one-page
+    /// snapshot at any time; the page that follows the cursor held.
+    /// Anything else (a page duplicated or delayed on the way, one of a
+    /// snapshot given up since, one from a second peer while the first still
+    /// serves) is not applied: the last page of a snapshot makes this device
+    /// adopt the snapshot's vector, which only the snapshot's every page
+    /// together reflects.
+    pub(crate) fn continues_backfill(
+        &self,
+        page: &SnapshotResponse,
+        from: Option<uuid::Uuid>,
+    ) -> bool {
+        let Some(start) = page.done.checked_sub(page.rows.len() as u64) else {
+            return false;
+        };
+        let m = self.memory();
+        match &m.backfill {
+            _ if start == 0 && page.next.is_none() => true,
+            Backfill::Needed => start == 0,
+            Backfill::Running(c) if start == 0 => {
+                from.is_none_or(|f| f == c.source)
+                    || !m.peers.get(&c.source).is_some_and(|p| p.connected)
+            }
+            Backfill::Running(c) => {
+                start == c.done
+                    && page.vector == c.vector
+                    && from.is_none_or(|f| f == c.source)
+                    && page.next.as_ref().is_none_or(|n| n.source == c.source)
+            }
+            Backfill::Done => false,
+        }
+    }
+
+    /// Whether this device's backfill is to be asked of `peer`: one is
+    /// needed, or the running one is served by `peer`, or by a device no
+    /// longer connected.
+    pub(crate) fn drives_backfill(&self, peer: uuid::Uuid) -> bool {
+        let m = self.memory();
+        match &m.backfill {
+            Backfill::Needed => true,
+            Backfill::Running(c) => {
+                c.source == peer || !m.peers.get(&c.source).is_some_and(|p| p.connected)
+            }
+            Backfill::Done => false,
+        }
     }
 
     /// Backfilling (with progress), or ready as far as this device alone can
