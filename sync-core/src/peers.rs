@@ -504,28 +504,6 @@ impl Engine {
         }
     }
 
-    /// Whether `peer`, saying it holds `vector`, holds less than it
-    /// acknowledged: its database went back (a power loss, a restored
-    /// backup). A delete it had acknowledged may have been collected here
-    /// since, so it must resync as one away beyond the horizon does (settling
-    /// what the snapshot lacks). Its acknowledgements are lowered to what it
-    /// holds, so that pruning waits for it again and this is said once.
-    pub(crate) fn rolled_back(&self, peer: Uuid, vector: &VersionVector) -> bool {
-        let mut m = self.memory();
-        let Some(p) = m.peers.get_mut(&peer) else {
-            return false;
-        };
-        let Some(acked) = &p.acked else {
-            return false;
-        };
-        if !acked.iter().any(|(origin, seq)| vector.get(origin) < seq) {
-            return false;
-        }
-        p.acked = Some(acked.min(vector));
-        p.dirty = true;
-        true
-    }
-
     /// Notes changes from `peer` held back here.
     pub(crate) fn note_held_back(&self, peer: Uuid, held: &[crate::receive::Rejection]) {
         let mut m = self.memory();

@@ -359,14 +359,6 @@ impl Session {
             self.engine.set_connected(peer, true);
         }
         self.engine.heard_from(peer, Some(&hello.vector));
-        if self.engine.rolled_back(peer, &hello.vector) {
-            tracing::warn!(%peer, "peer holds less than it acknowledged (its database went back); asking it to resync");
-            self.state = SessionState::Ready;
-            return Ok(Output::send(Message::Error(ErrorMessage {
-                code: ErrorCode::Expired,
-                message: "holds less than it acknowledged: resync from a snapshot".into(),
-            })));
-        }
         if self.engine.is_expired(peer) && !hello.needs_backfill {
             tracing::warn!(%peer, "peer returned after the retention horizon; asking it to resync");
             // It stays connected: once it has resynced from a snapshot and
