@@ -395,9 +395,10 @@ impl Session {
     }
 
     /// A pull to run now and then even when ready: anything a lost push or
-    /// a relay missed, or a pull whose answer was lost, is fetched by it. Snapshot rows held back for now are
-    /// tried again first. While backfilling, the next snapshot page is asked
-    /// again instead, if this peer serves the backfill.
+    /// a relay missed, or a pull whose answer was lost, is fetched by it.
+    /// Snapshot rows held back for now are tried again first. While
+    /// backfilling, the next snapshot page is asked again instead, if this
+    /// peer serves the backfill.
     pub async fn anti_entropy(&mut self) -> Result<Vec<Message>, EngineError> {
         if self.state == SessionState::Backfilling && !self.engine.needs_backfill() {
             // The backfill was completed through another peer.
