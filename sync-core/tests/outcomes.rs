@@ -428,35 +428,45 @@ async fn an_origin_received_only_as_husks_is_served_on() {
     assert_eq!(c.content().await, a.content().await);
 }
 
+/// `d` writes three tags, one commit each: each commit's pushed batches.
+async fn three_pushed_commits(d: &Device) -> Vec<Vec<sync_core::Batch>> {
+    let mut commits = d.engine.subscribe();
+    for name in ["one", "two", "three"] {
+        let mut tx = d.engine.begin().await.unwrap();
+        tx.insert(new_tag(name)).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let mut pushes = Vec::new();
+    while let Ok(commit) = commits.try_recv() {
+        let batches: Vec<_> = commit
+            .pushes()
+            .into_iter()
+            .flat_map(|m| match m {
+                sync_core::Message::Push(p) => p.batches,
+                _ => Vec::new(),
+            })
+            .collect();
+        pushes.push(batches);
+    }
+    pushes
+}
+
 /// Numbers a device holds beyond a gap are served too: if the only device
 /// that held the gap's numbers lost them (a power loss), what lies beyond
 /// would otherwise stay on the devices that received it out of order. The
 /// simulation found it (`--faults ...,power`, seed 27 of 5 devices).
 #[tokio::test]
 async fn numbers_beyond_a_gap_are_served_on() {
-    use sync_core::{Message, PullRequest};
+    use sync_core::PullRequest;
     let (a, b, c) = (device(1).await, device(2).await, device(3).await);
     common::pair_each(&[&a, &b, &c]).await;
-    let mut commits = a.engine.subscribe();
-    for name in ["one", "two", "three"] {
-        let mut tx = a.engine.begin().await.unwrap();
-        tx.insert(new_tag(name)).await.unwrap();
-        tx.commit().await.unwrap();
-    }
     // b receives the first and the third; the second is lost with a.
-    let mut pushes = Vec::new();
-    while let Ok(commit) = commits.try_recv() {
-        pushes.push(commit.pushes());
-    }
+    let pushes = three_pushed_commits(&a).await;
     assert_eq!(pushes.len(), 3);
     for i in [0, 2] {
-        for m in &pushes[i] {
-            if let Message::Push(p) = m {
-                steps::apply_batches(&b.engine, p.batches.clone())
-                    .await
-                    .unwrap();
-            }
-        }
+        steps::apply_batches(&b.engine, pushes[i].clone())
+            .await
+            .unwrap();
     }
     assert_eq!(rows::<tag::Model>(&b).await.len(), 2);
     assert_eq!(b.engine.vector().get(a.engine.origin()), 1, "a gap at 2");
@@ -482,27 +492,10 @@ async fn numbers_beyond_a_gap_are_served_on() {
 /// follows brings the numbers in order.
 #[tokio::test]
 async fn a_push_beyond_a_gap_waits_for_the_numbers_before_it() {
-    use sync_core::{Message, PullRequest};
+    use sync_core::PullRequest;
     let (a, b) = (device(1).await, device(2).await);
     common::pair_each(&[&a, &b]).await;
-    let mut commits = a.engine.subscribe();
-    for name in ["one", "two", "three"] {
-        let mut tx = a.engine.begin().await.unwrap();
-        tx.insert(new_tag(name)).await.unwrap();
-        tx.commit().await.unwrap();
-    }
-    let mut pushes = Vec::new();
-    while let Ok(commit) = commits.try_recv() {
-        let batches: Vec<_> = commit
-            .pushes()
-            .into_iter()
-            .flat_map(|m| match m {
-                Message::Push(p) => p.batches,
-                _ => Vec::new(),
-            })
-            .collect();
-        pushes.push(batches);
-    }
+    let pushes = three_pushed_commits(&a).await;
     assert_eq!(pushes.len(), 3);
     // The second push is lost (or late): the third is not taken.
     let first = steps::apply_pushed(&b.engine, pushes[0].clone())
