@@ -108,9 +108,18 @@ impl Engine {
     ) -> Result<Result<SnapshotResponse, ErrorMessage>, EngineError> {
         let models = self.registry().models();
         // A cursor from another device's snapshot (a backfill that moved to
-        // this peer) reflects another vector: start over.
+        // this peer) reflects another vector: start over. So does one of
+        // this device's own snapshots whose vector it no longer holds (its
+        // database went back since, by a power loss or a restored backup):
+        // the pages still to come would lack states the snapshot's vector
+        // claims, and the requester would adopt numbers without their rows.
         let mut cursor = match &request.cursor {
-            Some(cursor) if cursor.source == self.device() => cursor.clone(),
+            Some(cursor)
+                if cursor.source == self.device()
+                    && self.memory().received.vector.covers(&cursor.vector) =>
+            {
+                cursor.clone()
+            }
             _ => {
                 let m = self.memory();
                 SnapshotCursor {

@@ -19,6 +19,7 @@ use std::time::Duration;
 use common::sim::Net;
 use common::{Device, device, device_at, tag, volume};
 use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait};
+use sync_core::__private::steps;
 use sync_core::clock::ManualTime;
 use sync_core::{EngineError, SyncModel};
 use uuid::Uuid;
@@ -132,6 +133,73 @@ async fn a_device_restored_to_an_earlier_state_reuses_no_number_and_gets_its_cha
         "its lost changes came back as anyone's would"
     );
     assert_eq!(b.engine.vector().get(a.engine.origin()), 3);
+}
+
+/// A device serving a snapshot page by page whose database goes back in
+/// the middle (a power loss, a restored backup) does not serve the rest
+/// under the old snapshot's vector, which it no longer holds: the new
+/// device would adopt numbers without their rows. It starts the snapshot
+/// over, and the new device ends with what the server holds, no more.
+#[tokio::test]
+async fn a_snapshot_whose_server_went_back_is_started_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.sqlite");
+    let copy = dir.path().join("a-earlier.sqlite");
+    let time = ManualTime::new(common::EPOCH);
+    let a = device_at(&path, 1, time.clone()).await;
+    let mut net = Net::new(vec![a, device(2).await], 103);
+    write_tags(&mut net, 0, 4, "kept").await;
+    snapshot(&net.nodes[0].dev, &copy).await;
+    write_tags(&mut net, 0, 4, "lost").await;
+    let held = net.nodes[0].dev.engine.vector();
+
+    // b's backfill from a, a row a page: the first page before a goes back.
+    let mut request = steps::backfill_request(&net.nodes[1].dev.engine, 1);
+    let first = steps::serve_snapshot(&net.nodes[0].dev.engine, &request)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.vector, held);
+    request.cursor = first.next.clone();
+    let (_, done) = steps::apply_snapshot(&net.nodes[1].dev.engine, first)
+        .await
+        .unwrap();
+    assert!(!done);
+
+    restore(&mut net, 0, &path, &copy, 1).await;
+    let (a, b) = (&net.nodes[0].dev, &net.nodes[1].dev);
+    assert!(!a.engine.vector().covers(&held), "a went back");
+    let mut pages = 0;
+    loop {
+        let page = steps::serve_snapshot(&a.engine, &request)
+            .await
+            .unwrap()
+            .unwrap();
+        if pages == 0 {
+            assert_eq!(
+                page.done,
+                page.rows.len() as u64,
+                "the snapshot starts over"
+            );
+        }
+        assert_eq!(
+            page.vector,
+            a.engine.vector(),
+            "a's vector now, not the old one"
+        );
+        pages += 1;
+        request.cursor = page.next.clone();
+        let (_, done) = steps::apply_snapshot(&b.engine, page).await.unwrap();
+        if done {
+            break;
+        }
+        assert!(pages < 100, "the snapshot ends");
+    }
+    assert!(!b.engine.needs_backfill());
+    assert_eq!(b.engine.vector(), a.engine.vector());
+    for name in tag_names(a).await {
+        assert!(tag_names(b).await.contains(&name), "{name} reached b");
+    }
 }
 
 /// A data directory copied to a second machine and run there too: both
