@@ -1101,6 +1101,28 @@ impl Sim {
                 .map(|r| r.try_get::<i64>("", "n"))
                 .transpose()?
                 .unwrap_or(0);
+            if left > 0 && std::env::var_os("SIMULATE_DEBUG").is_some() {
+                let rows = self
+                    .engine(i)?
+                    .database()
+                    .query_all_raw(sea_orm::Statement::from_string(
+                        sea_orm::DbBackend::Sqlite,
+                        "SELECT model, record FROM _sync_rows WHERE presence = 2",
+                    ))
+                    .await?;
+                for r in rows {
+                    let model: String = r.try_get("", "model")?;
+                    let record: Vec<u8> = r.try_get("", "record")?;
+                    let id = uuid::Uuid::from_slice(&record).unwrap_or_default();
+                    let how = syncable::core::__private::steps::describe_record(
+                        self.engine(i)?,
+                        &model,
+                        id,
+                    )
+                    .await?;
+                    eprintln!("  tombstone kept on {i}: {model} {id}: {how}");
+                }
+            }
             if left > 0 {
                 return Ok(Some(format!(
                     "device {i} kept {left} tombstones after every device held every delete"
@@ -1641,18 +1663,27 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
                                 .seals
                                 .iter()
                                 .flat_map(|s| {
-                                    s.husks.iter().map(|h| (h.seq, h.model.clone(), h.record))
+                                    s.husks
+                                        .iter()
+                                        .map(|h| (h.seq, h.model.clone(), h.record, h.hlc))
                                 })
                                 .collect();
                             println!(
-                                "  batch {} after {} upto {} changes {} husks {:?}",
+                                "  batch {} of device {} after {} upto {} changes {} husks {:?}",
                                 b.origin,
+                                b.device,
                                 b.after,
                                 b.upto,
                                 b.changes.len(),
                                 husks
                             );
-                            for (seq, model, rec) in husks {
+                            for c in b.changes.iter().filter_map(|c| c.decode().ok()) {
+                                println!(
+                                    "    change {} {} {} by {} at {}",
+                                    c.seq, c.model, c.id, c.device, c.hlc
+                                );
+                            }
+                            for (seq, model, rec, _) in husks {
                                 let _ = seq;
                                 let here =
                                     sim.engine(i)?.content().await?.iter().any(|r| r.id == rec);
@@ -1755,6 +1786,11 @@ fn peak_rss_mib() -> f64 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
+    // RUST_LOG=sync_core=debug (or warn) prints the engine's own log.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     if !(3..=1_000).contains(&args.devices) {
         return Err("--devices: between 3 and 1,000".into());
     }

@@ -331,6 +331,7 @@ impl Engine {
             return Ok((report, Vec::new()));
         }
         let w = self.write_tx().await?;
+        phases.mark("begin");
         let registry = &self.inner.registry;
         let now = self.now();
         let (mut received, known_origins, pruned) = {
@@ -701,7 +702,11 @@ impl Engine {
                 })
                 .and_then(|s| s.as_ref())
                 .is_some_and(|s| match s {
-                    RecordState::Owned(o) => o.change.device == device && o.change.hlc > husk.hlc,
+                    // As `OwnedState::beats` orders them: a delete
+                    // supersedes any write, whatever its clock.
+                    RecordState::Owned(o) => {
+                        o.change.device == device && (o.is_delete() || o.change.hlc > husk.hlc)
+                    }
                     RecordState::Shared(_) => false,
                 });
             if newer {
@@ -965,9 +970,17 @@ impl Engine {
         metrics::histogram!("syncable_apply_seconds").record(started.elapsed().as_secs_f64());
         metrics::gauge!("syncable_log_entries").set(self.memory().log_len as f64);
         if !report.rejected.is_empty() || !report.held_back.is_empty() {
+            // The first of each, with its reason: enough to see why.
+            let first = |list: &[Rejection]| {
+                list.first()
+                    .map(|r| format!("{} {} {}: {}", r.origin, r.seq, r.model, r.reason))
+                    .unwrap_or_default()
+            };
             tracing::warn!(
                 refused = report.rejected.len(),
                 held_back = report.held_back.len(),
+                first_refused = %first(&report.rejected),
+                first_held_back = %first(&report.held_back),
                 "received changes refused"
             );
         }
