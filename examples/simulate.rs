@@ -1687,8 +1687,21 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
                                 let _ = seq;
                                 let here =
                                     sim.engine(i)?.content().await?.iter().any(|r| r.id == rec);
+                                let how = syncable::core::__private::steps::describe_record(
+                                    sim.engine(i)?,
+                                    &model,
+                                    rec,
+                                )
+                                .await?;
+                                let there = syncable::core::__private::steps::describe_record(
+                                    sim.engine(j)?,
+                                    &model,
+                                    rec,
+                                )
+                                .await?;
                                 println!(
-                                    "    record {model} {rec}: in requester's content: {here}"
+                                    "    record {model} {rec}: in requester's content: {here}; \
+                                     requester: {how}; server: {there}"
                                 );
                             }
                         }

@@ -143,6 +143,10 @@ impl Engine {
             .as_ref()
             .is_none_or(|acked| !acked.iter().all(|a| mine.covers(a)))
         {
+            tracing::debug!(
+                known = acked.is_some(),
+                "no tombstone collected: a member's holdings are unknown, or not all here"
+            );
             w.tx.commit().await?;
             return Ok(Collected::default());
         }
