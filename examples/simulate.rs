@@ -1090,27 +1090,17 @@ impl Sim {
             self.collected += c.shared + c.owned;
         }
         for i in 0..n {
-            let left = self
+            let kept = self
                 .engine(i)?
                 .database()
-                .query_one_raw(sea_orm::Statement::from_string(
+                .query_all_raw(sea_orm::Statement::from_string(
                     sea_orm::DbBackend::Sqlite,
-                    "SELECT COUNT(*) AS n FROM _sync_rows WHERE presence = 2",
+                    "SELECT model, record FROM _sync_rows WHERE presence = 2",
                 ))
-                .await?
-                .map(|r| r.try_get::<i64>("", "n"))
-                .transpose()?
-                .unwrap_or(0);
+                .await?;
+            let left = kept.len();
             if left > 0 && std::env::var_os("SIMULATE_DEBUG").is_some() {
-                let rows = self
-                    .engine(i)?
-                    .database()
-                    .query_all_raw(sea_orm::Statement::from_string(
-                        sea_orm::DbBackend::Sqlite,
-                        "SELECT model, record FROM _sync_rows WHERE presence = 2",
-                    ))
-                    .await?;
-                for r in rows {
+                for r in kept {
                     let model: String = r.try_get("", "model")?;
                     let record: Vec<u8> = r.try_get("", "record")?;
                     let id = uuid::Uuid::from_slice(&record).unwrap_or_default();
@@ -1683,8 +1673,7 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
                                     c.seq, c.model, c.id, c.device, c.hlc
                                 );
                             }
-                            for (seq, model, rec, _) in husks {
-                                let _ = seq;
+                            for (_, model, rec, _) in husks {
                                 let here =
                                     sim.engine(i)?.content().await?.iter().any(|r| r.id == rec);
                                 let how = syncable::core::__private::steps::describe_record(

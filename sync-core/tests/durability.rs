@@ -45,6 +45,39 @@ async fn write_tags(net: &mut Net, i: usize, n: usize, prefix: &str) {
     net.committed(i, changes);
 }
 
+/// A volume owned by device `i`, committed and pushed; its id.
+async fn write_volume(net: &mut Net, i: usize) -> Uuid {
+    let mut tx = net.nodes[i].dev.engine.begin().await.unwrap();
+    let vol = tx
+        .insert(volume::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            device: Set(net.nodes[i].dev.id),
+            name: Set("disk".into()),
+            capacity: Set(None),
+            is_online: Set(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let c = tx.commit().await.unwrap();
+    net.committed(i, c);
+    vol.gid
+}
+
+/// Renames a volume on device `i`, committed and pushed.
+async fn rename_volume(net: &mut Net, i: usize, vol: Uuid, name: &str) {
+    let d = &net.nodes[i].dev;
+    let mut tx = d.engine.begin().await.unwrap();
+    let mut row = volume::Model::find_by_id(tx.connection(), vol)
+        .await
+        .unwrap()
+        .unwrap();
+    row.name = name.into();
+    tx.update(row).await.unwrap();
+    let c = tx.commit().await.unwrap();
+    net.committed(i, c);
+}
+
 /// A consistent copy of a device's database as it is now (a backup, or
 /// what a power loss would leave of it if the commits after now were lost).
 async fn snapshot(d: &Device, to: &Path) {
@@ -217,20 +250,7 @@ async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
     let mut net = Net::new(vec![a, device(2).await, device(3).await], 104);
     net.pair_all().await;
     net.connect_all().await;
-    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
-    let vol = tx
-        .insert(volume::ActiveModel {
-            gid: Set(Uuid::new_v4()),
-            device: Set(net.nodes[0].dev.id),
-            name: Set("disk".into()),
-            capacity: Set(None),
-            is_online: Set(true),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let c = tx.commit().await.unwrap();
-    net.committed(0, c);
+    let vol = write_volume(&mut net, 0).await;
     assert!(net.settle(3).await);
     snapshot(&net.nodes[0].dev, &copy).await;
     let first_origin = net.nodes[0].dev.engine.origin();
@@ -241,16 +261,7 @@ async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
     for n in &net.nodes {
         n.dev.time.advance(Duration::from_secs(4));
     }
-    let d = &net.nodes[0].dev;
-    let mut tx = d.engine.begin().await.unwrap();
-    let mut row = volume::Model::find_by_id(tx.connection(), vol.gid)
-        .await
-        .unwrap()
-        .unwrap();
-    row.name = "renamed".into();
-    tx.update(row).await.unwrap();
-    let c = tx.commit().await.unwrap();
-    net.committed(0, c);
+    rename_volume(&mut net, 0, vol, "renamed").await;
     assert!(net.settle(3).await);
     let renamed = net.nodes[1].dev.engine.vector().get(first_origin);
 
@@ -260,7 +271,7 @@ async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
     restore(&mut net, 0, &path, &copy, 1).await;
     time.set(common::EPOCH + Duration::from_secs(1));
     let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
-    assert!(tx.delete::<volume::Model>(vol.gid).await.unwrap());
+    assert!(tx.delete::<volume::Model>(vol).await.unwrap());
     let c = tx.commit().await.unwrap();
     net.committed(0, c);
 
@@ -280,7 +291,7 @@ async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
             "every device passes the rename's number"
         );
         assert!(
-            volume::Model::find_by_id(n.dev.engine.database(), vol.gid)
+            volume::Model::find_by_id(n.dev.engine.database(), vol)
                 .await
                 .unwrap()
                 .is_none(),
@@ -305,20 +316,7 @@ async fn a_copied_database_run_twice_loses_no_write() {
     let mut net = Net::new(vec![a, device(2).await], 102);
     net.pair_all().await;
     net.connect_all().await;
-    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
-    let vol = tx
-        .insert(volume::ActiveModel {
-            gid: Set(Uuid::new_v4()),
-            device: Set(net.nodes[0].dev.id),
-            name: Set("disk".into()),
-            capacity: Set(None),
-            is_online: Set(true),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let c = tx.commit().await.unwrap();
-    net.committed(0, c);
+    let vol = write_volume(&mut net, 0).await;
     write_tags(&mut net, 0, 3, "shared").await;
     assert!(net.settle(2).await);
     snapshot(&net.nodes[0].dev, &copy_path).await;
@@ -328,17 +326,8 @@ async fn a_copied_database_run_twice_loses_no_write() {
     write_tags(&mut net, 0, 4, "first").await;
     write_tags(&mut net, 2, 4, "second").await;
     for (i, name) in [(0, "from first"), (2, "from second")] {
-        let d = &net.nodes[i].dev;
-        let mut tx = d.engine.begin().await.unwrap();
-        let mut row = volume::Model::find_by_id(tx.connection(), vol.gid)
-            .await
-            .unwrap()
-            .unwrap();
-        row.name = name.into();
-        tx.update(row).await.unwrap();
-        let c = tx.commit().await.unwrap();
-        d.time.advance(Duration::from_millis(3));
-        net.committed(i, c);
+        rename_volume(&mut net, i, vol, name).await;
+        net.nodes[i].dev.time.advance(Duration::from_millis(3));
     }
     // a and b are still connected; the twin meets b.
     net.connect(2, 1).await;
