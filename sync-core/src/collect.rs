@@ -45,7 +45,9 @@ use crate::change::{Change, Op};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::project::{Facts, Input, Presence, RecordKey};
-use crate::state::{RecordState, SharedState, Tombstone};
+use crate::protocol::SnapshotRow;
+use crate::state::{OwnedState, RecordState, SharedImage, SharedState, Tombstone};
+use crate::value::WireValue;
 use crate::store;
 use crate::vector::VersionVector;
 use crate::write;
@@ -150,6 +152,16 @@ impl Engine {
             w.tx.commit().await?;
             return Ok(Collected::default());
         }
+        // A snapshot row held back (its clock ahead, its model unknown) is
+        // counted in the vector its snapshot brought, but not merged yet:
+        // the tombstones of its record and of the records it refers to stay
+        // until it is, or it would bring a deleted record back, or wait for
+        // ever for one it refers to.
+        let pinned = if self.memory().held_rows > 0 {
+            held_records(registry, &store::held_rows(&w.tx).await?)
+        } else {
+            BTreeSet::new()
+        };
         let rows =
             w.tx.query_all_raw(store::stmt(
                 "SELECT model, record, state FROM _sync_rows WHERE presence = ?",
@@ -165,6 +177,9 @@ impl Engine {
                 continue;
             };
             let id = store::get_uuid(row, "record", "_sync_rows")?;
+            if pinned.contains(&(desc.name(), id)) {
+                continue;
+            }
             let bytes: Vec<u8> = row.try_get("", "state")?;
             let state = RecordState::decode(desc.meta().ownership, &bytes)
                 .map_err(|e| store::corrupt("_sync_rows", e))?;
@@ -520,6 +535,46 @@ impl Engine {
 /// its tombstone was collected elsewhere. Kept for a shared record (it
 /// stops any write that lost to the delete); for a device-owned one it only
 /// drives the projection, and is not stored.
+/// The records that held snapshot rows are of, or refer to (by model
+/// name and id). A row that does not decode is left out: it can never
+/// apply.
+fn held_records(
+    registry: &crate::registry::Registry,
+    held: &[store::HeldRow],
+) -> BTreeSet<(&'static str, Uuid)> {
+    let mut out = BTreeSet::new();
+    for h in held {
+        let Some(desc) = registry.get(&h.model) else {
+            continue;
+        };
+        out.insert((desc.name(), h.record));
+        let state = match rmp_serde::from_slice::<SnapshotRow>(&h.row) {
+            Ok(SnapshotRow::Owned(bytes)) => match bytes.decode() {
+                Ok(change) => RecordState::Owned(OwnedState { change, bytes }),
+                Err(_) => continue,
+            },
+            Ok(SnapshotRow::Shared { image, .. }) => {
+                match rmp_serde::from_slice::<SharedImage>(&image)
+                    .map_err(|e| e.to_string())
+                    .and_then(SharedImage::into_state)
+                {
+                    Ok(state) => RecordState::Shared(state),
+                    Err(_) => continue,
+                }
+            }
+            Err(_) => continue,
+        };
+        for r in desc.meta().references() {
+            if let (Some(WireValue::Uuid(Some(target))), Some(to)) =
+                (state.value(r.field), registry.get(r.target))
+            {
+                out.insert((to.name(), *target));
+            }
+        }
+    }
+    out
+}
+
 fn tombstone_of(device: Uuid, state: RecordState) -> Option<RecordState> {
     Some(match state {
         RecordState::Shared(s) => {

@@ -309,6 +309,82 @@ async fn a_snapshot_row_held_back_on_an_early_page_arrives_later() {
     assert_eq!(net.nodes[0].dev.content().await, b.content().await);
 }
 
+/// A snapshot row held back (its clock ahead) is counted in the vector its
+/// snapshot brought before it is merged: the tombstone of a record it
+/// refers to stays until it is, or the row waits for ever for a record
+/// that was deleted and collected. The simulation found it (seed 203 of the
+/// default faults): a membership parked on a collected tag.
+#[tokio::test]
+async fn a_tombstone_a_held_row_refers_to_is_not_collected_before_it_applies() {
+    let (a, c) = (device(1).await, device(3).await);
+    common::pair_each(&[&a, &c]).await;
+    // c makes a collection; a, 30 s ahead of c (bound: 5 s), adds a member.
+    let mut tx = c.engine.begin().await.unwrap();
+    let coll = tx
+        .insert(collection::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            name: Set("trip".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let create = tx.commit().await.unwrap();
+    a.receive(&create).await;
+    a.time.advance(Duration::from_secs(30));
+    let at_a = rows::<collection::Model>(&a).await;
+    let mut tx = a.engine.begin().await.unwrap();
+    let member = tx
+        .insert(membership::ActiveModel {
+            gid: Set(Uuid::new_v4()),
+            collection_id: Set(at_a[0].id),
+            tag_id: Set(None),
+            note: Set("first".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // c takes a's snapshot: the member is held back, its number counted.
+    let request = steps::backfill_request(&c.engine, 1_000);
+    let page = steps::serve_snapshot(&a.engine, &request)
+        .await
+        .unwrap()
+        .unwrap();
+    steps::apply_snapshot(&c.engine, page).await.unwrap();
+    assert_eq!(c.engine.status().held_rows, 1);
+    assert!(c.engine.vector().covers(&a.engine.vector()));
+    // c deletes the collection; a holds the delete and says so.
+    let mut tx = c.engine.begin().await.unwrap();
+    assert!(tx.delete::<collection::Model>(coll.gid).await.unwrap());
+    let delete = tx.commit().await.unwrap();
+    a.receive(&delete).await;
+    steps::acknowledge(&c.engine, a.id, &a.engine.vector());
+    c.time.advance(Duration::from_secs(2));
+    let collected = c.engine.collect_tombstones(Duration::ZERO).await.unwrap();
+    assert_eq!(collected.shared, 0, "the held member refers to it");
+
+    // c's clock catches up: the member meets the tombstone and goes with
+    // it; then nothing holds the tombstone back.
+    c.time.advance(Duration::from_secs(40));
+    steps::retry_held(&c.engine).await.unwrap();
+    assert_eq!(c.engine.status().held_rows, 0);
+    assert_eq!(c.engine.status().parked, 0, "nothing waits");
+    assert!(rows::<membership::Model>(&c).await.is_empty());
+    assert!(rows::<membership::Model>(&a).await.is_empty());
+    assert!(
+        c.engine
+            .conflicts()
+            .await
+            .unwrap()
+            .iter()
+            .any(|x| x.record == member.gid),
+        "the member's write is recorded as lost"
+    );
+    let collected = c.engine.collect_tombstones(Duration::ZERO).await.unwrap();
+    assert_eq!(collected.shared, 1);
+    assert_eq!(a.content().await, c.content().await);
+}
+
 /// Two snapshots held back for one record (their clocks too far ahead),
 /// the newer state first, the older second: both are kept and the merge
 /// chooses when they are retried, so the older no longer replaces the newer
