@@ -234,6 +234,7 @@ async fn open_db(path: &Path) -> Result<DatabaseConnection, Error> {
     options
         .max_connections(1)
         .min_connections(1)
+        .test_before_acquire(false)
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(|o| {
             o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)

@@ -96,7 +96,10 @@ struct Args {
 async fn open(path: &Path, synchronous: &str) -> Result<DatabaseConnection, Error> {
     let url = format!("sqlite://{}?mode=rwc", path.display());
     let mut options = ConnectOptions::new(url);
-    options.max_connections(1).sqlx_logging(false);
+    options
+        .max_connections(1)
+        .test_before_acquire(false)
+        .sqlx_logging(false);
     let db = Database::connect(options).await?;
     db.execute_unprepared(&format!(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous};"

@@ -36,6 +36,7 @@ async fn start_node_with(dir: &Path, library: Uuid, full: bool) -> Result<Node, 
     options
         .max_connections(4)
         .min_connections(1)
+        .test_before_acquire(false)
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(move |o| {
             o.journal_mode(SqliteJournalMode::Wal)

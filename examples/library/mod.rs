@@ -360,9 +360,13 @@ pub async fn open_database(path: &std::path::Path) -> Result<DatabaseConnection,
     // wal_autocheckpoint=0: no commit pays for a checkpoint (an fsync of the
     // database file, the slowest 1% of commits on a busy machine); the node
     // checkpoints in the background every second (Engine::checkpoint).
+    // No ping before each use of a pooled connection: a local SQLite file
+    // does not drop connections, and the ping is a round trip to the
+    // connection's thread on every transaction.
     options
         .max_connections(4)
         .min_connections(1)
+        .test_before_acquire(false)
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(|o| {
             o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)

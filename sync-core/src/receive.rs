@@ -549,10 +549,25 @@ impl Engine {
                 id: h.record,
             })
         }));
-        let mut facts = Facts::default();
-        facts
-            .rows
-            .extend(store::load_rows(&w.tx, registry, &keys).await?);
+        // The rows, their waiters and their tables' highest keys, which a
+        // plan that shows a record needs: one round trip.
+        let max_keys: Vec<(usize, bool)> = keys
+            .iter()
+            .map(|k| k.rank)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(|rank| {
+                let auto = self.inner.tables.get(rank).is_some_and(|t| t.autoincrement);
+                (rank, auto)
+            })
+            .collect();
+        let loaded = store::load_for_plan(&w.tx, registry, &keys, &max_keys).await?;
+        let mut facts = Facts {
+            rows: loaded.rows,
+            waiters: loaded.waiters,
+            max_key: loaded.max_key,
+            ..Facts::default()
+        };
         phases.mark("load");
         let mut working: BTreeMap<RecordKey, Option<RecordState>> = keys
             .iter()

@@ -100,6 +100,21 @@ async fn unique_indexes<C: ConnectionTrait>(
     Ok(out)
 }
 
+/// Whether `table` was created with an AUTOINCREMENT key.
+async fn is_autoincrement<C: ConnectionTrait>(db: &C, table: &str) -> Result<bool, StoreError> {
+    let row = db
+        .query_one_raw(crate::store::stmt(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+            vec![table.into()],
+        ))
+        .await?;
+    let sql: Option<String> = match row {
+        Some(row) => row.try_get("", "sql")?,
+        None => None,
+    };
+    Ok(sql.is_some_and(|s| s.to_ascii_uppercase().contains("AUTOINCREMENT")))
+}
+
 fn row_name(row: &sea_orm::QueryResult) -> Result<Option<String>, StoreError> {
     Ok(row.try_get("", "name")?)
 }
@@ -215,5 +230,12 @@ async fn inspect_one<C: ConnectionTrait>(
             ),
         }
     }
-    Ok((TableInfo { unique }, problems))
+    let autoincrement = is_autoincrement(db, meta.table).await?;
+    Ok((
+        TableInfo {
+            unique,
+            autoincrement,
+        },
+        problems,
+    ))
 }

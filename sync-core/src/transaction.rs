@@ -534,9 +534,9 @@ impl<'e> SyncTransaction<'e> {
             })
             .collect();
         let mut facts = Facts::default();
-        let (rows, waiters) = store::load_rows_and_waiters(&w.tx, registry, &keys).await?;
-        facts.rows.extend(rows);
-        facts.waiters.extend(waiters);
+        let loaded = store::load_for_plan(&w.tx, registry, &keys, &[]).await?;
+        facts.rows.extend(loaded.rows);
+        facts.waiters.extend(loaded.waiters);
         let mut working: BTreeMap<RecordKey, Option<RecordState>> = keys
             .iter()
             .map(|k| {

@@ -360,11 +360,13 @@ async fn prefetch<C: ConnectionTrait>(
     if created {
         for rank in ranks {
             if let (Some(desc), false) = (registry.at(rank), facts.max_key.contains_key(&rank)) {
-                facts.max_key.insert(rank, store::max_key(db, desc).await?);
+                let auto = tables.get(rank).is_some_and(|t| t.autoincrement);
+                facts
+                    .max_key
+                    .insert(rank, store::max_key(db, desc, auto).await?);
             }
         }
     }
-    let _ = tables;
     Ok(())
 }
 
@@ -420,7 +422,10 @@ pub(crate) async fn project<C: ConnectionTrait>(
                 }
                 for rank in &needs.max_key {
                     if let Some(desc) = registry.at(*rank) {
-                        facts.max_key.insert(*rank, store::max_key(db, desc).await?);
+                        let auto = tables.get(*rank).is_some_and(|t| t.autoincrement);
+                        facts
+                            .max_key
+                            .insert(*rank, store::max_key(db, desc, auto).await?);
                     }
                 }
                 // Whatever was asked and not found is known now to be

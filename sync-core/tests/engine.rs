@@ -104,6 +104,27 @@ async fn committed_changes_are_published_to_subscribers() {
     assert_eq!(a.engine.stats().written, 1);
 }
 
+/// A received row takes a local key the table never gave: in an
+/// AUTOINCREMENT table, not the key of a row deleted since, even when that
+/// row held the highest key.
+#[tokio::test]
+async fn a_received_row_never_reuses_a_deleted_rows_key() {
+    let (a, b) = (device(1).await, device(2).await);
+    let (first, _) = create_tag(&a, "first").await;
+    let (last, _) = create_tag(&a, "last").await;
+    assert!(last.id > first.id);
+    delete_tag(&a, last.gid).await;
+    let (_, made) = create_tag(&b, "from b").await;
+    a.receive(&made).await;
+    let received = get_tag(&a, made[0].id).await.unwrap();
+    assert!(
+        received.id > last.id,
+        "key {} reuses the deleted row's {}",
+        received.id,
+        last.id
+    );
+}
+
 #[tokio::test]
 async fn concurrent_edits_of_different_fields_both_survive() {
     let a = device(1).await;

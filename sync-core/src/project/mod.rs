@@ -39,10 +39,12 @@ use crate::value::WireValue;
 pub(crate) use unique::{UniqueIndex, key_hash, unique_key as unique_key_of};
 
 /// What the engine knows of a model's table beyond the model: its unique
-/// indexes over synced columns.
+/// indexes over synced columns, and whether its keys are AUTOINCREMENT (so
+/// that `sqlite_sequence` holds the highest key it ever gave).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct TableInfo {
     pub(crate) unique: Vec<UniqueIndex>,
+    pub(crate) autoincrement: bool,
 }
 
 /// A model's position in the registry's dependency order.

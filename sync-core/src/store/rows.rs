@@ -69,73 +69,136 @@ pub(crate) async fn load_rows<C: ConnectionTrait>(
     Ok(out)
 }
 
-/// The stored rows of `keys`, and the records waiting for each of them, in
-/// one round trip when they fit one (two statements, one query).
-pub(crate) async fn load_rows_and_waiters<C: ConnectionTrait>(
+/// What a plan of changes to `keys` starts from, in one round trip when it
+/// fits one (a statement per model and kind, one query).
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    /// The stored rows of `keys` (`None` for a record with no row).
+    pub(crate) rows: HashMap<RecordKey, Option<Stored>>,
+    /// The records waiting for each of `keys`.
+    pub(crate) waiters: HashMap<RecordKey, Vec<RecordKey>>,
+    /// The highest local key of each model asked for.
+    pub(crate) max_key: HashMap<usize, i64>,
+}
+
+/// The stored rows of `keys`, the records waiting for each of them, and the
+/// highest local key of each model in `max_keys` (with whether its table is
+/// AUTOINCREMENT), in one round trip when they fit one.
+pub(crate) async fn load_for_plan<C: ConnectionTrait>(
     db: &C,
     registry: &Registry,
     keys: &BTreeSet<RecordKey>,
-) -> Result<
-    (
-        HashMap<RecordKey, Option<Stored>>,
-        HashMap<RecordKey, Vec<RecordKey>>,
-    ),
-    StoreError,
-> {
+    max_keys: &[(usize, bool)],
+) -> Result<Loaded, StoreError> {
     let mut by_rank: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
     for k in keys {
         by_rank.entry(k.rank).or_default().push(uuid_value(k.id));
     }
-    if by_rank.len() != 1 || keys.len() > super::MAX_ROWS {
-        let rows = load_rows(db, registry, keys).await?;
-        let waiters = super::load_waiters(db, registry, keys).await?;
-        return Ok((rows, waiters));
+    if keys.len() > super::MAX_ROWS {
+        let mut loaded = Loaded {
+            rows: load_rows(db, registry, keys).await?,
+            waiters: super::load_waiters(db, registry, keys).await?,
+            max_key: HashMap::new(),
+        };
+        for (rank, auto) in max_keys {
+            if let Some(desc) = registry.at(*rank) {
+                loaded
+                    .max_key
+                    .insert(*rank, super::max_key(db, desc, *auto).await?);
+            }
+        }
+        return Ok(loaded);
     }
-    let mut rows: HashMap<RecordKey, Option<Stored>> = keys.iter().map(|k| (*k, None)).collect();
-    let mut waiters: HashMap<RecordKey, Vec<RecordKey>> =
-        keys.iter().map(|k| (*k, Vec::new())).collect();
+    let mut loaded = Loaded {
+        rows: keys.iter().map(|k| (*k, None)).collect(),
+        waiters: keys.iter().map(|k| (*k, Vec::new())).collect(),
+        max_key: HashMap::new(),
+    };
+    // Every statement yields the same columns; `part` says which it is,
+    // `model` the model of the record (of the parent, for a waiter).
+    let mut sql = String::new();
+    let mut values: Vec<Value> = Vec::new();
     for (rank, ids) in by_rank {
         let Some(desc) = registry.at(rank) else {
             continue;
         };
         let list = super::placeholders(ids.len());
-        let sql = format!(
-            "SELECT 0 AS part, record, presence, local_key, aside, state, NULL AS model
+        sql.push_str(&format!(
+            "SELECT 0 AS part, record, presence, local_key, aside, state, model,
+                    NULL AS waiter
                FROM _sync_rows WHERE model = ? AND record IN ({list});
              SELECT 1 AS part, parent AS record, NULL AS presence, NULL AS local_key,
-                    NULL AS aside, record AS state, model
-               FROM _sync_waiting WHERE parent_model = ? AND parent IN ({list})"
-        );
-        let mut values = vec![desc.name().into()];
+                    NULL AS aside, record AS state, parent_model AS model, model AS waiter
+               FROM _sync_waiting WHERE parent_model = ? AND parent IN ({list});\n"
+        ));
+        values.push(desc.name().into());
         values.extend(ids.iter().cloned());
         values.push(desc.name().into());
         values.extend(ids);
-        for row in db.query_all_raw(stmt(&sql, values)).await? {
-            let part: i64 = row.try_get("", "part")?;
-            let id = get_uuid(&row, "record", TABLE)?;
-            if part == 0 {
-                rows.insert(
+    }
+    for (rank, auto) in max_keys {
+        let Some(desc) = registry.at(*rank) else {
+            continue;
+        };
+        let meta = desc.meta();
+        let highest = format!(
+            "SELECT MAX({}) AS m FROM {}",
+            super::ident(meta.local_key_column),
+            super::ident(meta.table)
+        );
+        let from = if *auto {
+            values.push(meta.table.into());
+            format!("({highest} UNION ALL SELECT seq AS m FROM sqlite_sequence WHERE name = ?)")
+        } else {
+            format!("({highest})")
+        };
+        values.push(desc.name().into());
+        sql.push_str(&format!(
+            "SELECT 2 AS part, NULL AS record, NULL AS presence, MAX(m) AS local_key,
+                    NULL AS aside, NULL AS state, ? AS model, NULL AS waiter FROM {from};\n"
+        ));
+    }
+    if sql.is_empty() {
+        return Ok(loaded);
+    }
+    for row in db.query_all_raw(stmt(&sql, values)).await? {
+        let part: i64 = row.try_get("", "part")?;
+        let model: String = row.try_get("", "model")?;
+        let Some(rank) = registry.rank(&model) else {
+            continue;
+        };
+        match part {
+            0 => {
+                let id = get_uuid(&row, "record", TABLE)?;
+                loaded.rows.insert(
                     RecordKey { rank, id },
                     Some(stored_of(registry, rank, &row)?),
                 );
-            } else {
-                let model: String = row.try_get("", "model")?;
-                let Some(r) = registry.rank(&model) else {
+            }
+            1 => {
+                let waiter_model: String = row.try_get("", "waiter")?;
+                let Some(waiter_rank) = registry.rank(&waiter_model) else {
                     continue;
                 };
+                let parent = get_uuid(&row, "record", "_sync_waiting")?;
                 let waiter: Vec<u8> = row.try_get("", "state")?;
                 let waiter = Uuid::from_slice(&waiter).map_err(|e| corrupt("_sync_waiting", e))?;
-                waiters
-                    .entry(RecordKey { rank, id })
+                loaded
+                    .waiters
+                    .entry(RecordKey { rank, id: parent })
                     .or_default()
                     .push(RecordKey {
-                        rank: r,
+                        rank: waiter_rank,
                         id: waiter,
                     });
             }
+            _ => {
+                let max: Option<i64> = row.try_get("", "local_key")?;
+                loaded.max_key.insert(rank, max.unwrap_or(0));
+            }
         }
     }
-    Ok((rows, waiters))
+    Ok(loaded)
 }
 
 /// Writes the stored rows given (inserting or replacing).

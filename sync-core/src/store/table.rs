@@ -351,44 +351,35 @@ pub(crate) async fn load_old_unique<C: ConnectionTrait>(
 }
 
 /// The highest local key a model's table has used (0 for none), counting
-/// keys an `AUTOINCREMENT` table promised never to reuse.
+/// keys an `AUTOINCREMENT` table promised never to reuse; one statement.
 pub(crate) async fn max_key<C: ConnectionTrait>(
     db: &C,
     desc: &ModelDescriptor,
+    autoincrement: bool,
 ) -> Result<i64, StoreError> {
     let meta = desc.meta();
-    let row = db
-        .query_one_raw(stmt(
-            &format!(
-                "SELECT MAX({}) AS m FROM {}",
-                ident(meta.local_key_column),
-                ident(meta.table)
+    let highest = format!(
+        "SELECT MAX({}) AS m FROM {}",
+        ident(meta.local_key_column),
+        ident(meta.table)
+    );
+    // `sqlite_sequence` exists once any AUTOINCREMENT table does.
+    let (sql, values) = if autoincrement {
+        (
+            format!(
+                "SELECT MAX(m) AS m FROM ({highest} UNION ALL \
+                 SELECT seq AS m FROM sqlite_sequence WHERE name = ?)"
             ),
-            vec![],
-        ))
-        .await?;
-    let mut max: i64 = match row {
+            vec![meta.table.into()],
+        )
+    } else {
+        (highest, vec![])
+    };
+    let row = db.query_one_raw(stmt(&sql, values)).await?;
+    Ok(match row {
         Some(row) => row.try_get::<Option<i64>>("", "m")?.unwrap_or(0),
         None => 0,
-    };
-    let sequence = db
-        .query_one_raw(stmt(
-            "SELECT 1 AS present FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'",
-            vec![],
-        ))
-        .await?;
-    if sequence.is_some()
-        && let Some(row) = db
-            .query_one_raw(stmt(
-                "SELECT seq FROM sqlite_sequence WHERE name = ?",
-                vec![meta.table.into()],
-            ))
-            .await?
-    {
-        let seq: i64 = row.try_get("", "seq")?;
-        max = max.max(seq);
-    }
-    Ok(max)
+    })
 }
 
 /// The global ids of rows by local key.

@@ -1,0 +1,92 @@
+//! How many statements the receive path sends to SQLite for one pushed
+//! change: each is a round trip to sqlx's SQLite thread (0.15-0.25 ms on a
+//! busy 2-core machine), which is most of what a small batch costs. The
+//! transaction's BEGIN and COMMIT come on top (sea-orm does not report
+//! them to the callback).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::{Device, tag};
+use sea_orm::{ActiveValue::Set, ConnectOptions, Database, EntityTrait};
+use sync_core::__private::steps;
+use sync_core::Change;
+use uuid::Uuid;
+
+/// A device whose every statement is recorded in `seen`.
+async fn counted(n: u128, seen: &Arc<Mutex<Vec<String>>>) -> Device {
+    let mut options = ConnectOptions::new("sqlite::memory:");
+    options.max_connections(1).sqlx_logging(false);
+    let mut db = Database::connect(options).await.unwrap();
+    common::create_all(&db).await;
+    let log = seen.clone();
+    db.set_metric_callback(move |info| {
+        log.lock().unwrap().push(info.statement.sql.clone());
+    });
+    common::open_device(db, n, sync_core::clock::ManualTime::new(common::EPOCH)).await
+}
+
+/// The statements `b` runs to apply `changes` of `a`, pushed.
+async fn statements(
+    a: &Device,
+    b: &Device,
+    seen: &Arc<Mutex<Vec<String>>>,
+    changes: &[Change],
+) -> Vec<String> {
+    let batch = steps::sealed_batch(&a.engine, changes).unwrap();
+    seen.lock().unwrap().clear();
+    let report = steps::apply_pushed(&b.engine, vec![batch]).await.unwrap();
+    assert_eq!(report.applied, changes.len() as u64, "{report:?}");
+    seen.lock().unwrap().clone()
+}
+
+#[tokio::test]
+async fn one_pushed_change_is_applied_in_two_statements() {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let a = common::device(1).await;
+    let b = counted(2, &seen).await;
+    common::pair_each(&[&a, &b]).await;
+    for round in 0..3 {
+        // A new record: its row, its waiters and its table's highest key
+        // in one query; the writes in another.
+        let mut tx = a.engine.begin().await.unwrap();
+        let row = tx
+            .insert(tag::ActiveModel {
+                gid: Set(Uuid::new_v4()),
+                name: Set(format!("t{round}")),
+                color: Set(None),
+                weight: Set(0),
+                parent_id: Set(None),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let created = tx.commit().await.unwrap();
+        let run = statements(&a, &b, &seen, &created).await;
+        assert_eq!(run.len(), 2, "a create, round {round}: {run:#?}");
+
+        // An update of it.
+        let mut tx = a.engine.begin().await.unwrap();
+        tx.update(tag::Model {
+            name: format!("renamed {round}"),
+            ..row
+        })
+        .await
+        .unwrap();
+        let updated = tx.commit().await.unwrap();
+        let run = statements(&a, &b, &seen, &updated).await;
+        assert_eq!(run.len(), 2, "an update, round {round}: {run:#?}");
+    }
+    assert_eq!(
+        tag::Entity::find().all(b.engine.database()).await.unwrap(),
+        tag::Entity::find().all(a.engine.database()).await.unwrap()
+    );
+}
