@@ -21,12 +21,36 @@ use sync_core::__private::steps;
 use sync_core::Change;
 use uuid::Uuid;
 
+/// A shared model whose name on the wire is not its table's.
+pub mod renamed {
+    use sea_orm::entity::prelude::*;
+    use sync_core::Syncable;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Syncable)]
+    #[sea_orm(table_name = "renamed_rows")]
+    #[sync(shared, name = "renamed")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[sea_orm(unique)]
+        #[sync(id)]
+        pub gid: Uuid,
+        pub note: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// A device whose every statement is recorded in `seen`.
 async fn counted(n: u128, seen: &Arc<Mutex<Vec<String>>>) -> Device {
     let mut options = ConnectOptions::new("sqlite::memory:");
     options.max_connections(1).sqlx_logging(false);
     let mut db = Database::connect(options).await.unwrap();
     common::create_all(&db).await;
+    common::create_table(&db, renamed::Entity).await;
     let log = seen.clone();
     db.set_metric_callback(move |info| {
         log.lock().unwrap().push(info.statement.sql.clone());
@@ -51,7 +75,7 @@ async fn statements(
 #[tokio::test]
 async fn one_pushed_change_is_applied_in_two_statements() {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let a = common::device(1).await;
+    let a = counted(1, &Arc::default()).await;
     let b = counted(2, &seen).await;
     common::pair_each(&[&a, &b]).await;
     for round in 0..3 {
@@ -117,4 +141,40 @@ async fn one_local_insert_commits_in_three_statements() {
         assert_eq!(run.len(), 3, "round {round}: {run:#?}");
     }
     assert_eq!(a.engine.status().log_len, 3);
+}
+
+/// A model named apart from its table: its highest key comes in the same
+/// query (found by the model's name, the sequence by the table's), and a
+/// received row does not take the key of a row deleted since.
+#[tokio::test]
+async fn a_renamed_models_highest_key_comes_in_the_same_query() {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let a = counted(1, &Arc::default()).await;
+    let b = counted(2, &seen).await;
+    common::pair_each(&[&a, &b]).await;
+    let insert = |note: &str| renamed::ActiveModel {
+        gid: Set(Uuid::new_v4()),
+        note: Set(note.into()),
+        ..Default::default()
+    };
+    // b's own row, with the highest key, deleted.
+    let mut tx = b.engine.begin().await.unwrap();
+    let own = tx.insert(insert("own")).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = b.engine.begin().await.unwrap();
+    assert!(tx.delete::<renamed::Model>(own.gid).await.unwrap());
+    tx.commit().await.unwrap();
+
+    let mut tx = a.engine.begin().await.unwrap();
+    let row = tx.insert(insert("from a")).await.unwrap();
+    let created = tx.commit().await.unwrap();
+    let run = statements(&a, &b, &seen, &created).await;
+    assert_eq!(run.len(), 2, "{run:#?}");
+    let here = renamed::Entity::find()
+        .all(b.engine.database())
+        .await
+        .unwrap();
+    assert_eq!(here.len(), 1);
+    assert_eq!(here[0].gid, row.gid);
+    assert!(here[0].id > own.id, "key {} reused", here[0].id);
 }
