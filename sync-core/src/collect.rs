@@ -47,8 +47,8 @@ use crate::error::EngineError;
 use crate::project::{Facts, Input, Presence, RecordKey};
 use crate::protocol::SnapshotRow;
 use crate::state::{OwnedState, RecordState, SharedImage, SharedState, Tombstone};
-use crate::value::WireValue;
 use crate::store;
+use crate::value::WireValue;
 use crate::vector::VersionVector;
 use crate::write;
 
