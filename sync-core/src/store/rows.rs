@@ -118,10 +118,17 @@ pub(crate) async fn load_for_plan<C: ConnectionTrait>(
     // `model` the model of the record (of the parent, for a waiter).
     let mut sql = String::new();
     let mut values: Vec<Value> = Vec::new();
-    for (rank, ids) in by_rank {
+    for (rank, mut ids) in by_rank {
         let Some(desc) = registry.at(rank) else {
             continue;
         };
+        // Lists padded (with their last id again) to a power of two: the
+        // connection caches each distinct statement it prepares, and an
+        // exact length per model per batch would fill that cache with
+        // near copies.
+        if let Some(last) = ids.last().cloned() {
+            ids.resize(ids.len().next_power_of_two(), last);
+        }
         let list = super::placeholders(ids.len());
         sql.push_str(&format!(
             "SELECT 0 AS part, record, presence, local_key, aside, state, model,
