@@ -531,10 +531,6 @@ impl Engine {
     }
 }
 
-/// The state that shows a record as deleted, for a record dropped because
-/// its tombstone was collected elsewhere. Kept for a shared record (it
-/// stops any write that lost to the delete); for a device-owned one it only
-/// drives the projection, and is not stored.
 /// The records that held snapshot rows are of, or refer to (by model
 /// name and id). A row that does not decode is left out: it can never
 /// apply.
@@ -575,6 +571,10 @@ fn held_records(
     out
 }
 
+/// The state that shows a record as deleted, for a record dropped because
+/// its tombstone was collected elsewhere. Kept for a shared record (it
+/// stops any write that lost to the delete); for a device-owned one it only
+/// drives the projection, and is not stored.
 fn tombstone_of(device: Uuid, state: RecordState) -> Option<RecordState> {
     Some(match state {
         RecordState::Shared(s) => {
