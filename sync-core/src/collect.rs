@@ -46,7 +46,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::project::{Facts, Input, Presence, RecordKey};
 use crate::protocol::SnapshotRow;
-use crate::state::{OwnedState, RecordState, SharedImage, SharedState, Tombstone};
+use crate::state::{RecordState, SharedState, Tombstone};
 use crate::store;
 use crate::value::WireValue;
 use crate::vector::VersionVector;
@@ -544,21 +544,14 @@ fn held_records(
             continue;
         };
         out.insert((desc.name(), h.record));
-        let state = match rmp_serde::from_slice::<SnapshotRow>(&h.row) {
-            Ok(SnapshotRow::Owned(bytes)) => match bytes.decode() {
-                Ok(change) => RecordState::Owned(OwnedState { change, bytes }),
-                Err(_) => continue,
-            },
-            Ok(SnapshotRow::Shared { image, .. }) => {
-                match rmp_serde::from_slice::<SharedImage>(&image)
-                    .map_err(|e| e.to_string())
-                    .and_then(SharedImage::into_state)
-                {
-                    Ok(state) => RecordState::Shared(state),
-                    Err(_) => continue,
-                }
-            }
+        // A snapshot row carries the state as a record stores it.
+        let bytes = match rmp_serde::from_slice::<SnapshotRow>(&h.row) {
+            Ok(SnapshotRow::Owned(change)) => change.0,
+            Ok(SnapshotRow::Shared { image, .. }) => image,
             Err(_) => continue,
+        };
+        let Ok(state) = RecordState::decode(desc.meta().ownership, &bytes) else {
+            continue;
         };
         for r in desc.meta().references() {
             if let (Some(WireValue::Uuid(Some(target))), Some(to)) =

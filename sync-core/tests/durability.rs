@@ -24,16 +24,7 @@ use sync_core::clock::ManualTime;
 use sync_core::{EngineError, SyncModel};
 use uuid::Uuid;
 
-fn new_tag(name: &str) -> tag::ActiveModel {
-    tag::ActiveModel {
-        gid: Set(Uuid::new_v4()),
-        name: Set(name.into()),
-        color: Set(None),
-        weight: Set(0),
-        parent_id: Set(None),
-        ..Default::default()
-    }
-}
+use common::new_tag;
 
 async fn write_tags(net: &mut Net, i: usize, n: usize, prefix: &str) {
     let d = &net.nodes[i].dev;

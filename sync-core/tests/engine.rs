@@ -11,21 +11,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Device, collection, device, entry, location, membership, tag, volume};
+use common::{Device, device, entry, location, membership, tag, volume};
 use sea_orm::{ActiveValue::Set, EntityTrait, PaginatorTrait};
 use sync_core::{Change, ConflictKind, EngineError, Op, RejectReason, SyncModel, WireValue};
 use uuid::Uuid;
 
-fn new_tag(name: &str) -> tag::ActiveModel {
-    tag::ActiveModel {
-        gid: Set(Uuid::new_v4()),
-        name: Set(name.into()),
-        color: Set(None),
-        weight: Set(0),
-        parent_id: Set(None),
-        ..Default::default()
-    }
-}
+use common::new_tag;
 
 async fn create_tag(d: &Device, name: &str) -> (tag::Model, Vec<Change>) {
     let mut tx = d.engine.begin().await.unwrap();
@@ -311,14 +302,7 @@ async fn shared_children_arriving_before_their_parents_wait_for_them() {
         })
         .await
         .unwrap();
-    let coll = tx
-        .insert(collection::ActiveModel {
-            gid: Set(Uuid::new_v4()),
-            name: Set("trip".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let coll = tx.insert(common::new_collection("trip")).await.unwrap();
     let member = tx
         .insert(membership::ActiveModel {
             gid: Set(Uuid::new_v4()),

@@ -21,16 +21,7 @@ use sync_core::__private::steps;
 use sync_core::{Change, ConflictKind, Op, RejectReason, SyncModel, WireValue};
 use uuid::Uuid;
 
-fn new_tag(name: &str) -> tag::ActiveModel {
-    tag::ActiveModel {
-        gid: Set(Uuid::new_v4()),
-        name: Set(name.into()),
-        color: Set(None),
-        weight: Set(0),
-        parent_id: Set(None),
-        ..Default::default()
-    }
-}
+use common::new_tag;
 
 async fn rows<M: SyncModel>(d: &Device) -> Vec<M> {
     <M::Entity as EntityTrait>::find()
@@ -201,14 +192,7 @@ async fn a_change_settled_by_a_deleted_parent_is_relayed_not_parked() {
     let (coll, create) = {
         let a = &net.nodes[0].dev;
         let mut tx = a.engine.begin().await.unwrap();
-        let c = tx
-            .insert(collection::ActiveModel {
-                gid: Set(Uuid::new_v4()),
-                name: Set("trip".into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let c = tx.insert(common::new_collection("trip")).await.unwrap();
         (c, tx.commit().await.unwrap())
     };
     net.nodes[1].dev.engine.apply(create.clone()).await.unwrap();
@@ -320,14 +304,7 @@ async fn a_tombstone_a_held_row_refers_to_is_not_collected_before_it_applies() {
     common::pair_each(&[&a, &c]).await;
     // c makes a collection; a, 30 s ahead of c (bound: 5 s), adds a member.
     let mut tx = c.engine.begin().await.unwrap();
-    let coll = tx
-        .insert(collection::ActiveModel {
-            gid: Set(Uuid::new_v4()),
-            name: Set("trip".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let coll = tx.insert(common::new_collection("trip")).await.unwrap();
     let create = tx.commit().await.unwrap();
     a.receive(&create).await;
     a.time.advance(Duration::from_secs(30));

@@ -83,14 +83,7 @@ async fn one_pushed_change_is_applied_in_two_statements() {
         // in one query; the writes in another.
         let mut tx = a.engine.begin().await.unwrap();
         let row = tx
-            .insert(tag::ActiveModel {
-                gid: Set(Uuid::new_v4()),
-                name: Set(format!("t{round}")),
-                color: Set(None),
-                weight: Set(0),
-                parent_id: Set(None),
-                ..Default::default()
-            })
+            .insert(common::new_tag(&format!("t{round}")))
             .await
             .unwrap();
         let created = tx.commit().await.unwrap();
@@ -125,16 +118,9 @@ async fn one_local_insert_commits_in_three_statements() {
     for round in 0..3 {
         seen.lock().unwrap().clear();
         let mut tx = a.engine.begin().await.unwrap();
-        tx.insert(tag::ActiveModel {
-            gid: Set(Uuid::new_v4()),
-            name: Set(format!("t{round}")),
-            color: Set(None),
-            weight: Set(0),
-            parent_id: Set(None),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        tx.insert(common::new_tag(&format!("t{round}")))
+            .await
+            .unwrap();
         let changes = tx.commit().await.unwrap();
         assert_eq!(changes.len(), 1);
         let run = seen.lock().unwrap().clone();

@@ -147,21 +147,11 @@ pub(crate) async fn load_for_plan<C: ConnectionTrait>(
         let Some(desc) = registry.at(*rank) else {
             continue;
         };
-        let meta = desc.meta();
-        let highest = format!(
-            "SELECT MAX({}) AS m FROM {}",
-            super::ident(meta.local_key_column),
-            super::ident(meta.table)
-        );
         // Bound in the order of the placeholders: the model's name, then
-        // the table's.
+        // the subquery's.
+        let (from, bound) = super::key_candidates(desc, *auto);
         values.push(desc.name().into());
-        let from = if *auto {
-            values.push(meta.table.into());
-            format!("({highest} UNION ALL SELECT seq AS m FROM sqlite_sequence WHERE name = ?)")
-        } else {
-            format!("({highest})")
-        };
+        values.extend(bound);
         sql.push_str(&format!(
             "SELECT 2 AS part, NULL AS record, NULL AS presence, MAX(m) AS local_key,
                     NULL AS aside, NULL AS state, ? AS model, NULL AS waiter FROM {from};\n"

@@ -357,6 +357,19 @@ pub(crate) async fn max_key<C: ConnectionTrait>(
     desc: &ModelDescriptor,
     autoincrement: bool,
 ) -> Result<i64, StoreError> {
+    let (keys, values) = key_candidates(desc, autoincrement);
+    let row = db
+        .query_one_raw(stmt(&format!("SELECT MAX(m) AS m FROM {keys}"), values))
+        .await?;
+    Ok(match row {
+        Some(row) => row.try_get::<Option<i64>>("", "m")?.unwrap_or(0),
+        None => 0,
+    })
+}
+
+/// A subquery of the keys whose maximum is `max_key`'s answer (column `m`),
+/// with the values it binds.
+pub(crate) fn key_candidates(desc: &ModelDescriptor, autoincrement: bool) -> (String, Vec<Value>) {
     let meta = desc.meta();
     let highest = format!(
         "SELECT MAX({}) AS m FROM {}",
@@ -364,22 +377,14 @@ pub(crate) async fn max_key<C: ConnectionTrait>(
         ident(meta.table)
     );
     // `sqlite_sequence` exists once any AUTOINCREMENT table does.
-    let (sql, values) = if autoincrement {
+    if autoincrement {
         (
-            format!(
-                "SELECT MAX(m) AS m FROM ({highest} UNION ALL \
-                 SELECT seq AS m FROM sqlite_sequence WHERE name = ?)"
-            ),
+            format!("({highest} UNION ALL SELECT seq AS m FROM sqlite_sequence WHERE name = ?)"),
             vec![meta.table.into()],
         )
     } else {
-        (highest, vec![])
-    };
-    let row = db.query_one_raw(stmt(&sql, values)).await?;
-    Ok(match row {
-        Some(row) => row.try_get::<Option<i64>>("", "m")?.unwrap_or(0),
-        None => 0,
-    })
+        (format!("({highest})"), vec![])
+    }
 }
 
 /// The global ids of rows by local key.

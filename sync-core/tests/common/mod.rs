@@ -226,6 +226,29 @@ pub mod collection {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// A new top-level tag named `name`.
+pub fn new_tag(name: &str) -> tag::ActiveModel {
+    use sea_orm::ActiveValue::Set;
+    tag::ActiveModel {
+        gid: Set(Uuid::new_v4()),
+        name: Set(name.into()),
+        color: Set(None),
+        weight: Set(0),
+        parent_id: Set(None),
+        ..Default::default()
+    }
+}
+
+/// A new collection named `name`.
+pub fn new_collection(name: &str) -> collection::ActiveModel {
+    use sea_orm::ActiveValue::Set;
+    collection::ActiveModel {
+        gid: Set(Uuid::new_v4()),
+        name: Set(name.into()),
+        ..Default::default()
+    }
+}
+
 /// A shared row that needs a collection and may name a tag.
 pub mod membership {
     use sea_orm::entity::prelude::*;
