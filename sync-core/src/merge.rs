@@ -10,6 +10,8 @@
 //! that its successor had seen (the successor's `base` is at least its
 //! clock, or both came from one device) is superseded, not lost.
 
+use std::borrow::Cow;
+
 use uuid::Uuid;
 
 use crate::change::{Change, Op};
@@ -100,7 +102,7 @@ fn tombstone_write(t: &Tombstone) -> Write {
 /// Folds one field write into a shared record.
 pub(crate) fn merge_field(
     state: &mut SharedState,
-    name: &str,
+    name: Cow<'_, str>,
     incoming: FieldState,
     site: Site,
     conflicts: &mut Vec<NewConflict>,
@@ -109,28 +111,28 @@ pub(crate) fn merge_field(
         if t.seen.is_none_or(|seen| incoming.hlc > seen) {
             conflicts.push(site.conflict(
                 ConflictKind::Deleted,
-                Some(name),
+                Some(&name),
                 write_of(&incoming),
                 Some(tombstone_write(t)),
             ));
         }
         return Merged::Superseded;
     }
-    match state.fields.get(name) {
+    match state.fields.get(name.as_ref()) {
         None => {
-            state.fields.insert(name.to_owned(), incoming);
+            state.fields.insert(name.into_owned(), incoming);
             Merged::Changed
         }
         Some(local) if incoming.hlc > local.hlc => {
             if concurrent(local, &incoming) && local.value != incoming.value {
                 conflicts.push(site.conflict(
                     ConflictKind::Overwritten,
-                    Some(name),
+                    Some(&name),
                     write_of(local),
                     Some(write_of(&incoming)),
                 ));
             }
-            state.fields.insert(name.to_owned(), incoming);
+            state.fields.insert(name.into_owned(), incoming);
             Merged::Changed
         }
         Some(local) if incoming.hlc == local.hlc => Merged::Superseded,
@@ -138,7 +140,7 @@ pub(crate) fn merge_field(
             if concurrent(&incoming, local) && local.value != incoming.value {
                 conflicts.push(site.conflict(
                     ConflictKind::Outdated,
-                    Some(name),
+                    Some(&name),
                     write_of(&incoming),
                     Some(write_of(local)),
                 ));
@@ -178,7 +180,8 @@ pub(crate) fn merge_tombstone(
     Merged::Changed
 }
 
-/// Folds a shared change into a shared record.
+/// Folds a shared change into a shared record, copying the values it
+/// keeps.
 pub(crate) fn merge_shared_change(
     state: &mut SharedState,
     change: &Change,
@@ -186,40 +189,84 @@ pub(crate) fn merge_shared_change(
     conflicts: &mut Vec<NewConflict>,
 ) -> Merged {
     match &change.op {
-        Op::Delete { seen } => merge_tombstone(
+        Op::Delete { seen } => merge_tombstone(state, tombstone_of(change, *seen), site, conflicts),
+        Op::Upsert(fields) => merge_upsert(
             state,
-            Tombstone {
-                device: change.device,
-                hlc: change.hlc,
-                seen: *seen,
-                delete: Some((change.origin, change.seq)),
-            },
+            change,
+            fields
+                .iter()
+                .map(|f| (Cow::Borrowed(f.name.as_str()), f.value.clone(), f.base)),
             site,
             conflicts,
         ),
+    }
+}
+
+/// Folds a shared change into a shared record, moving the names and values
+/// it keeps out of the change: what the receive path does, which has no
+/// use for them afterwards. The change is left an upsert of no fields.
+pub(crate) fn absorb_shared_change(
+    state: &mut SharedState,
+    change: &mut Change,
+    site: Site,
+    conflicts: &mut Vec<NewConflict>,
+) -> Merged {
+    match &mut change.op {
+        Op::Delete { seen } => {
+            let seen = *seen;
+            merge_tombstone(state, tombstone_of(change, seen), site, conflicts)
+        }
         Op::Upsert(fields) => {
-            let mut merged = Merged::Superseded;
-            for f in fields {
-                let incoming = FieldState {
-                    value: f.value.clone(),
-                    hlc: change.hlc,
-                    base: f.base,
-                    device: change.device,
-                };
-                if merge_field(state, &f.name, incoming, site, conflicts) == Merged::Changed {
-                    merged = Merged::Changed;
-                }
-            }
-            merged
+            let fields = std::mem::take(fields);
+            merge_upsert(
+                state,
+                change,
+                fields
+                    .into_iter()
+                    .map(|f| (Cow::Owned(f.name), f.value, f.base)),
+                site,
+                conflicts,
+            )
         }
     }
+}
+
+fn tombstone_of(change: &Change, seen: Option<Timestamp>) -> Tombstone {
+    Tombstone {
+        device: change.device,
+        hlc: change.hlc,
+        seen,
+        delete: Some((change.origin, change.seq)),
+    }
+}
+
+fn merge_upsert<'a>(
+    state: &mut SharedState,
+    change: &Change,
+    fields: impl Iterator<Item = (Cow<'a, str>, WireValue, Option<Timestamp>)>,
+    site: Site,
+    conflicts: &mut Vec<NewConflict>,
+) -> Merged {
+    let mut merged = Merged::Superseded;
+    for (name, value, base) in fields {
+        let incoming = FieldState {
+            value,
+            hlc: change.hlc,
+            base,
+            device: change.device,
+        };
+        if merge_field(state, name, incoming, site, conflicts) == Merged::Changed {
+            merged = Merged::Changed;
+        }
+    }
+    merged
 }
 
 /// Folds a peer's whole state of a shared record (a snapshot row) into the
 /// record held.
 pub(crate) fn merge_shared_state(
     state: &mut SharedState,
-    incoming: &SharedState,
+    incoming: SharedState,
     site: Site,
     conflicts: &mut Vec<NewConflict>,
 ) -> Merged {
@@ -229,8 +276,8 @@ pub(crate) fn merge_shared_state(
     {
         merged = Merged::Changed;
     }
-    for (name, f) in &incoming.fields {
-        if merge_field(state, name, f.clone(), site, conflicts) == Merged::Changed {
+    for (name, f) in incoming.fields {
+        if merge_field(state, Cow::Owned(name), f, site, conflicts) == Merged::Changed {
             merged = Merged::Changed;
         }
     }
@@ -308,7 +355,7 @@ pub(crate) fn merge_state(
             Ok(Merged::Changed)
         }
         (Some(RecordState::Shared(mut s)), RecordState::Shared(i)) => {
-            let m = merge_shared_state(&mut s, &i, site, conflicts);
+            let m = merge_shared_state(&mut s, i, site, conflicts);
             *held = Some(RecordState::Shared(s));
             Ok(m)
         }
@@ -497,7 +544,7 @@ mod tests {
             } => {
                 merge_field(
                     state,
-                    ["a", "b", "c"][*field as usize],
+                    Cow::Borrowed(["a", "b", "c"][*field as usize]),
                     FieldState {
                         value: WireValue::I32(Some(*value)),
                         hlc: ts(*t, *dev),
@@ -562,7 +609,7 @@ mod tests {
             }
             prop_assert_eq!(&before, &s);
             let mut again = Vec::new();
-            prop_assert_eq!(merge_shared_state(&mut s, &before, SITE, &mut again), Merged::Superseded);
+            prop_assert_eq!(merge_shared_state(&mut s, before.clone(), SITE, &mut again), Merged::Superseded);
             prop_assert!(again.is_empty(), "{:?}", again);
             prop_assert_eq!(before, s);
         }
@@ -575,11 +622,11 @@ mod tests {
             let mut left = sa.clone();
             let mut ignored = Vec::new();
             let mut bc = sb.clone();
-            merge_shared_state(&mut bc, &sc, SITE, &mut ignored);
-            merge_shared_state(&mut left, &bc, SITE, &mut ignored);
+            merge_shared_state(&mut bc, sc.clone(), SITE, &mut ignored);
+            merge_shared_state(&mut left, bc, SITE, &mut ignored);
             let mut right = sa.clone();
-            merge_shared_state(&mut right, &sb, SITE, &mut ignored);
-            merge_shared_state(&mut right, &sc, SITE, &mut ignored);
+            merge_shared_state(&mut right, sb, SITE, &mut ignored);
+            merge_shared_state(&mut right, sc, SITE, &mut ignored);
             let all: Vec<Event> = a.iter().chain(&b).chain(&c).cloned().collect();
             prop_assert_eq!(&left, &right);
             prop_assert_eq!(&left, &fold(&all));

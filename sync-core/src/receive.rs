@@ -27,7 +27,7 @@ use crate::merge::{self, Invalid, Merged, NewConflict, Site};
 use crate::model::Ownership;
 use crate::project::{Facts, Input, Presence, RecordKey};
 use crate::protocol::{SnapshotCursor, SnapshotRow};
-use crate::state::{OwnedState, RecordState, SharedImage};
+use crate::state::{OwnedState, RecordState, SharedImage, SharedState};
 use crate::store;
 use crate::trust::check::check_batch;
 use crate::trust::seal::{Husk, Seal, SealProof, Skeleton};
@@ -320,7 +320,7 @@ impl Engine {
     #[tracing::instrument(skip_all, fields(device = %self.device()))]
     pub(crate) async fn receive(
         &self,
-        incoming: Incoming,
+        mut incoming: Incoming,
     ) -> Result<(ApplyReport, Vec<ChangeOutcome>), EngineError> {
         let started = std::time::Instant::now();
         let received_count: usize = incoming.batches.iter().map(|b| b.changes.len()).sum();
@@ -361,7 +361,7 @@ impl Engine {
         let mut claimed: BTreeMap<Uuid, u64> = BTreeMap::new();
         {
             let clock = self.clock();
-            for (batch_ix, batch) in incoming.batches.iter().enumerate() {
+            for (batch_ix, batch) in incoming.batches.iter_mut().enumerate() {
                 // A claim whose numbers do not fit what the store holds
                 // (SQLite's signed 64-bit integers) proves nothing.
                 let mut track = ClaimTrack {
@@ -380,9 +380,11 @@ impl Engine {
                     let slot = claimed.entry(batch.origin).or_default();
                     *slot = (*slot).max(upto);
                 }
-                let mut decoded: Vec<(Change, &EncodedChange)> =
+                // The batch's bytes move into the items: nothing below
+                // reads them from the batch.
+                let mut decoded: Vec<(Change, EncodedChange)> =
                     Vec::with_capacity(batch.changes.len());
-                for bytes in &batch.changes {
+                for bytes in std::mem::take(&mut batch.changes) {
                     match bytes.decode() {
                         Ok(c) => decoded.push((c, bytes)),
                         Err(e) => {
@@ -467,17 +469,14 @@ impl Engine {
                     match verdict {
                         Ok(()) => {
                             new_origins.entry(origin).or_insert(change.device);
-                            items.push(Item::Change {
-                                change,
-                                bytes: bytes.clone(),
-                            });
+                            items.push(Item::Change { change, bytes });
                         }
                         Err(reason) if reason.is_final() => {
                             final_seqs.push((origin, seq));
                             if proven.is_some() {
                                 // Served on as it came: its device is known.
                                 new_origins.entry(origin).or_insert(change.device);
-                                refused_log.push((origin, seq, bytes.clone()));
+                                refused_log.push((origin, seq, bytes));
                             }
                             outcomes.push((origin, seq, Outcome::Refused(reason.clone())));
                             report.rejected.push(Rejection {
@@ -581,12 +580,16 @@ impl Engine {
             })
             .collect();
         let mut merged_items: Vec<(usize, RecordKey, Merged)> = Vec::new();
+        let publish = self.inner.applied.receiver_count() > 0;
+        // What subscribers are sent of the shared changes merged, by item.
+        let mut whole: BTreeMap<usize, Change> = BTreeMap::new();
         {
             let mut clock = self.clock();
-            for (ix, item) in items.iter().enumerate() {
+            for (ix, item) in items.iter_mut().enumerate() {
                 let Some(key) = self.key_of(item) else {
                     continue;
                 };
+                let clocks = item_clocks(item);
                 let Some(desc) = registry.at(key.rank) else {
                     continue;
                 };
@@ -609,7 +612,12 @@ impl Engine {
                                 }
                                 None => Default::default(),
                             };
-                            let m = merge::merge_shared_change(
+                            if publish {
+                                // Subscribers see the change whole; the
+                                // merge takes its values.
+                                whole.insert(ix, change.clone());
+                            }
+                            let m = merge::absorb_shared_change(
                                 &mut state,
                                 change,
                                 site,
@@ -649,12 +657,15 @@ impl Engine {
                         }
                     },
                     Item::Row { state, .. } => {
-                        merge::merge_state(slot, state.clone(), owner_field, site, &mut conflicts)
+                        // Nothing reads the row's state after its merge.
+                        let state =
+                            std::mem::replace(state, RecordState::Shared(SharedState::default()));
+                        merge::merge_state(slot, state, owner_field, site, &mut conflicts)
                     }
                 };
                 match result {
                     Ok(m) => {
-                        for ts in item_clocks(item) {
+                        for ts in clocks {
                             // Checked in triage: within the bound.
                             let _ = clock.observe(&ts, now);
                         }
@@ -774,7 +785,6 @@ impl Engine {
         let mut applied_changes: Vec<Change> = Vec::new();
         // Per writing device, the newest clock applied: commit-to-applied.
         let mut newest: BTreeMap<Uuid, u64> = BTreeMap::new();
-        let publish = self.inner.applied.receiver_count() > 0;
         for (ix, key, m) in &merged_items {
             let shown = writes.shown.get(key).copied();
             let outcome = match m {
@@ -808,7 +818,7 @@ impl Engine {
                     let slot = newest.entry(change.device).or_default();
                     *slot = (*slot).max(at);
                     if publish {
-                        applied_changes.push(change.clone());
+                        applied_changes.push(whole.remove(ix).unwrap_or_else(|| change.clone()));
                     }
                 }
                 outcomes.push((change.origin, change.seq, outcome));

@@ -9,6 +9,7 @@
 //! has not received yet, so the state served is always the state received.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -157,7 +158,11 @@ impl RecordState {
     pub(crate) fn encode(&self) -> Result<Vec<u8>, String> {
         match self {
             RecordState::Shared(s) => {
-                rmp_serde::to_vec(&ImageRef::of(s)).map_err(|e| e.to_string())
+                // Sized for a typical field, so the buffer is not regrown
+                // as it fills; the bytes are `rmp_serde::to_vec`'s.
+                let mut buf = Vec::with_capacity(48 + 40 * s.fields.len());
+                rmp_serde::encode::write(&mut buf, &ImageRef::of(s)).map_err(|e| e.to_string())?;
+                Ok(buf)
             }
             RecordState::Owned(o) => Ok(o.bytes.0.clone()),
         }
@@ -291,36 +296,48 @@ impl SharedImage {
     }
 
     pub(crate) fn into_state(self) -> Result<SharedState, String> {
+        let SharedImage {
+            devices,
+            clocks,
+            fields: image_fields,
+            tombstone,
+        } = self;
         let clock = |i: u32| {
-            self.clocks
+            clocks
                 .get(i as usize)
                 .copied()
                 .ok_or_else(|| format!("clock {i} out of range"))
         };
         let device = |i: u32| {
-            self.devices
+            devices
                 .get(i as usize)
                 .copied()
                 .ok_or_else(|| format!("device {i} out of range"))
         };
+        // The decoded names and values move into the state: no copies.
         let mut fields = BTreeMap::new();
-        for ImageField(name, value, hlc, base, writer) in &self.fields {
+        for ImageField(name, value, hlc, base, writer) in image_fields {
             let state = FieldState {
-                value: value.clone(),
-                hlc: clock(*hlc)?,
+                value,
+                hlc: clock(hlc)?,
                 base: base.map(clock).transpose()?,
-                device: device(*writer)?,
+                device: device(writer)?,
             };
-            if fields.insert(name.clone(), state).is_some() {
-                return Err(format!("field `{name}` appears twice"));
+            match fields.entry(name) {
+                Entry::Vacant(slot) => {
+                    slot.insert(state);
+                }
+                Entry::Occupied(twice) => {
+                    return Err(format!("field `{}` appears twice", twice.key()));
+                }
             }
         }
-        let tombstone = match &self.tombstone {
+        let tombstone = match tombstone {
             Some(ImageTombstone(d, h, s, delete)) => Some(Tombstone {
-                device: device(*d)?,
-                hlc: clock(*h)?,
+                device: device(d)?,
+                hlc: clock(h)?,
                 seen: s.map(clock).transpose()?,
-                delete: *delete,
+                delete,
             }),
             None => None,
         };

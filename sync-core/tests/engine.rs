@@ -95,6 +95,23 @@ async fn committed_changes_are_published_to_subscribers() {
     assert_eq!(a.engine.stats().written, 1);
 }
 
+/// Subscribers to applied changes get each change whole, fields and all,
+/// though the merge moves the received values into the record's state.
+#[tokio::test]
+async fn applied_changes_reach_subscribers_whole() {
+    let (a, b) = (device(1).await, device(2).await);
+    let mut applied = b.engine.subscribe_applied();
+    let (row, made) = create_tag(&a, "whole").await;
+    let edited = edit_tag(&a, row.gid, |t| t.color = Some("blue".into())).await;
+    let both: Vec<Change> = made.iter().chain(&edited).cloned().collect();
+    b.receive(&both).await;
+    let got = applied.recv().await.unwrap();
+    assert_eq!(got.as_ref(), both.as_slice());
+    // A change already held is not applied again, so not published again.
+    b.receive(&both).await;
+    assert!(applied.try_recv().is_err());
+}
+
 /// A received row takes a local key the table never gave: in an
 /// AUTOINCREMENT table, not the key of a row deleted since, even when that
 /// row held the highest key.

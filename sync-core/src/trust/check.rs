@@ -67,7 +67,7 @@ pub(crate) fn check_batch(
     origin: Uuid,
     device: Uuid,
     claim: Option<(u64, u64)>,
-    changes: &[(Change, &EncodedChange)],
+    changes: &[(Change, EncodedChange)],
     proofs: &[SealProof],
     standing: &Standing,
 ) -> Proven {
@@ -83,7 +83,7 @@ pub(crate) fn check_batch(
             .map(|c| c.get(&origin).copied().unwrap_or(0)),
         ..Proven::default()
     };
-    let by_seq: BTreeMap<u64, &(Change, &EncodedChange)> =
+    let by_seq: BTreeMap<u64, &(Change, EncodedChange)> =
         changes.iter().map(|c| (c.0.seq, c)).collect();
     let mut covered: BTreeSet<u64> = BTreeSet::new();
     let mut last_end = 0u64;
@@ -173,8 +173,9 @@ mod tests {
         };
         let skeleton = Skeleton::of_leaves(&leaves);
         // Changes 3 and 4, for a peer that holds 1 and 2.
-        let sent: Vec<(Change, &EncodedChange)> =
-            (2..4).map(|i| (changes[i].clone(), &encoded[i])).collect();
+        let sent: Vec<(Change, EncodedChange)> = (2..4)
+            .map(|i| (changes[i].clone(), encoded[i].clone()))
+            .collect();
         let proof = SealProof {
             seal: sealed.clone(),
             husks: vec![],
@@ -205,7 +206,7 @@ mod tests {
         altered.op = Op::Delete { seen: None };
         let altered_bytes = altered.encode().unwrap();
         let mut forged = sent.clone();
-        forged[0] = (altered, &altered_bytes);
+        forged[0] = (altered, altered_bytes);
         let bad = check_batch(
             origin,
             key.device(),
