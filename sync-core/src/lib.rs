@@ -57,7 +57,7 @@ pub use protocol::{
     Ack, Batch, DecodeError, ErrorCode, ErrorMessage, Heartbeat, HeldBack, HeldReport, Hello,
     MAX_LINKS, MAX_MESSAGE_BYTES, MIN_PROTOCOL_VERSION, Members, Message, PROTOCOL_VERSION,
     PullRequest, PullResponse, Push, SnapshotCursor, SnapshotRequest, SnapshotResponse,
-    SnapshotRow, decode, encode,
+    SnapshotRow, VectorSince, decode, encode, vector_digest,
 };
 pub use receive::{ApplyReport, Outcome, RejectReason, Rejection};
 pub use registry::{ModelDescriptor, Registry, RegistryError, dependency_order};

@@ -12,9 +12,9 @@ use crate::trust::{Hash, MemberRecord, SealProof};
 use crate::vector::VersionVector;
 
 /// The protocol version this engine speaks.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 /// The oldest protocol version this engine still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 6;
+pub const MIN_PROTOCOL_VERSION: u16 = 7;
 /// The largest encoded message accepted. Larger payloads are paged.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -234,7 +234,8 @@ pub struct Ack {
 /// Liveness.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
-    /// The sender's vector.
+    /// The sender's vector; empty when [`since`](Heartbeat::since) stands
+    /// for it.
     pub vector: VersionVector,
     /// A digest of the membership records the sender holds.
     #[serde(with = "serde_bytes")]
@@ -251,6 +252,38 @@ pub struct Heartbeat {
     /// tombstone collection waits for (at most [`MAX_LINKS`] are read).
     #[serde(default)]
     pub held: Vec<HeldReport>,
+    /// The sender's vector as a difference from one it sent in full
+    /// earlier in the session: a vector grows with every origin the
+    /// library ever had, and heartbeats go to every peer every few seconds,
+    /// so sending it whole each time is most of a large fleet's traffic.
+    #[serde(default)]
+    pub since: Option<VectorSince>,
+}
+
+/// A vector given as its difference from a base vector, named by its
+/// digest ([`vector_digest`]): a receiver that holds a vector of that
+/// digest rebuilds the sender's exactly, whatever heartbeats were lost
+/// between; one that does not ignores the vector (and what is reported
+/// against it) until the sender's next full heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VectorSince {
+    /// The digest of the base vector.
+    #[serde(with = "serde_bytes")]
+    pub base: Hash,
+    /// Each origin whose number differs from the base, with the sender's
+    /// number (0: none of it).
+    pub differs: Vec<(Uuid, u64)>,
+}
+
+/// The digest that names a vector in [`VectorSince::base`]: of its origins
+/// and numbers, in order (an origin at 0 is one it does not hold).
+pub fn vector_digest(vector: &VersionVector) -> Hash {
+    let mut h = blake3::Hasher::new_derive_key("syncable heartbeat vector v1");
+    for (origin, seq) in vector.iter().filter(|(_, s)| *s > 0) {
+        h.update(origin.as_bytes());
+        h.update(&seq.to_be_bytes());
+    }
+    *h.finalize().as_bytes()
 }
 
 /// What one member of the library held, as a heartbeat reports it: where

@@ -9,7 +9,8 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::protocol::{
     Ack, Batch, ErrorCode, ErrorMessage, Heartbeat, Hello, MIN_PROTOCOL_VERSION, Message,
-    PROTOCOL_VERSION, PullRequest, PullResponse, Push, SnapshotResponse,
+    PROTOCOL_VERSION, PullRequest, PullResponse, Push, SnapshotResponse, VectorSince,
+    vector_digest,
 };
 use crate::receive::{InBatch, Incoming, Outcome};
 use crate::vector::VersionVector;
@@ -113,6 +114,11 @@ pub struct Session {
     /// The membership records sent to the peer: each is sent once, and
     /// again only after a full heartbeat.
     members_sent: std::collections::HashSet<crate::trust::Hash>,
+    /// The vector this device last sent the peer whole, with its digest:
+    /// the heartbeats between full ones carry their difference from it.
+    vector_sent: Option<(crate::trust::Hash, VersionVector)>,
+    /// The vector the peer last sent whole, with its digest.
+    vector_heard: Option<(crate::trust::Hash, VersionVector)>,
 }
 
 /// Every how many heartbeats a session sends every member's report again,
@@ -158,6 +164,8 @@ impl Session {
             reported: std::collections::HashMap::new(),
             members_answered: None,
             members_sent: std::collections::HashSet::new(),
+            vector_sent: None,
+            vector_heard: None,
         }
     }
 
@@ -258,20 +266,25 @@ impl Session {
                 Output::default()
             }
             (_, Message::Heartbeat(beat)) => {
+                let vector = self.vector_of(&beat);
                 if let Some(peer) = self.peer {
-                    self.engine.heard_from(peer, Some(&beat.vector));
+                    self.engine.heard_from(peer, vector.as_ref());
                     self.engine.note_links(peer, &beat.links);
-                    self.engine.note_held(&beat.vector, &beat.held);
+                    // Reports are given against the sender's vector: without
+                    // it they say nothing.
+                    if let Some(v) = &vector {
+                        self.engine.note_held(v, &beat.held);
+                    }
                 }
                 let members = self.members_if_differ(&beat.members);
                 // The peer holds something this device lacks (a push that
                 // was lost, or never sent): fetch it now.
                 let mine = self.engine.vector();
-                if self.state == SessionState::Ready
-                    && self.pulled_from.is_none()
-                    && mine.behind(&beat.vector) > 0
-                    && beat
-                        .vector
+                if let Some(theirs) = vector
+                    .as_ref()
+                    .filter(|_| self.state == SessionState::Ready && self.pulled_from.is_none())
+                    && mine.behind(theirs) > 0
+                    && theirs
                         .iter()
                         .any(|(o, s)| o != self.engine.origin() && s > mine.get(o))
                 {
@@ -607,6 +620,7 @@ impl Session {
             self.members_answered = None;
             self.members_sent.clear();
         }
+        let full = self.beats.is_multiple_of(FULL_HEARTBEAT_EVERY);
         self.beats += 1;
         let vector = self.engine.vector();
         // The peer's own report it knows better.
@@ -620,12 +634,51 @@ impl Session {
             });
             self.reported.insert(r.device, (r.stamp, total));
         }
+        // Between full heartbeats, the vector goes as its difference from
+        // the one last sent whole.
+        let (vector, since) = match &self.vector_sent {
+            Some((digest, base)) if !full => (
+                VersionVector::new(),
+                Some(VectorSince {
+                    base: *digest,
+                    differs: vector.differs_from(base),
+                }),
+            ),
+            _ => {
+                self.vector_sent = Some((vector_digest(&vector), vector.clone()));
+                (vector, None)
+            }
+        };
         Message::Heartbeat(Heartbeat {
             held,
             vector,
             members: self.engine.members_digest(),
             links: self.engine.connected_peers(),
+            since,
         })
+    }
+
+    /// The vector a heartbeat gives, whole or as a difference from one the
+    /// peer sent whole; `None` when that one is not the last heard whole
+    /// (lost, or out of order).
+    fn vector_of(&mut self, beat: &Heartbeat) -> Option<VersionVector> {
+        match &beat.since {
+            None => {
+                self.vector_heard = Some((vector_digest(&beat.vector), beat.vector.clone()));
+                Some(beat.vector.clone())
+            }
+            Some(since) => {
+                let (digest, base) = self.vector_heard.as_ref()?;
+                if *digest != since.base {
+                    return None;
+                }
+                let mut v = base.clone();
+                for (origin, seq) in &since.differs {
+                    v.set(*origin, *seq);
+                }
+                Some(v)
+            }
+        }
     }
 
     /// This device's membership records not sent to the peer yet, if the

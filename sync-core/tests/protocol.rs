@@ -380,7 +380,12 @@ async fn unpaired_devices_other_libraries_and_other_versions_are_refused() {
 
     let mut session = Session::new(a.engine.clone(), SessionConfig::new(LIBRARY));
     let out = session
-        .handle(hello(stranger.id, LIBRARY, 7, 9))
+        .handle(hello(
+            stranger.id,
+            LIBRARY,
+            PROTOCOL_VERSION + 1,
+            PROTOCOL_VERSION + 3,
+        ))
         .await
         .unwrap();
     assert!(
@@ -912,4 +917,77 @@ async fn heartbeats_carry_only_the_reports_a_peer_lacks() {
     let mut expected = vec![(b, 1), (c, 1)];
     expected.sort();
     assert_eq!(full, expected, "a is not told of itself");
+}
+
+/// Between full heartbeats a heartbeat carries its vector as the
+/// difference from the one sent whole last, and the receiver rebuilds it
+/// exactly; a difference from a vector the receiver did not hear whole
+/// tells it nothing.
+#[tokio::test]
+async fn heartbeats_between_full_ones_carry_the_vectors_difference() {
+    let mut net = line_of_three().await;
+    net.run(10_000).await;
+    let b_to_a = |net: &mut Net| match net.nodes[1].sessions.get_mut(&0).unwrap().heartbeat() {
+        Message::Heartbeat(h) => h,
+        other => panic!("not a heartbeat: {other:?}"),
+    };
+    let mut full = b_to_a(&mut net);
+    for _ in 0..sync_core::FULL_HEARTBEAT_EVERY {
+        if full.since.is_none() {
+            break;
+        }
+        full = b_to_a(&mut net);
+    }
+    assert!(full.since.is_none(), "a full heartbeat comes round");
+    assert_eq!(full.vector, net.nodes[1].dev.engine.vector());
+    let quiet = b_to_a(&mut net);
+    let since = quiet.since.clone().expect("the next one is a difference");
+    assert!(quiet.vector.is_empty());
+    assert_eq!(since.base, sync_core::vector_digest(&full.vector));
+    assert!(since.differs.is_empty(), "nothing changed: {since:?}");
+
+    let mut tx = net.nodes[2].dev.engine.begin().await.unwrap();
+    tx.insert(tag::ActiveModel {
+        gid: Set(Uuid::from_u128(82)),
+        name: Set("grown".into()),
+        color: Set(None),
+        weight: Set(0),
+        parent_id: Set(None),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let created = tx.commit().await.unwrap();
+    let (c_origin, c_seq) = (created[0].origin, created[0].seq);
+    net.committed(2, created);
+    net.run(10_000).await;
+    let grown = b_to_a(&mut net);
+    let differs = grown.since.clone().expect("still a difference").differs;
+    assert_eq!(differs, vec![(c_origin, c_seq)]);
+
+    // a rebuilds b's vector from the full heartbeat and the difference.
+    let b = net.nodes[1].dev.id;
+    let b_vector = net.nodes[1].dev.engine.vector();
+    let a_from_b = net.nodes[0].sessions.get_mut(&1).unwrap();
+    a_from_b
+        .handle(Message::Heartbeat(full.clone()))
+        .await
+        .unwrap();
+    a_from_b
+        .handle(Message::Heartbeat(grown.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        net.nodes[0].dev.engine.peer_vector(b),
+        Some(b_vector.clone())
+    );
+    // A difference from a vector a never heard whole changes nothing.
+    let mut stray = grown;
+    if let Some(s) = stray.since.as_mut() {
+        s.base = [7; 32];
+        s.differs = vec![(c_origin, 1_000_000)];
+    }
+    let a_from_b = net.nodes[0].sessions.get_mut(&1).unwrap();
+    a_from_b.handle(Message::Heartbeat(stray)).await.unwrap();
+    assert_eq!(net.nodes[0].dev.engine.peer_vector(b), Some(b_vector));
 }

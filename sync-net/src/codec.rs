@@ -197,6 +197,7 @@ mod tests {
             members: [0; 32],
             links: Vec::new(),
             held: Vec::new(),
+            since: None,
         })
     }
 
