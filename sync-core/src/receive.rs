@@ -163,9 +163,10 @@ impl ApplyReport {
     }
 }
 
-/// Wall time of the receive path's phases, reported through `tracing`
-/// (debug) and the `syncable_apply_phase_seconds` histogram: where a batch's
-/// time goes, without a profiler.
+/// Wall time of the phases of a received batch (`receive`) or a local
+/// commit (`commit`), reported through `tracing` (debug) and the
+/// `syncable_apply_phase_seconds` histogram: where the time goes, without a
+/// profiler.
 pub(crate) struct Phases {
     last: std::time::Instant,
     spent: Vec<(&'static str, std::time::Duration)>,
@@ -187,7 +188,7 @@ impl Phases {
 
     pub(crate) fn report(&self, what: &'static str, items: usize) {
         for (phase, d) in &self.spent {
-            metrics::histogram!("syncable_apply_phase_seconds", "phase" => *phase)
+            metrics::histogram!("syncable_apply_phase_seconds", "what" => what, "phase" => *phase)
                 .record(d.as_secs_f64());
         }
         if tracing::enabled!(tracing::Level::DEBUG) {

@@ -496,6 +496,8 @@ impl<'e> SyncTransaction<'e> {
             w.tx.commit().await?;
             return Ok(Vec::new());
         }
+        let mut phases = crate::receive::Phases::start();
+        let written = pending.len();
         let registry = engine.registry();
         let device = engine.device();
         let origin = engine.origin();
@@ -534,6 +536,7 @@ impl<'e> SyncTransaction<'e> {
             })
             .collect();
         let mut facts = Facts::default();
+        phases.mark("references");
         let loaded = store::load_for_plan(&w.tx, registry, &keys, &[]).await?;
         facts.rows.extend(loaded.rows);
         facts.waiters.extend(loaded.waiters);
@@ -551,6 +554,7 @@ impl<'e> SyncTransaction<'e> {
             })
             .collect();
 
+        phases.mark("load");
         let mut changes = Vec::with_capacity(pending.len());
         let mut sealed: Vec<(u64, Hash, EncodedChange)> = Vec::with_capacity(pending.len());
         let mut husks: Vec<(Uuid, Husk)> = Vec::new();
@@ -671,6 +675,7 @@ impl<'e> SyncTransaction<'e> {
             // Dropping the transaction rolls back the rows written so far.
             return Err(EngineError::Injected("before the log write"));
         }
+        phases.mark("encode");
         let changed: BTreeMap<RecordKey, RecordState> = working
             .into_iter()
             .filter_map(|(k, s)| s.map(|s| (k, s)))
@@ -685,6 +690,7 @@ impl<'e> SyncTransaction<'e> {
         };
         let projection =
             write::project(&w.tx, registry, &engine.inner.tables, &input, &mut facts).await?;
+        phases.mark("plan");
         let mut writes = write::build(
             registry,
             &engine.inner.tables,
@@ -694,6 +700,7 @@ impl<'e> SyncTransaction<'e> {
         )?;
         writes.conflicts.extend(conflicts);
         writes.log = log;
+        phases.mark("build");
         // One seal per commit: its changes are numbered without gaps.
         sealed.sort_by_key(|(seq, _, _)| *seq);
         let first = sealed.first().map_or(0, |(seq, _, _)| *seq);
@@ -708,6 +715,7 @@ impl<'e> SyncTransaction<'e> {
             ));
         }
         let skeleton = Skeleton::of_leaves(&leaves);
+        phases.mark("seal");
         let mut script = store::Script::default();
         write::script(&mut script, registry, &mut writes)?;
         store::save_seals(&mut script, &[(seal.clone(), skeleton)])?;
@@ -721,8 +729,12 @@ impl<'e> SyncTransaction<'e> {
             META_CLOCK,
             engine.clock_time().0.to_be_bytes().to_vec(),
         );
+        phases.mark("bookkeeping");
         let conflicts_added = write::run(&w.tx, script, &writes.conflicts).await?;
+        phases.mark("write");
         w.tx.commit().await?;
+        phases.mark("commit");
+        phases.report("commit", written);
         let now_ms = engine.now_ms();
         {
             let mut m = engine.memory();
