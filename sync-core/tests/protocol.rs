@@ -872,16 +872,7 @@ async fn heartbeats_carry_only_the_reports_a_peer_lacks() {
     assert!(first.is_empty(), "nothing changed since: {first:?}");
 
     let mut tx = net.nodes[2].dev.engine.begin().await.unwrap();
-    tx.insert(tag::ActiveModel {
-        gid: Set(Uuid::from_u128(81)),
-        name: Set("new".into()),
-        color: Set(None),
-        weight: Set(0),
-        parent_id: Set(None),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    tx.insert(common::new_tag("new")).await.unwrap();
     let created = tx.commit().await.unwrap();
     let c_origin = created[0].origin;
     net.committed(2, created);
@@ -947,16 +938,7 @@ async fn heartbeats_between_full_ones_carry_the_vectors_difference() {
     assert!(since.differs.is_empty(), "nothing changed: {since:?}");
 
     let mut tx = net.nodes[2].dev.engine.begin().await.unwrap();
-    tx.insert(tag::ActiveModel {
-        gid: Set(Uuid::from_u128(82)),
-        name: Set("grown".into()),
-        color: Set(None),
-        weight: Set(0),
-        parent_id: Set(None),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    tx.insert(common::new_tag("grown")).await.unwrap();
     let created = tx.commit().await.unwrap();
     let (c_origin, c_seq) = (created[0].origin, created[0].seq);
     net.committed(2, created);
