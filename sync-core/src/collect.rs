@@ -49,7 +49,7 @@ use crate::protocol::SnapshotRow;
 use crate::state::{RecordState, SharedState, Tombstone};
 use crate::store;
 use crate::value::WireValue;
-use crate::vector::VersionVector;
+use crate::vector::{Received, VersionVector};
 use crate::write;
 
 /// `_sync_meta` key of the vector of the snapshot a resync loaded.
@@ -104,8 +104,11 @@ impl Engine {
         // What each unexpired member of the library is known to hold: the
         // latest report of it that heartbeats brought, else (after a
         // restart) a paired peer's acknowledgement; `None` if nothing is
-        // known of one (it may lack any delete).
-        let acked: Option<Vec<VersionVector>> = {
+        // known of one (it may lack any delete). The numbers a report holds
+        // above the member's vector count: a number whose only holder lost
+        // it (a power loss) leaves a gap no vector passes, and a delete
+        // beyond it is held everywhere all the same.
+        let acked: Option<Vec<Received>> = {
             let m = self.memory();
             let me = self.device();
             let members: BTreeSet<Uuid> = m
@@ -127,11 +130,12 @@ impl Engine {
                     // The latest report of it (its own heartbeats for a
                     // paired peer), else a peer's acknowledgement (kept
                     // across restarts).
-                    Some(
-                        heard
-                            .map(|h| h.vector())
-                            .or_else(|| peer.and_then(|p| p.acked.clone())),
-                    )
+                    Some(heard.map(|h| h.holding()).or_else(|| {
+                        peer.and_then(|p| p.acked.clone()).map(|vector| Received {
+                            vector,
+                            ahead: BTreeMap::new(),
+                        })
+                    }))
                 })
                 .collect()
         };
@@ -140,10 +144,10 @@ impl Engine {
         // (or relayed before it held the delete) is then here already,
         // merged into the tombstone, and cannot arrive after it, through
         // any path.
-        let mine = self.vector();
+        let mine = self.memory().received.clone();
         if acked
             .as_ref()
-            .is_none_or(|acked| !acked.iter().all(|a| mine.covers(a)))
+            .is_none_or(|acked| !acked.iter().all(|a| mine.holds_all(a)))
         {
             tracing::debug!(
                 known = acked.is_some(),
@@ -193,7 +197,7 @@ impl Engine {
                             // Every unexpired member holds the delete.
                             Some((origin, seq)) => acked
                                 .as_ref()
-                                .is_some_and(|acked| acked.iter().all(|a| a.get(origin) >= seq)),
+                                .is_some_and(|acked| acked.iter().all(|a| a.contains(origin, seq))),
                             // No number to wait for: a tombstone older than
                             // every origin's log (its entry pruned, so
                             // acknowledged) goes.
@@ -207,9 +211,13 @@ impl Engine {
                     let take = o.change.hlc.get_time().to_duration() < bound
                         && acked
                             .as_ref()
-                            .is_some_and(|acked| acked.iter().all(|a| a.get(origin) >= seq));
+                            .is_some_and(|acked| acked.iter().all(|a| a.contains(origin, seq)));
                     if take {
-                        floors.advance(origin, seq);
+                        // A delete above a gap raises no floor: the numbers
+                        // below it are still served as changes.
+                        if seq <= mine.vector.get(origin) {
+                            floors.advance(origin, seq);
+                        }
                         report.owned += 1;
                     }
                     take

@@ -180,7 +180,7 @@ pub(crate) struct Memory {
     /// This device's own report to members: the vector it last reported
     /// and since when (its stamp), so that the report changes only when
     /// what it holds does.
-    pub(crate) own_report: Option<(u64, VersionVector)>,
+    pub(crate) own_report: Option<(u64, crate::vector::Received)>,
 }
 
 impl Memory {

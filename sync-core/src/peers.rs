@@ -16,7 +16,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::protocol::{HeldBack, HeldReport, MAX_LINKS};
 use crate::store::{self, PeerRecord};
-use crate::vector::VersionVector;
+use crate::vector::{Received, VersionVector};
 
 /// Where the device stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -113,6 +113,8 @@ pub(crate) struct Heard {
     pub(crate) fresh_at: u64,
     /// No newer report for longer than the retention horizon.
     pub(crate) expired: bool,
+    /// Numbers the member holds above its vector (usually none).
+    ahead: BTreeMap<Uuid, BTreeMap<u64, u64>>,
 }
 
 impl Heard {
@@ -131,6 +133,23 @@ impl Heard {
             v.set(*origin, *seq);
         }
         v
+    }
+
+    /// All the member holds: its vector and the numbers above it.
+    pub(crate) fn holding(&self) -> Received {
+        Received {
+            vector: self.vector(),
+            ahead: self.ahead.clone(),
+        }
+    }
+
+    /// The numbers above its vector the member holds, as a report lists
+    /// them.
+    fn ahead_ranges(&self) -> Vec<(Uuid, u64, u64)> {
+        self.ahead
+            .iter()
+            .flat_map(|(origin, ranges)| ranges.iter().map(|(s, e)| (*origin, *s, *e)))
+            .collect()
     }
 
     /// Whether the vector `base` with `differs` set holds all this one does,
@@ -399,6 +418,18 @@ impl Engine {
             let total = differs.iter().fold(base_total, |t, (o, s)| {
                 t.saturating_sub(base.get(*o)).saturating_add(*s)
             });
+            // Ranges above the member's vector, normalised: a range that
+            // is empty, at or below the vector, or overlapping another is
+            // folded or dropped, never trusted as given.
+            let mut above = Received::default();
+            for (origin, start, end) in report.ahead.iter().take(MAX_LINKS) {
+                let held = differs
+                    .get(origin)
+                    .copied()
+                    .unwrap_or_else(|| base.get(*origin));
+                above.vector.set(*origin, held);
+                above.insert(*origin, (*start).max(held.saturating_add(2)), *end);
+            }
             m.heard.insert(
                 device,
                 Heard {
@@ -408,6 +439,7 @@ impl Engine {
                     stamp: report.stamp,
                     fresh_at: now,
                     expired: false,
+                    ahead: above.ahead,
                 },
             );
         }
@@ -443,10 +475,10 @@ impl Engine {
         let me = self.device();
         let mut m = self.memory();
         let stamp = match &m.own_report {
-            Some((stamp, v)) if *v == m.received.vector => *stamp,
+            Some((stamp, r)) if *r == m.received => *stamp,
             _ => {
-                let v = m.received.vector.clone();
-                m.own_report = Some((now, v));
+                let r = m.received.clone();
+                m.own_report = Some((now, r));
                 now
             }
         };
@@ -456,6 +488,7 @@ impl Engine {
                 device: me,
                 stamp,
                 differs: m.received.vector.differs_from(mine),
+                ahead: m.received.ahead_ranges(),
             });
         }
         // Where each base differs from `mine`, once per base.
@@ -471,6 +504,7 @@ impl Engine {
                 device: *device,
                 stamp: h.stamp,
                 differs: h.differs_from(mine, base_differs),
+                ahead: h.ahead_ranges(),
             });
         }
         out

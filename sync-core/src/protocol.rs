@@ -12,9 +12,9 @@ use crate::trust::{Hash, MemberRecord, SealProof};
 use crate::vector::VersionVector;
 
 /// The protocol version this engine speaks.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 /// The oldest protocol version this engine still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 7;
+pub const MIN_PROTOCOL_VERSION: u16 = 8;
 /// The largest encoded message accepted. Larger payloads are paged.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -299,6 +299,14 @@ pub struct HeldReport {
     /// Each origin whose number the member holds differs from the
     /// heartbeat's vector, with the member's number (0: none of it).
     pub differs: Vec<(Uuid, u64)>,
+    /// Numbers the member holds above its vector, as `(origin, first,
+    /// last)`: received out of order, before a gap that has not filled.
+    /// If the only device that held a gap's numbers lost them (a power
+    /// loss), the gap never fills, and what lies beyond it is known to be
+    /// held everywhere only through these (tombstone collection waits for
+    /// it). Usually empty; at most [`MAX_LINKS`] are read.
+    #[serde(default)]
+    pub ahead: Vec<(Uuid, u64, u64)>,
 }
 
 impl HeldReport {

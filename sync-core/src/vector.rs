@@ -168,6 +168,40 @@ impl Received {
             .is_some_and(|(_, end)| seq <= *end)
     }
 
+    /// Whether every number of `origin` in `start..=end` was received.
+    pub(crate) fn holds_range(&self, origin: Uuid, start: u64, end: u64) -> bool {
+        let held = self.vector.get(origin);
+        if end <= held {
+            return true;
+        }
+        let start = start.max(held.saturating_add(1));
+        self.ahead
+            .get(&origin)
+            .and_then(|ranges| ranges.range(..=start).next_back())
+            .is_some_and(|(_, e)| *e >= end)
+    }
+
+    /// Whether this holds every number `other` holds.
+    pub(crate) fn holds_all(&self, other: &Received) -> bool {
+        other
+            .vector
+            .iter()
+            .all(|(origin, seq)| self.holds_range(origin, 1, seq))
+            && other.ahead.iter().all(|(origin, ranges)| {
+                ranges
+                    .iter()
+                    .all(|(start, end)| self.holds_range(*origin, *start, *end))
+            })
+    }
+
+    /// The ranges held above the vector, as `(origin, first, last)`.
+    pub(crate) fn ahead_ranges(&self) -> Vec<(Uuid, u64, u64)> {
+        self.ahead
+            .iter()
+            .flat_map(|(origin, ranges)| ranges.iter().map(|(s, e)| (*origin, *s, *e)))
+            .collect()
+    }
+
     /// Records numbers `start..=end` of `origin` as received. Returns whether
     /// anything changed.
     pub(crate) fn insert(&mut self, origin: Uuid, start: u64, end: u64) -> bool {
@@ -259,6 +293,32 @@ mod tests {
             }
             let contiguous = (1..).take_while(|s| truth.contains(s)).last().unwrap_or(0);
             prop_assert_eq!(r.vector.get(O), contiguous);
+        }
+
+        /// A range is held exactly when each of its numbers is, and one
+        /// received set holds another exactly when it holds each number.
+        #[test]
+        fn held_ranges_are_the_numbers_held(
+            a in prop::collection::vec((1u64..40, 0u64..5), 0..10),
+            b in prop::collection::vec((1u64..40, 0u64..5), 0..10),
+            probe in (1u64..50, 0u64..8),
+        ) {
+            let build = |ranges: &[(u64, u64)]| {
+                let mut r = Received::default();
+                let mut truth = std::collections::BTreeSet::new();
+                for (s, len) in ranges {
+                    r.insert(O, *s, s + len);
+                    truth.extend(*s..=s + len);
+                }
+                (r, truth)
+            };
+            let (ra, ta) = build(&a);
+            let (rb, tb) = build(&b);
+            let (s, len) = probe;
+            prop_assert_eq!(ra.holds_range(O, s, s + len), (s..=s + len).all(|n| ta.contains(&n)));
+            prop_assert_eq!(ra.holds_all(&rb), tb.is_subset(&ta));
+            let listed: usize = ra.ahead_ranges().iter().map(|(_, s, e)| (e - s + 1) as usize).sum();
+            prop_assert_eq!(listed as u64 + ra.vector.get(O), ta.len() as u64);
         }
 
         /// A vector is its base with the entries it differs in set, and

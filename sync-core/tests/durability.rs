@@ -295,6 +295,91 @@ async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
     }
 }
 
+/// A change whose only holder lost it (a power loss before any peer took
+/// it) leaves a gap in its origin's numbers that no vector ever passes. A
+/// delete numbered beyond that gap, held by every device above its vector,
+/// is still collected: heartbeats report the numbers held above a vector,
+/// and collection counts them. (Its tombstone used to stay for ever; the
+/// simulation found it, `power` seed 114.)
+#[tokio::test]
+async fn a_delete_beyond_a_gap_no_one_can_fill_is_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.sqlite");
+    let copy = dir.path().join("a-earlier.sqlite");
+    let time = ManualTime::new(common::EPOCH);
+    let a = device_at(&path, 1, time.clone()).await;
+    let mut net = Net::new(vec![a, device(2).await], 105);
+    // One change per page: a page can end before a number its reader
+    // never gets.
+    net.config.pull_limit = 1;
+    net.pair_all().await;
+    net.connect_all().await;
+    assert!(net.settle(2).await);
+    snapshot(&net.nodes[0].dev, &copy).await;
+    let first_origin = net.nodes[0].dev.engine.origin();
+
+    // Cut off, a writes: 1 creates a volume, 2 and 3 tags, 4 deletes the
+    // volume (which makes 1 a husk, superseded by 4).
+    net.partition(0, 1, true);
+    let vol = write_volume(&mut net, 0).await;
+    write_tags(&mut net, 0, 1, "kept").await;
+    write_tags(&mut net, 0, 1, "lost").await;
+    let d = &net.nodes[0].dev;
+    d.time.advance(Duration::from_millis(5));
+    let mut tx = d.engine.begin().await.unwrap();
+    assert!(tx.delete::<volume::Model>(vol).await.unwrap());
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    net.run(10_000).await;
+
+    // b's first page brings 1 (as a husk) and 2, and 4 beside them (the
+    // state that proves the husk); the link goes before the next page.
+    net.partition(0, 1, false);
+    net.anti_entropy().await;
+    let b = net.nodes[1].dev.engine.clone();
+    while b.vector().get(first_origin) < 2 {
+        assert!(net.step().await, "the page arrives");
+    }
+    net.partition(0, 1, true);
+    net.run(10_000).await;
+    assert_eq!(b.vector().get(first_origin), 2);
+
+    // a loses everything it wrote with its power: number 3 is gone for
+    // good, and 4 comes back to a from b, above the same gap.
+    restore(&mut net, 0, &path, &copy, 1).await;
+    net.partition(0, 1, false);
+    net.connect_all().await;
+    for _ in 0..4 {
+        net.anti_entropy().await;
+        net.heartbeats();
+        net.run(10_000).await;
+    }
+    for n in &net.nodes {
+        let names = tag_names(&n.dev).await;
+        assert!(names.contains("kept0") && !names.contains("lost0"), "{names:?}");
+        assert!(
+            volume::Model::find_by_id(n.dev.engine.database(), vol)
+                .await
+                .unwrap()
+                .is_none(),
+            "the volume is deleted everywhere"
+        );
+        assert_eq!(
+            n.dev.engine.vector().get(first_origin),
+            2,
+            "no vector passes the lost number"
+        );
+        n.dev.time.advance(Duration::from_secs(60));
+    }
+    for (i, n) in net.nodes.iter().enumerate() {
+        let collected = n.dev.engine.collect_tombstones(Duration::ZERO).await.unwrap();
+        assert_eq!(
+            collected.owned, 1,
+            "device {i}: every member holds the delete above the gap"
+        );
+    }
+}
+
 /// A data directory copied to a second machine and run there too: both
 /// copies write as the same device, and every write reaches every device.
 #[tokio::test]
