@@ -188,7 +188,19 @@ impl Engine {
                 else {
                     continue;
                 };
-                if seq > request.vector.get(origin) && !carried.contains(&(origin, seq)) {
+                if carried.contains(&(origin, seq)) {
+                    continue;
+                }
+                // A delete goes even to a requester that holds its number:
+                // one that collected the record's tombstone since holds no
+                // state of it, and the husk is believed only beside a
+                // newer state, or a proven delete, of its record.
+                let lacks = seq > request.vector.get(origin);
+                if lacks
+                    || state
+                        .decode()
+                        .is_ok_and(|c| matches!(c.op, crate::change::Op::Delete { .. }))
+                {
                     extras.entry(origin).or_default().insert(seq, state);
                 }
             }

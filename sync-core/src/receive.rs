@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 
 use uuid::Uuid;
 
-use crate::change::{Change, EncodedChange};
+use crate::change::{Change, EncodedChange, Op};
 use crate::clock::Timestamp;
 use crate::conflict::{ConflictKind, Write};
 use crate::engine::{Engine, META_CLOCK};
@@ -356,6 +356,10 @@ impl Engine {
         let mut husk_checks: Vec<(usize, Uuid, Uuid, Husk)> = Vec::new();
         // Husks of device-owned changes superseded here.
         let mut husks: Vec<(Uuid, Husk)> = Vec::new();
+        // Deletes proven by their seals in this answer, new or not, by
+        // (device, model, record): each supersedes every write of its
+        // device to its record.
+        let mut proven_deletes: BTreeSet<(Uuid, String, Uuid)> = BTreeSet::new();
         let mut learned: Vec<(Seal, Skeleton)> = Vec::new();
         let mut unverified = 0u64;
         let mut claims_refused = 0u64;
@@ -458,10 +462,15 @@ impl Engine {
                         });
                         continue;
                     }
+                    let delete = matches!(change.op, Op::Delete { .. });
                     if origin == self.inner.origin
                         || received.contains(origin, seq)
                         || !in_batch.insert((origin, seq))
                     {
+                        // Taken before: its effect is here (or collected).
+                        if delete {
+                            proven_deletes.insert((change.device, change.model.clone(), change.id));
+                        }
                         report.duplicates += 1;
                         outcomes.push((origin, seq, Outcome::Duplicate));
                         continue;
@@ -470,6 +479,14 @@ impl Engine {
                     match verdict {
                         Ok(()) => {
                             new_origins.entry(origin).or_insert(change.device);
+                            // Taken now (a delete held back is not).
+                            if delete {
+                                proven_deletes.insert((
+                                    change.device,
+                                    change.model.clone(),
+                                    change.id,
+                                ));
+                            }
                             items.push(Item::Change { change, bytes });
                         }
                         Err(reason) if reason.is_final() => {
@@ -736,6 +753,11 @@ impl Engine {
                     }
                     RecordState::Shared(_) => false,
                 });
+            // Or a delete of its record by the same device, proven in this
+            // answer and taken, now or before: a record whose tombstone was
+            // collected here has no state to show for it.
+            let newer =
+                newer || proven_deletes.contains(&(device, husk.model.clone(), husk.record));
             if newer {
                 husks.push((origin, husk));
             } else if let Some(track) = claims.get_mut(batch_ix) {

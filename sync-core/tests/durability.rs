@@ -295,6 +295,96 @@ async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
     }
 }
 
+/// A device-owned write superseded by its owner's delete is served as a
+/// husk, believed beside its record's newer state. A device that took the
+/// delete and has collected the record's tombstone since holds no state of
+/// the record: the server sends the delete again beside the husk (it holds
+/// its number already, so it changes nothing), and the husk is believed
+/// beside a delete of its record, by its device, taken before. (It used to
+/// be held back for ever, one number short; the simulation found it,
+/// `power` seed 192.)
+#[tokio::test]
+async fn a_husk_is_believed_beside_a_delete_whose_tombstone_was_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.sqlite");
+    let copy = dir.path().join("a-earlier.sqlite");
+    let time = ManualTime::new(common::EPOCH);
+    let a = device_at(&path, 1, time.clone()).await;
+    let mut net = Net::new(vec![a, device(2).await, device(3).await], 106);
+    net.pair_all().await;
+    net.connect_all().await;
+    let vol = write_volume(&mut net, 0).await;
+    assert!(net.settle(3).await);
+    snapshot(&net.nodes[0].dev, &copy).await;
+    let first_origin = net.nodes[0].dev.engine.origin();
+
+    // c is away; only b hears a's rename, which a then loses with its
+    // power. a deletes the volume in its new incarnation: on b the rename
+    // is superseded, a husk.
+    net.disconnect(2);
+    rename_volume(&mut net, 0, vol, "renamed").await;
+    net.run(10_000).await;
+    restore(&mut net, 0, &path, &copy, 1).await;
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    assert!(tx.delete::<volume::Model>(vol).await.unwrap());
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+
+    // c takes the delete from a alone (a lacks the rename's number too),
+    // then drops the tombstone as collection does (the statement
+    // `collect_tombstones` runs once every member holds the delete): it
+    // holds no state of the volume.
+    net.nodes[2].online = true;
+    net.connect(0, 2).await;
+    net.run(10_000).await;
+    net.partition(0, 2, true);
+    net.connect(0, 1).await;
+    net.run(10_000).await;
+    let c = net.nodes[2].dev.engine.clone();
+    assert_eq!(
+        c.vector().get(first_origin),
+        1,
+        "c lacks the rename's number"
+    );
+    assert_eq!(
+        c.vector().get(net.nodes[0].dev.engine.origin()),
+        1,
+        "c holds the delete"
+    );
+    c.database()
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Sqlite,
+            "DELETE FROM _sync_rows WHERE model = ? AND record = ?",
+            [volume::Model::NAME.into(), vol.as_bytes().to_vec().into()],
+        ))
+        .await
+        .unwrap();
+
+    // c meets b, which serves the rename as a husk.
+    net.partition(0, 2, false);
+    net.connect(1, 2).await;
+    assert!(net.settle(5).await);
+    let v = net.nodes[0].dev.engine.vector();
+    assert_eq!(v.get(first_origin), 2, "a has its lost number back");
+    for n in &net.nodes {
+        assert_eq!(n.dev.engine.vector(), v, "every device passes the husk");
+        assert!(
+            n.dev
+                .engine
+                .status()
+                .peers
+                .iter()
+                .all(|p| p.held_back.is_empty())
+        );
+        assert!(
+            volume::Model::find_by_id(n.dev.engine.database(), vol)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}
+
 /// A change whose only holder lost it (a power loss before any peer took
 /// it) leaves a gap in its origin's numbers that no vector ever passes. A
 /// delete numbered beyond that gap, held by every device above its vector,
@@ -356,7 +446,10 @@ async fn a_delete_beyond_a_gap_no_one_can_fill_is_collected() {
     }
     for n in &net.nodes {
         let names = tag_names(&n.dev).await;
-        assert!(names.contains("kept0") && !names.contains("lost0"), "{names:?}");
+        assert!(
+            names.contains("kept0") && !names.contains("lost0"),
+            "{names:?}"
+        );
         assert!(
             volume::Model::find_by_id(n.dev.engine.database(), vol)
                 .await
@@ -372,7 +465,12 @@ async fn a_delete_beyond_a_gap_no_one_can_fill_is_collected() {
         n.dev.time.advance(Duration::from_secs(60));
     }
     for (i, n) in net.nodes.iter().enumerate() {
-        let collected = n.dev.engine.collect_tombstones(Duration::ZERO).await.unwrap();
+        let collected = n
+            .dev
+            .engine
+            .collect_tombstones(Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(
             collected.owned, 1,
             "device {i}: every member holds the delete above the gap"
