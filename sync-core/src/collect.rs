@@ -34,6 +34,10 @@
 //!   deleted elsewhere, and those updates lost to that delete. This device
 //!   deletes it for real, so that its updates, wherever they arrive, meet a
 //!   tombstone.
+//!
+//! A resync for pruned changes (the device was not expired) settles only
+//! the device-owned records: the device acknowledged every collected
+//! delete, but its database may have gone back since and lost one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -54,6 +58,9 @@ use crate::write;
 
 /// `_sync_meta` key of the vector of the snapshot a resync loaded.
 const META_RESYNC_VECTOR: &str = "resync_vector";
+/// `_sync_meta` key present while the running resync settles shared
+/// records too (the device was expired), not only device-owned ones.
+const META_RESYNC_SHARED: &str = "resync_settles_shared";
 
 /// What one collection did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -271,8 +278,16 @@ impl Engine {
     }
 
     /// A resync starts: remembers every record held now (in `tx`, with the
-    /// backfill's restart).
-    pub(crate) async fn begin_resync<C: ConnectionTrait>(&self, tx: &C) -> Result<(), EngineError> {
+    /// backfill's restart). `expired`: shared records are settled too (a
+    /// resync already under way for that keeps it).
+    pub(crate) async fn begin_resync<C: ConnectionTrait>(
+        &self,
+        tx: &C,
+        expired: bool,
+    ) -> Result<(), EngineError> {
+        if expired {
+            store::set_meta(tx, META_RESYNC_SHARED, vec![1]).await?;
+        }
         tx.execute_raw(store::stmt("DELETE FROM _sync_unseen", vec![]))
             .await?;
         tx.execute_raw(store::stmt(
@@ -351,6 +366,7 @@ impl Engine {
         };
         let vector: VersionVector =
             rmp_serde::from_slice(&bytes).map_err(|e| EngineError::Malformed(e.to_string()))?;
+        let shared_too = store::get_meta(db, META_RESYNC_SHARED).await?.is_some();
         let unseen = db
             .query_all_raw(store::stmt(
                 "SELECT model, record FROM _sync_unseen",
@@ -398,6 +414,12 @@ impl Engine {
                         Settle::Keep
                     }
                 }
+                // A device that was not expired acknowledged every
+                // collected delete, unless its database went back since
+                // (a power loss, a restored backup) and lost one: only
+                // device-owned records, whose absence is proof, are
+                // settled for it.
+                RecordState::Shared(_) if !shared_too => Settle::Keep,
                 RecordState::Shared(_) => {
                     let writes: Vec<&Change> = beyond
                         .get(&key.id)
@@ -496,8 +518,8 @@ impl Engine {
         }
         script.push("DELETE FROM _sync_unseen".into(), vec![]);
         script.push(
-            "DELETE FROM _sync_meta WHERE key = ?".into(),
-            vec![META_RESYNC_VECTOR.into()],
+            "DELETE FROM _sync_meta WHERE key IN (?, ?)".into(),
+            vec![META_RESYNC_VECTOR.into(), META_RESYNC_SHARED.into()],
         );
         write::run(&w.tx, script, &[]).await?;
         w.tx.commit().await?;

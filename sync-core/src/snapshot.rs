@@ -206,19 +206,20 @@ impl Engine {
     /// must. `expired`: this device was away beyond the retention horizon,
     /// so a record the snapshot does not bring may have been deleted with
     /// its tombstone collected since; it is settled when the snapshot is
-    /// complete (see `collect`). A device that was not expired holds every
-    /// collected delete (collection waits for its acknowledgement) and
-    /// keeps what the snapshot lacks.
+    /// complete (see `collect`). A device that was not expired held every
+    /// collected delete (collection waits for its acknowledgement), but may
+    /// have lost one since, if its database went back (a power loss, a
+    /// restored backup): its device-owned records the snapshot lacks,
+    /// whose state the snapshot's vector covers, are settled (dropped); it
+    /// keeps the rest.
     pub(crate) async fn restart_backfill(&self, expired: bool) -> Result<(), EngineError> {
         let w = self.write_tx().await?;
         save_backfill(&w.tx, &Backfill::Needed).await?;
-        if expired {
-            self.begin_resync(&w.tx).await?;
-        }
+        self.begin_resync(&w.tx, expired).await?;
         w.tx.commit().await?;
         let mut m = self.memory();
         m.backfill = Backfill::Needed;
-        m.resyncing |= expired;
+        m.resyncing = true;
         Ok(())
     }
 

@@ -295,6 +295,74 @@ async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
     }
 }
 
+/// A device whose database went back past a delete that every device held
+/// (so its tombstone was collected, and its number can no longer be served
+/// as a change) is told to resync. The snapshot lacks the record; its
+/// vector covers the record's state here: the device drops it, as an
+/// expired device's resync does, though it was never expired. (It used to
+/// keep the record for ever; the simulation found it, `power` seed 24.)
+#[tokio::test]
+async fn a_device_that_went_back_past_a_collected_delete_drops_the_record_on_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.sqlite");
+    let copy = dir.path().join("a-earlier.sqlite");
+    let time = ManualTime::new(common::EPOCH);
+    let a = device_at(&path, 1, time.clone()).await;
+    let mut net = Net::new(vec![a, device(2).await], 107);
+    net.pair_all().await;
+    net.connect_all().await;
+    let vol = write_volume(&mut net, 0).await;
+    assert!(net.settle(3).await);
+    snapshot(&net.nodes[0].dev, &copy).await;
+
+    let d = &net.nodes[0].dev;
+    d.time.advance(Duration::from_millis(5));
+    let mut tx = d.engine.begin().await.unwrap();
+    assert!(tx.delete::<volume::Model>(vol).await.unwrap());
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    for _ in 0..3 {
+        net.anti_entropy().await;
+        net.heartbeats();
+        net.run(10_000).await;
+    }
+    for n in &net.nodes {
+        n.dev.time.advance(Duration::from_secs(60));
+        let collected = n
+            .dev
+            .engine
+            .collect_tombstones(Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(collected.owned, 1, "every device held the delete");
+    }
+
+    // a goes back to before the delete: the volume is there again, and no
+    // device can serve the delete as a change.
+    restore(&mut net, 0, &path, &copy, 1).await;
+    assert!(
+        volume::Model::find_by_id(net.nodes[0].dev.engine.database(), vol)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    net.connect_all().await;
+    assert!(net.settle(5).await);
+    for n in &net.nodes {
+        assert!(
+            volume::Model::find_by_id(n.dev.engine.database(), vol)
+                .await
+                .unwrap()
+                .is_none(),
+            "the volume stays deleted"
+        );
+    }
+    assert_eq!(
+        net.nodes[0].dev.engine.vector(),
+        net.nodes[1].dev.engine.vector()
+    );
+}
+
 /// A device-owned write superseded by its owner's delete is served as a
 /// husk, believed beside its record's newer state. A device that took the
 /// delete and has collected the record's tombstone since holds no state of
