@@ -131,6 +131,17 @@ pub(crate) async fn inspect<C: ConnectionTrait>(
         tables.push(info);
         problems.append(&mut found);
     }
+    // Tables are written in the registry's order: a foreign key to a table
+    // written later can be met only at commit.
+    let order: Vec<&str> = registry.models().iter().map(|d| d.meta().table).collect();
+    for (rank, info) in tables.iter_mut().enumerate() {
+        info.refers_forward = info.references.iter().any(|t| {
+            order
+                .iter()
+                .position(|o| o == t)
+                .is_some_and(|target| target > rank)
+        });
+    }
     Ok((tables, problems))
 }
 
@@ -231,11 +242,36 @@ async fn inspect_one<C: ConnectionTrait>(
         }
     }
     let autoincrement = is_autoincrement(db, meta.table).await?;
+    let references = foreign_key_targets(db, meta.table).await?;
     Ok((
         TableInfo {
             unique,
             autoincrement,
+            refers_to_itself: references.iter().any(|t| t == meta.table),
+            references,
+            refers_forward: false,
         },
         problems,
     ))
+}
+
+/// The tables `table`'s foreign keys refer to.
+async fn foreign_key_targets<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+) -> Result<Vec<String>, StoreError> {
+    let list = db
+        .query_all_raw(stmt(
+            &format!("PRAGMA foreign_key_list({})", ident(table)),
+            vec![],
+        ))
+        .await?;
+    let mut out = Vec::new();
+    for row in &list {
+        let target: String = row.try_get("", "table")?;
+        if !out.contains(&target) {
+            out.push(target);
+        }
+    }
+    Ok(out)
 }

@@ -62,6 +62,39 @@ pub(crate) struct Writes {
     /// Decided records that were stored before (only they can hold waits
     /// or asides to replace).
     pub(crate) existing: BTreeSet<RecordKey>,
+    /// The application's foreign keys are checked at commit, not after each
+    /// statement (see [`needs_deferred_keys`]).
+    pub(crate) defer_foreign_keys: bool,
+}
+
+/// Whether writing `tables` in order may break one of the application's
+/// foreign keys between two statements, so that they must be checked at
+/// commit (`PRAGMA defer_foreign_keys`). That pragma costs more than its
+/// statement: SQLite expires every prepared statement of the connection
+/// when a flag pragma runs, so the next transaction prepares each of its
+/// statements again (a fifth of a received batch's database time was that
+/// parsing). Rows are written table by table in the registry's order,
+/// parents first, and SQLite checks an immediate key at the end of each
+/// statement; so the order suffices unless rows are deleted or moved aside
+/// (a child may still name them until a later statement), a table refers
+/// to one written after it, or a table that refers to itself takes more
+/// than one statement.
+fn needs_deferred_keys(
+    registry: &Registry,
+    tables: &[TableInfo],
+    writes: &BTreeMap<Rank, TableWrites>,
+) -> bool {
+    writes.iter().any(|(rank, t)| {
+        let (Some(info), Some(desc)) = (tables.get(*rank), registry.at(*rank)) else {
+            return true;
+        };
+        !t.deletes.is_empty()
+            || !t.temps.is_empty()
+            || (!t.upserts.is_empty()
+                && (info.refers_forward
+                    || (info.refers_to_itself
+                        && t.upserts.len() > store::chunk_rows(store::upsert_width(desc)))))
+    })
 }
 
 fn waits_or_refused(p: Presence) -> bool {
@@ -146,6 +179,7 @@ pub(crate) fn build(
             },
         ));
     }
+    w.defer_foreign_keys = needs_deferred_keys(registry, tables, &w.tables);
     Ok(w)
 }
 
@@ -251,11 +285,7 @@ pub(crate) fn script(
     registry: &Registry,
     writes: &mut Writes,
 ) -> Result<(), EngineError> {
-    let touches_tables = writes
-        .tables
-        .values()
-        .any(|t| !t.deletes.is_empty() || !t.upserts.is_empty() || !t.temps.is_empty());
-    if touches_tables {
+    if writes.defer_foreign_keys {
         // Foreign keys of the application's tables are checked at commit,
         // when every row of the plan is in place.
         script.push("PRAGMA defer_foreign_keys = ON".into(), Vec::new());

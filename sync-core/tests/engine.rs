@@ -933,3 +933,107 @@ async fn update_fields_sends_exactly_what_the_active_model_sets() {
         .unwrap_err();
     assert!(matches!(err, EngineError::NotOwner { .. }), "{err}");
 }
+
+/// A device whose `tags` table declares its parent as a foreign key, as an
+/// application's schema may.
+async fn device_with_foreign_keys(n: u128) -> Device {
+    use sea_orm::ConnectionTrait;
+    let db = common::database().await;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'tags'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let sql: String = row.try_get("", "sql").unwrap();
+    let with_key = format!(
+        "{}, FOREIGN KEY (parent_id) REFERENCES tags (id))",
+        sql.trim_end().trim_end_matches(')')
+    );
+    db.execute_unprepared("DROP TABLE tags").await.unwrap();
+    db.execute_unprepared(&with_key).await.unwrap();
+    let on = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "PRAGMA foreign_keys",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(on.try_get_by_index::<i64>(0).unwrap(), 1, "keys enforced");
+    common::open_device(db, n, sync_core::clock::ManualTime::new(common::EPOCH)).await
+}
+
+/// The application's foreign keys hold whatever a received batch writes:
+/// a chain of tags longer than one statement (a row may name a parent
+/// written by a later statement, so the keys are checked at commit), a
+/// parent and child in one statement (checked after it), and deletes.
+/// Keys are deferred only when a batch needs it: the pragma that defers
+/// them makes SQLite prepare every statement again.
+#[tokio::test]
+async fn received_batches_keep_the_applications_foreign_keys() {
+    use sea_orm::ConnectionTrait;
+    let (a, b) = (
+        device_with_foreign_keys(1).await,
+        device_with_foreign_keys(2).await,
+    );
+    // A chain of 1,200 tags, each the parent of the next: more rows than
+    // one statement holds.
+    let mut tx = a.engine.begin().await.unwrap();
+    let mut parent: Option<i32> = None;
+    let mut chain = Vec::new();
+    for i in 0..1_200 {
+        let mut t = new_tag(&format!("t{i}"));
+        t.parent_id = Set(parent);
+        let row = tx.insert(t).await.unwrap();
+        parent = Some(row.id);
+        chain.push(row.gid);
+    }
+    let changes = tx.commit().await.unwrap();
+    b.receive(&changes).await;
+    assert_eq!(
+        tag::Entity::find()
+            .count(b.engine.database())
+            .await
+            .unwrap(),
+        1_200
+    );
+
+    // A parent and its child in one small batch.
+    let mut tx = a.engine.begin().await.unwrap();
+    let p = tx.insert(new_tag("p")).await.unwrap();
+    let mut c = new_tag("c");
+    c.parent_id = Set(Some(p.id));
+    tx.insert(c).await.unwrap();
+    let changes = tx.commit().await.unwrap();
+    b.receive(&changes).await;
+
+    // The chain's last ten deleted, children first.
+    let mut tx = a.engine.begin().await.unwrap();
+    for gid in chain.iter().rev().take(10) {
+        assert!(tx.delete::<tag::Model>(*gid).await.unwrap());
+    }
+    let changes = tx.commit().await.unwrap();
+    b.receive(&changes).await;
+
+    assert_eq!(a.content().await, b.content().await);
+    let broken = b
+        .engine
+        .database()
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "PRAGMA foreign_key_check",
+        ))
+        .await
+        .unwrap();
+    assert!(broken.is_empty(), "no key is broken");
+    assert_eq!(
+        tag::Entity::find()
+            .count(b.engine.database())
+            .await
+            .unwrap(),
+        1_192
+    );
+}

@@ -45,6 +45,14 @@ pub(crate) use unique::{UniqueIndex, key_hash, unique_key as unique_key_of};
 pub(crate) struct TableInfo {
     pub(crate) unique: Vec<UniqueIndex>,
     pub(crate) autoincrement: bool,
+    /// The tables its foreign keys refer to.
+    pub(crate) references: Vec<String>,
+    /// A foreign key to itself: rows written in separate statements may
+    /// refer to each other.
+    pub(crate) refers_to_itself: bool,
+    /// A foreign key to a synced table written after it (a nullable edge
+    /// broken to order a cycle).
+    pub(crate) refers_forward: bool,
 }
 
 /// A model's position in the registry's dependency order.

@@ -62,6 +62,13 @@ pub(crate) fn bind(
 /// Inserts or replaces whole rows (local key and every synced field; the
 /// local-only columns of a new row get their defaults, those of an existing
 /// row are kept).
+/// Values per row of [`upsert_rows`]: the local key, the synced fields
+/// and the local-only columns.
+pub(crate) fn upsert_width(desc: &ModelDescriptor) -> usize {
+    let meta = desc.meta();
+    1 + meta.fields.len() + meta.local_only_columns.len()
+}
+
 pub(crate) fn upsert_rows(
     script: &mut Script,
     desc: &ModelDescriptor,
