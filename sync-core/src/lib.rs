@@ -55,9 +55,9 @@ pub use model::{
 pub use peers::{PeerStatus, Phase, Status};
 pub use protocol::{
     Ack, Batch, DecodeError, ErrorCode, ErrorMessage, Heartbeat, HeldBack, HeldReport, Hello,
-    MAX_LINKS, MAX_MESSAGE_BYTES, MIN_PROTOCOL_VERSION, Members, Message, PROTOCOL_VERSION,
-    PullRequest, PullResponse, Push, SnapshotCursor, SnapshotRequest, SnapshotResponse,
-    SnapshotRow, VectorSince, decode, encode, vector_digest,
+    MAX_AHEAD, MAX_LINKS, MAX_MESSAGE_BYTES, MIN_PROTOCOL_VERSION, Members, Message,
+    PROTOCOL_VERSION, PullRequest, PullResponse, Push, SnapshotCursor, SnapshotRequest,
+    SnapshotResponse, SnapshotRow, VectorSince, decode, encode, vector_digest,
 };
 pub use receive::{ApplyReport, Outcome, RejectReason, Rejection};
 pub use registry::{ModelDescriptor, Registry, RegistryError, dependency_order};

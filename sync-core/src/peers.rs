@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::protocol::{HeldBack, HeldReport, MAX_LINKS};
+use crate::protocol::{HeldBack, HeldReport, MAX_AHEAD, MAX_LINKS};
 use crate::store::{self, PeerRecord};
 use crate::vector::{Received, VersionVector};
 
@@ -149,6 +149,7 @@ impl Heard {
         self.ahead
             .iter()
             .flat_map(|(origin, ranges)| ranges.iter().map(|(s, e)| (*origin, *s, *e)))
+            .take(MAX_AHEAD)
             .collect()
     }
 
@@ -422,7 +423,7 @@ impl Engine {
             // is empty, at or below the vector, or overlapping another is
             // folded or dropped, never trusted as given.
             let mut above = Received::default();
-            for (origin, start, end) in report.ahead.iter().take(MAX_LINKS) {
+            for (origin, start, end) in report.ahead.iter().take(MAX_AHEAD) {
                 let held = differs
                     .get(origin)
                     .copied()
@@ -488,7 +489,12 @@ impl Engine {
                 device: me,
                 stamp,
                 differs: m.received.vector.differs_from(mine),
-                ahead: m.received.ahead_ranges(),
+                ahead: m
+                    .received
+                    .ahead_ranges()
+                    .into_iter()
+                    .take(MAX_AHEAD)
+                    .collect(),
             });
         }
         // Where each base differs from `mine`, once per base.

@@ -304,10 +304,14 @@ pub struct HeldReport {
     /// If the only device that held a gap's numbers lost them (a power
     /// loss), the gap never fills, and what lies beyond it is known to be
     /// held everywhere only through these (tombstone collection waits for
-    /// it). Usually empty; at most [`MAX_LINKS`] are read.
+    /// it). Usually empty; at most [`MAX_AHEAD`] are sent or read.
     #[serde(default)]
     pub ahead: Vec<(Uuid, u64, u64)>,
 }
+
+/// The most ranges of [`HeldReport::ahead`] sent or read: a report cut
+/// short claims less than its member holds, which only delays collection.
+pub const MAX_AHEAD: usize = 1_024;
 
 impl HeldReport {
     /// The member's vector, given the heartbeat's vector it differs from.
