@@ -143,16 +143,6 @@ impl Heard {
         }
     }
 
-    /// The numbers above its vector the member holds, as a report lists
-    /// them.
-    fn ahead_ranges(&self) -> Vec<(Uuid, u64, u64)> {
-        self.ahead
-            .iter()
-            .flat_map(|(origin, ranges)| ranges.iter().map(|(s, e)| (*origin, *s, *e)))
-            .take(MAX_AHEAD)
-            .collect()
-    }
-
     /// Whether the vector `base` with `differs` set holds all this one does,
     /// and more.
     fn holds_less(&self, base: &VersionVector, differs: &BTreeMap<Uuid, u64>) -> bool {
@@ -489,12 +479,7 @@ impl Engine {
                 device: me,
                 stamp,
                 differs: m.received.vector.differs_from(mine),
-                ahead: m
-                    .received
-                    .ahead_ranges()
-                    .into_iter()
-                    .take(MAX_AHEAD)
-                    .collect(),
+                ahead: m.received.ahead_ranges().take(MAX_AHEAD).collect(),
             });
         }
         // Where each base differs from `mine`, once per base.
@@ -510,7 +495,7 @@ impl Engine {
                 device: *device,
                 stamp: h.stamp,
                 differs: h.differs_from(mine, base_differs),
-                ahead: h.ahead_ranges(),
+                ahead: crate::vector::ranges_of(&h.ahead).take(MAX_AHEAD).collect(),
             });
         }
         out

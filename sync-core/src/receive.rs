@@ -462,15 +462,15 @@ impl Engine {
                         });
                         continue;
                     }
-                    let delete = matches!(change.op, Op::Delete { .. });
+                    // A delete, by (device, model, record), for the husk check.
+                    let delete = matches!(change.op, Op::Delete { .. })
+                        .then(|| (change.device, change.model.clone(), change.id));
                     if origin == self.inner.origin
                         || received.contains(origin, seq)
                         || !in_batch.insert((origin, seq))
                     {
                         // Taken before: its effect is here (or collected).
-                        if delete {
-                            proven_deletes.insert((change.device, change.model.clone(), change.id));
-                        }
+                        proven_deletes.extend(delete);
                         report.duplicates += 1;
                         outcomes.push((origin, seq, Outcome::Duplicate));
                         continue;
@@ -480,13 +480,7 @@ impl Engine {
                         Ok(()) => {
                             new_origins.entry(origin).or_insert(change.device);
                             // Taken now (a delete held back is not).
-                            if delete {
-                                proven_deletes.insert((
-                                    change.device,
-                                    change.model.clone(),
-                                    change.id,
-                                ));
-                            }
+                            proven_deletes.extend(delete);
                             items.push(Item::Change { change, bytes });
                         }
                         Err(reason) if reason.is_final() => {

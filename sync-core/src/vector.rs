@@ -144,6 +144,16 @@ impl FromIterator<(Uuid, u64)> for VersionVector {
     }
 }
 
+/// Ranges of numbers per origin (start -> end, inclusive), listed as
+/// `(origin, first, last)`.
+pub(crate) fn ranges_of(
+    ahead: &BTreeMap<Uuid, BTreeMap<u64, u64>>,
+) -> impl Iterator<Item = (Uuid, u64, u64)> + '_ {
+    ahead
+        .iter()
+        .flat_map(|(origin, ranges)| ranges.iter().map(|(s, e)| (*origin, *s, *e)))
+}
+
 /// What a device has received: its vector, and the ranges of numbers held
 /// above it (out of order: a gap before them has not arrived yet). A change
 /// inside either is a duplicate; when a gap fills, the vector absorbs the
@@ -195,11 +205,8 @@ impl Received {
     }
 
     /// The ranges held above the vector, as `(origin, first, last)`.
-    pub(crate) fn ahead_ranges(&self) -> Vec<(Uuid, u64, u64)> {
-        self.ahead
-            .iter()
-            .flat_map(|(origin, ranges)| ranges.iter().map(|(s, e)| (*origin, *s, *e)))
-            .collect()
+    pub(crate) fn ahead_ranges(&self) -> impl Iterator<Item = (Uuid, u64, u64)> + '_ {
+        ranges_of(&self.ahead)
     }
 
     /// Records numbers `start..=end` of `origin` as received. Returns whether
@@ -317,7 +324,7 @@ mod tests {
             let (s, len) = probe;
             prop_assert_eq!(ra.holds_range(O, s, s + len), (s..=s + len).all(|n| ta.contains(&n)));
             prop_assert_eq!(ra.holds_all(&rb), tb.is_subset(&ta));
-            let listed: usize = ra.ahead_ranges().iter().map(|(_, s, e)| (e - s + 1) as usize).sum();
+            let listed: usize = ra.ahead_ranges().map(|(_, s, e)| (e - s + 1) as usize).sum();
             prop_assert_eq!(listed as u64 + ra.vector.get(O), ta.len() as u64);
         }
 

@@ -69,6 +69,45 @@ async fn rename_volume(net: &mut Net, i: usize, vol: Uuid, name: &str) {
     net.committed(i, c);
 }
 
+/// Device `a`'s files (its database and the earlier copy a restore puts
+/// back) and its clock; the directory goes when this does.
+struct Restorable {
+    dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    copy: std::path::PathBuf,
+    time: ManualTime,
+}
+
+/// A network of device `a` (index 0, over a file it can be restored from)
+/// and `others` more devices in memory.
+async fn net_with_restorable(others: u128, seed: u64) -> (Restorable, Net) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.sqlite");
+    let copy = dir.path().join("a-earlier.sqlite");
+    let time = ManualTime::new(common::EPOCH);
+    let mut devices = vec![device_at(&path, 1, time.clone()).await];
+    for n in 2..=others + 1 {
+        devices.push(device(n).await);
+    }
+    (
+        Restorable {
+            dir,
+            path,
+            copy,
+            time,
+        },
+        Net::new(devices, seed),
+    )
+}
+
+/// Deletes a volume on device `i`, committed and pushed.
+async fn delete_volume(net: &mut Net, i: usize, vol: Uuid) {
+    let mut tx = net.nodes[i].dev.engine.begin().await.unwrap();
+    assert!(tx.delete::<volume::Model>(vol).await.unwrap());
+    let c = tx.commit().await.unwrap();
+    net.committed(i, c);
+}
+
 /// A consistent copy of a device's database as it is now (a backup, or
 /// what a power loss would leave of it if the commits after now were lost).
 async fn snapshot(d: &Device, to: &Path) {
@@ -111,12 +150,15 @@ async fn tag_names(d: &Device) -> std::collections::BTreeSet<String> {
 /// changes it lost come back from the peers that have them.
 #[tokio::test]
 async fn a_device_restored_to_an_earlier_state_reuses_no_number_and_gets_its_changes_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.sqlite");
-    let copy = dir.path().join("a-earlier.sqlite");
-    let time = ManualTime::new(common::EPOCH);
-    let a = device_at(&path, 1, time.clone()).await;
-    let mut net = Net::new(vec![a, device(2).await], 101);
+    let (
+        Restorable {
+            dir: _dir,
+            path,
+            copy,
+            time: _,
+        },
+        mut net,
+    ) = net_with_restorable(1, 101).await;
     net.pair_all().await;
     net.connect_all().await;
     write_tags(&mut net, 0, 5, "before").await;
@@ -166,12 +208,15 @@ async fn a_device_restored_to_an_earlier_state_reuses_no_number_and_gets_its_cha
 /// over, and the new device ends with what the server holds, no more.
 #[tokio::test]
 async fn a_snapshot_whose_server_went_back_is_started_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.sqlite");
-    let copy = dir.path().join("a-earlier.sqlite");
-    let time = ManualTime::new(common::EPOCH);
-    let a = device_at(&path, 1, time.clone()).await;
-    let mut net = Net::new(vec![a, device(2).await], 103);
+    let (
+        Restorable {
+            dir: _dir,
+            path,
+            copy,
+            time: _,
+        },
+        mut net,
+    ) = net_with_restorable(1, 103).await;
     write_tags(&mut net, 0, 4, "kept").await;
     snapshot(&net.nodes[0].dev, &copy).await;
     write_tags(&mut net, 0, 4, "lost").await;
@@ -233,12 +278,15 @@ async fn a_snapshot_whose_server_went_back_is_started_over() {
 /// husk back for want of a newer clock, and stay short of its number.)
 #[tokio::test]
 async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.sqlite");
-    let copy = dir.path().join("a-earlier.sqlite");
-    let time = ManualTime::new(common::EPOCH);
-    let a = device_at(&path, 1, time.clone()).await;
-    let mut net = Net::new(vec![a, device(2).await, device(3).await], 104);
+    let (
+        Restorable {
+            dir: _dir,
+            path,
+            copy,
+            time,
+        },
+        mut net,
+    ) = net_with_restorable(2, 104).await;
     net.pair_all().await;
     net.connect_all().await;
     let vol = write_volume(&mut net, 0).await;
@@ -261,10 +309,7 @@ async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
     // it lost.
     restore(&mut net, 0, &path, &copy, 1).await;
     time.set(common::EPOCH + Duration::from_secs(1));
-    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
-    assert!(tx.delete::<volume::Model>(vol).await.unwrap());
-    let c = tx.commit().await.unwrap();
-    net.committed(0, c);
+    delete_volume(&mut net, 0, vol).await;
 
     // c hears the delete first, then b (which then holds the rename as a
     // husk, superseded), and only then do b and c meet.
@@ -303,29 +348,24 @@ async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
 /// keep the record for ever; the simulation found it, `power` seed 24.)
 #[tokio::test]
 async fn a_device_that_went_back_past_a_collected_delete_drops_the_record_on_resync() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.sqlite");
-    let copy = dir.path().join("a-earlier.sqlite");
-    let time = ManualTime::new(common::EPOCH);
-    let a = device_at(&path, 1, time.clone()).await;
-    let mut net = Net::new(vec![a, device(2).await], 107);
+    let (
+        Restorable {
+            dir: _dir,
+            path,
+            copy,
+            time: _,
+        },
+        mut net,
+    ) = net_with_restorable(1, 107).await;
     net.pair_all().await;
     net.connect_all().await;
     let vol = write_volume(&mut net, 0).await;
     assert!(net.settle(3).await);
     snapshot(&net.nodes[0].dev, &copy).await;
 
-    let d = &net.nodes[0].dev;
-    d.time.advance(Duration::from_millis(5));
-    let mut tx = d.engine.begin().await.unwrap();
-    assert!(tx.delete::<volume::Model>(vol).await.unwrap());
-    let c = tx.commit().await.unwrap();
-    net.committed(0, c);
-    for _ in 0..3 {
-        net.anti_entropy().await;
-        net.heartbeats();
-        net.run(10_000).await;
-    }
+    net.nodes[0].dev.time.advance(Duration::from_millis(5));
+    delete_volume(&mut net, 0, vol).await;
+    net.gossip(3).await;
     for n in &net.nodes {
         n.dev.time.advance(Duration::from_secs(60));
         let collected = n
@@ -373,12 +413,15 @@ async fn a_device_that_went_back_past_a_collected_delete_drops_the_record_on_res
 /// `power` seed 192.)
 #[tokio::test]
 async fn a_husk_is_believed_beside_a_delete_whose_tombstone_was_collected() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.sqlite");
-    let copy = dir.path().join("a-earlier.sqlite");
-    let time = ManualTime::new(common::EPOCH);
-    let a = device_at(&path, 1, time.clone()).await;
-    let mut net = Net::new(vec![a, device(2).await, device(3).await], 106);
+    let (
+        Restorable {
+            dir: _dir,
+            path,
+            copy,
+            time: _,
+        },
+        mut net,
+    ) = net_with_restorable(2, 106).await;
     net.pair_all().await;
     net.connect_all().await;
     let vol = write_volume(&mut net, 0).await;
@@ -393,10 +436,7 @@ async fn a_husk_is_believed_beside_a_delete_whose_tombstone_was_collected() {
     rename_volume(&mut net, 0, vol, "renamed").await;
     net.run(10_000).await;
     restore(&mut net, 0, &path, &copy, 1).await;
-    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
-    assert!(tx.delete::<volume::Model>(vol).await.unwrap());
-    let c = tx.commit().await.unwrap();
-    net.committed(0, c);
+    delete_volume(&mut net, 0, vol).await;
 
     // c takes the delete from a alone (a lacks the rename's number too),
     // then drops the tombstone as collection does (the statement
@@ -461,12 +501,15 @@ async fn a_husk_is_believed_beside_a_delete_whose_tombstone_was_collected() {
 /// simulation found it, `power` seed 114.)
 #[tokio::test]
 async fn a_delete_beyond_a_gap_no_one_can_fill_is_collected() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.sqlite");
-    let copy = dir.path().join("a-earlier.sqlite");
-    let time = ManualTime::new(common::EPOCH);
-    let a = device_at(&path, 1, time.clone()).await;
-    let mut net = Net::new(vec![a, device(2).await], 105);
+    let (
+        Restorable {
+            dir: _dir,
+            path,
+            copy,
+            time: _,
+        },
+        mut net,
+    ) = net_with_restorable(1, 105).await;
     // One change per page: a page can end before a number its reader
     // never gets.
     net.config.pull_limit = 1;
@@ -482,12 +525,8 @@ async fn a_delete_beyond_a_gap_no_one_can_fill_is_collected() {
     let vol = write_volume(&mut net, 0).await;
     write_tags(&mut net, 0, 1, "kept").await;
     write_tags(&mut net, 0, 1, "lost").await;
-    let d = &net.nodes[0].dev;
-    d.time.advance(Duration::from_millis(5));
-    let mut tx = d.engine.begin().await.unwrap();
-    assert!(tx.delete::<volume::Model>(vol).await.unwrap());
-    let c = tx.commit().await.unwrap();
-    net.committed(0, c);
+    net.nodes[0].dev.time.advance(Duration::from_millis(5));
+    delete_volume(&mut net, 0, vol).await;
     net.run(10_000).await;
 
     // b's first page brings 1 (as a husk) and 2, and 4 beside them (the
@@ -507,11 +546,7 @@ async fn a_delete_beyond_a_gap_no_one_can_fill_is_collected() {
     restore(&mut net, 0, &path, &copy, 1).await;
     net.partition(0, 1, false);
     net.connect_all().await;
-    for _ in 0..4 {
-        net.anti_entropy().await;
-        net.heartbeats();
-        net.run(10_000).await;
-    }
+    net.gossip(4).await;
     for n in &net.nodes {
         let names = tag_names(&n.dev).await;
         assert!(

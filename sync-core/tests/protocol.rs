@@ -648,9 +648,7 @@ async fn a_member_never_met_holds_collection_back_until_heard_of() {
     let deleted = tx.commit().await.unwrap();
     net.committed(2, deleted);
     net.run(10_000).await;
-    net.anti_entropy().await;
-    net.heartbeats();
-    net.run(10_000).await;
+    net.gossip(1).await;
     let c = &net.nodes[2].dev;
     c.time.advance(Duration::from_secs(60));
     let collected = c.engine.collect_tombstones(Duration::ZERO).await.unwrap();
@@ -662,11 +660,7 @@ async fn a_member_never_met_holds_collection_back_until_heard_of() {
     net.disconnect(0);
     net.nodes[0].online = true;
     net.connect(0, 1).await;
-    for _ in 0..4 {
-        net.anti_entropy().await;
-        net.heartbeats();
-        net.run(10_000).await;
-    }
+    net.gossip(4).await;
     for node in &net.nodes {
         let tags = tag::Entity::find()
             .all(node.dev.engine.database())

@@ -242,6 +242,16 @@ impl Net {
         }
     }
 
+    /// `rounds` rounds of anti-entropy and heartbeats, each delivered:
+    /// what members hold travels one link a round.
+    pub async fn gossip(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            self.anti_entropy().await;
+            self.heartbeats();
+            self.run(10_000).await;
+        }
+    }
+
     /// Every session sends its heartbeat.
     pub fn heartbeats(&mut self) {
         for a in 0..self.nodes.len() {
