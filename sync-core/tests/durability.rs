@@ -72,7 +72,7 @@ async fn rename_volume(net: &mut Net, i: usize, vol: Uuid, name: &str) {
 /// Device `a`'s files (its database and the earlier copy a restore puts
 /// back) and its clock; the directory goes when this does.
 struct Restorable {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     path: std::path::PathBuf,
     copy: std::path::PathBuf,
     time: ManualTime,
@@ -91,7 +91,7 @@ async fn net_with_restorable(others: u128, seed: u64) -> (Restorable, Net) {
     }
     (
         Restorable {
-            dir,
+            _dir: dir,
             path,
             copy,
             time,
@@ -119,7 +119,8 @@ async fn snapshot(d: &Device, to: &Path) {
 }
 
 /// Replaces a device's database file by an earlier copy and reopens it.
-async fn restore(net: &mut Net, i: usize, path: &Path, copy: &Path, n: u128) {
+async fn restore(net: &mut Net, i: usize, files: &Restorable, n: u128) {
+    let (path, copy) = (&files.path, &files.copy);
     net.disconnect(i);
     let time = net.nodes[i].dev.time.clone();
     // Drop the old engine and close its database before the files change.
@@ -150,20 +151,12 @@ async fn tag_names(d: &Device) -> std::collections::BTreeSet<String> {
 /// changes it lost come back from the peers that have them.
 #[tokio::test]
 async fn a_device_restored_to_an_earlier_state_reuses_no_number_and_gets_its_changes_back() {
-    let (
-        Restorable {
-            dir: _dir,
-            path,
-            copy,
-            time: _,
-        },
-        mut net,
-    ) = net_with_restorable(1, 101).await;
+    let (r, mut net) = net_with_restorable(1, 101).await;
     net.pair_all().await;
     net.connect_all().await;
     write_tags(&mut net, 0, 5, "before").await;
     assert!(net.settle(2).await);
-    snapshot(&net.nodes[0].dev, &copy).await;
+    snapshot(&net.nodes[0].dev, &r.copy).await;
     let first_origin = net.nodes[0].dev.engine.origin();
 
     // Written after the copy: lost by a's files, held by b.
@@ -171,7 +164,7 @@ async fn a_device_restored_to_an_earlier_state_reuses_no_number_and_gets_its_cha
     assert!(net.settle(2).await);
     assert_eq!(tag_names(&net.nodes[1].dev).await.len(), 10);
 
-    restore(&mut net, 0, &path, &copy, 1).await;
+    restore(&mut net, 0, &r, 1).await;
     let a = &net.nodes[0].dev;
     assert_eq!(
         tag_names(a).await.len(),
@@ -208,17 +201,9 @@ async fn a_device_restored_to_an_earlier_state_reuses_no_number_and_gets_its_cha
 /// over, and the new device ends with what the server holds, no more.
 #[tokio::test]
 async fn a_snapshot_whose_server_went_back_is_started_over() {
-    let (
-        Restorable {
-            dir: _dir,
-            path,
-            copy,
-            time: _,
-        },
-        mut net,
-    ) = net_with_restorable(1, 103).await;
+    let (r, mut net) = net_with_restorable(1, 103).await;
     write_tags(&mut net, 0, 4, "kept").await;
-    snapshot(&net.nodes[0].dev, &copy).await;
+    snapshot(&net.nodes[0].dev, &r.copy).await;
     write_tags(&mut net, 0, 4, "lost").await;
     let held = net.nodes[0].dev.engine.vector();
 
@@ -235,7 +220,7 @@ async fn a_snapshot_whose_server_went_back_is_started_over() {
         .unwrap();
     assert!(!done);
 
-    restore(&mut net, 0, &path, &copy, 1).await;
+    restore(&mut net, 0, &r, 1).await;
     let (a, b) = (&net.nodes[0].dev, &net.nodes[1].dev);
     assert!(!a.engine.vector().covers(&held), "a went back");
     let mut pages = 0;
@@ -278,20 +263,12 @@ async fn a_snapshot_whose_server_went_back_is_started_over() {
 /// husk back for want of a newer clock, and stay short of its number.)
 #[tokio::test]
 async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
-    let (
-        Restorable {
-            dir: _dir,
-            path,
-            copy,
-            time,
-        },
-        mut net,
-    ) = net_with_restorable(2, 104).await;
+    let (r, mut net) = net_with_restorable(2, 104).await;
     net.pair_all().await;
     net.connect_all().await;
     let vol = write_volume(&mut net, 0).await;
     assert!(net.settle(3).await);
-    snapshot(&net.nodes[0].dev, &copy).await;
+    snapshot(&net.nodes[0].dev, &r.copy).await;
     let first_origin = net.nodes[0].dev.engine.origin();
 
     // c is away; a renames the volume four seconds later (every clock
@@ -307,8 +284,8 @@ async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
     // a loses the rename with its power, and its clock goes back (within
     // the drift bound): its delete is older, by the clock, than the rename
     // it lost.
-    restore(&mut net, 0, &path, &copy, 1).await;
-    time.set(common::EPOCH + Duration::from_secs(1));
+    restore(&mut net, 0, &r, 1).await;
+    r.time.set(common::EPOCH + Duration::from_secs(1));
     delete_volume(&mut net, 0, vol).await;
 
     // c hears the delete first, then b (which then holds the rename as a
@@ -348,20 +325,12 @@ async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
 /// keep the record for ever; the simulation found it, `power` seed 24.)
 #[tokio::test]
 async fn a_device_that_went_back_past_a_collected_delete_drops_the_record_on_resync() {
-    let (
-        Restorable {
-            dir: _dir,
-            path,
-            copy,
-            time: _,
-        },
-        mut net,
-    ) = net_with_restorable(1, 107).await;
+    let (r, mut net) = net_with_restorable(1, 107).await;
     net.pair_all().await;
     net.connect_all().await;
     let vol = write_volume(&mut net, 0).await;
     assert!(net.settle(3).await);
-    snapshot(&net.nodes[0].dev, &copy).await;
+    snapshot(&net.nodes[0].dev, &r.copy).await;
 
     net.nodes[0].dev.time.advance(Duration::from_millis(5));
     delete_volume(&mut net, 0, vol).await;
@@ -379,7 +348,7 @@ async fn a_device_that_went_back_past_a_collected_delete_drops_the_record_on_res
 
     // a goes back to before the delete: the volume is there again, and no
     // device can serve the delete as a change.
-    restore(&mut net, 0, &path, &copy, 1).await;
+    restore(&mut net, 0, &r, 1).await;
     assert!(
         volume::Model::find_by_id(net.nodes[0].dev.engine.database(), vol)
             .await
@@ -413,20 +382,12 @@ async fn a_device_that_went_back_past_a_collected_delete_drops_the_record_on_res
 /// `power` seed 192.)
 #[tokio::test]
 async fn a_husk_is_believed_beside_a_delete_whose_tombstone_was_collected() {
-    let (
-        Restorable {
-            dir: _dir,
-            path,
-            copy,
-            time: _,
-        },
-        mut net,
-    ) = net_with_restorable(2, 106).await;
+    let (r, mut net) = net_with_restorable(2, 106).await;
     net.pair_all().await;
     net.connect_all().await;
     let vol = write_volume(&mut net, 0).await;
     assert!(net.settle(3).await);
-    snapshot(&net.nodes[0].dev, &copy).await;
+    snapshot(&net.nodes[0].dev, &r.copy).await;
     let first_origin = net.nodes[0].dev.engine.origin();
 
     // c is away; only b hears a's rename, which a then loses with its
@@ -435,7 +396,7 @@ async fn a_husk_is_believed_beside_a_delete_whose_tombstone_was_collected() {
     net.disconnect(2);
     rename_volume(&mut net, 0, vol, "renamed").await;
     net.run(10_000).await;
-    restore(&mut net, 0, &path, &copy, 1).await;
+    restore(&mut net, 0, &r, 1).await;
     delete_volume(&mut net, 0, vol).await;
 
     // c takes the delete from a alone (a lacks the rename's number too),
@@ -501,22 +462,14 @@ async fn a_husk_is_believed_beside_a_delete_whose_tombstone_was_collected() {
 /// simulation found it, `power` seed 114.)
 #[tokio::test]
 async fn a_delete_beyond_a_gap_no_one_can_fill_is_collected() {
-    let (
-        Restorable {
-            dir: _dir,
-            path,
-            copy,
-            time: _,
-        },
-        mut net,
-    ) = net_with_restorable(1, 105).await;
+    let (r, mut net) = net_with_restorable(1, 105).await;
     // One change per page: a page can end before a number its reader
     // never gets.
     net.config.pull_limit = 1;
     net.pair_all().await;
     net.connect_all().await;
     assert!(net.settle(2).await);
-    snapshot(&net.nodes[0].dev, &copy).await;
+    snapshot(&net.nodes[0].dev, &r.copy).await;
     let first_origin = net.nodes[0].dev.engine.origin();
 
     // Cut off, a writes: 1 creates a volume, 2 and 3 tags, 4 deletes the
@@ -543,7 +496,7 @@ async fn a_delete_beyond_a_gap_no_one_can_fill_is_collected() {
 
     // a loses everything it wrote with its power: number 3 is gone for
     // good, and 4 comes back to a from b, above the same gap.
-    restore(&mut net, 0, &path, &copy, 1).await;
+    restore(&mut net, 0, &r, 1).await;
     net.partition(0, 1, false);
     net.connect_all().await;
     net.gossip(4).await;
