@@ -386,7 +386,8 @@ impl Engine {
     pub(crate) fn note_held(&self, base: &VersionVector, held: &[HeldReport]) {
         let now = self.now_ms();
         let me = self.device();
-        let mut shared: Option<(Arc<VersionVector>, u64)> = None;
+        let mut shared: Option<Arc<VersionVector>> = None;
+        let mut base_total: Option<u64> = None;
         let mut m = self.memory();
         for report in held.iter().take(MAX_LINKS) {
             let device = report.device;
@@ -399,16 +400,20 @@ impl Engine {
             }
             let mut differs: BTreeMap<Uuid, u64> = report.differs.iter().copied().collect();
             differs.retain(|o, s| *s != base.get(*o));
-            // Two reports within one millisecond: the one that holds more.
-            if known.is_some_and(|h| report.stamp == h.stamp && !h.holds_less(base, &differs)) {
-                continue;
-            }
-            let (base, base_total) = shared
-                .get_or_insert_with(|| (Arc::new(base.clone()), base.total()))
-                .clone();
+            let base_total = *base_total.get_or_insert_with(|| base.total());
             let total = differs.iter().fold(base_total, |t, (o, s)| {
                 t.saturating_sub(base.get(*o)).saturating_add(*s)
             });
+            // Two reports within one millisecond: the one that holds more.
+            // Holding more means a larger sum, so a report whose sum is not
+            // larger (most often the same report, relayed) is left at
+            // that, without comparing the vectors origin by origin.
+            if known.is_some_and(|h| {
+                report.stamp == h.stamp && (total <= h.total || !h.holds_less(base, &differs))
+            }) {
+                continue;
+            }
+            let base = shared.get_or_insert_with(|| Arc::new(base.clone())).clone();
             // Ranges above the member's vector, normalised: a range that
             // is empty, at or below the vector, or overlapping another is
             // folded or dropped, never trusted as given.
@@ -436,7 +441,7 @@ impl Engine {
         }
         // Reports kept from many heartbeats would keep as many vectors:
         // past a few, every report is rebased on this heartbeat's.
-        if let Some((base, _)) = shared {
+        if let Some(base) = shared {
             let bases: BTreeSet<*const VersionVector> =
                 m.heard.values().map(|h| Arc::as_ptr(&h.base)).collect();
             if bases.len() > MAX_BASES {
