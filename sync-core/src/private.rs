@@ -283,6 +283,7 @@ pub mod steps {
                 device: b.device,
                 claim: Some((b.after, b.upto)),
                 changes: b.changes,
+                handed: Vec::new(),
                 proofs: Some(b.seals),
             })
             .collect();

@@ -215,6 +215,10 @@ pub(crate) struct InBatch {
     /// batch carries what the receiver lacks of them.
     pub(crate) claim: Option<(u64, u64)>,
     pub(crate) changes: Vec<EncodedChange>,
+    /// The changes decoded, one for each of `changes`, when the application
+    /// handed them over itself ([`Engine::apply`]): they are not decoded
+    /// again. Empty for changes from a peer.
+    pub(crate) handed: Vec<Change>,
     /// The seals that prove the changes and the claim; `None` for changes
     /// the application hands over itself ([`Engine::apply`]).
     pub(crate) proofs: Option<Vec<SealProof>>,
@@ -288,23 +292,24 @@ impl Engine {
     /// cannot apply. Each change's number counts as received once it took
     /// effect or was refused for good.
     pub async fn apply(&self, changes: Vec<Change>) -> Result<ApplyReport, EngineError> {
-        let mut by_origin: BTreeMap<(Uuid, Uuid), Vec<EncodedChange>> = BTreeMap::new();
-        for c in &changes {
+        type Handed = (Vec<EncodedChange>, Vec<Change>);
+        let mut by_origin: BTreeMap<(Uuid, Uuid), Handed> = BTreeMap::new();
+        for c in changes {
             let bytes = c
                 .encode()
                 .map_err(|e| EngineError::Malformed(e.to_string()))?;
-            by_origin
-                .entry((c.origin, c.device))
-                .or_default()
-                .push(bytes);
+            let slot = by_origin.entry((c.origin, c.device)).or_default();
+            slot.0.push(bytes);
+            slot.1.push(c);
         }
         let batches = by_origin
             .into_iter()
-            .map(|((origin, device), changes)| InBatch {
+            .map(|((origin, device), (changes, handed))| InBatch {
                 origin,
                 device,
                 claim: None,
                 changes,
+                handed,
                 proofs: None,
             })
             .collect();
@@ -389,8 +394,16 @@ impl Engine {
                 // reads them from the batch.
                 let mut decoded: Vec<(Change, EncodedChange)> =
                     Vec::with_capacity(batch.changes.len());
+                // Changes the application handed over come with their
+                // decoded form (the bytes were encoded from it).
+                let handed = std::mem::take(&mut batch.handed);
+                let mut handed = (handed.len() == batch.changes.len()).then(|| handed.into_iter());
                 for bytes in std::mem::take(&mut batch.changes) {
-                    match bytes.decode() {
+                    let change = match handed.as_mut().and_then(Iterator::next) {
+                        Some(c) => Ok(c),
+                        None => bytes.decode(),
+                    };
+                    match change {
                         Ok(c) => decoded.push((c, bytes)),
                         Err(e) => {
                             track.valid = false;

@@ -142,6 +142,7 @@ fn in_batches(batches: Vec<Batch>) -> Vec<InBatch> {
             device: b.device,
             claim: Some((b.after, b.upto)),
             changes: b.changes,
+            handed: Vec::new(),
             proofs: Some(b.seals),
         })
         .collect()

@@ -109,7 +109,7 @@ pub(crate) fn get_u64(
 }
 
 /// The most bound values SQLite takes in one statement.
-const MAX_VARIABLES: usize = 32_000;
+pub(crate) const MAX_VARIABLES: usize = 32_000;
 /// The most rows one statement writes or names.
 pub(crate) const MAX_ROWS: usize = 500;
 

@@ -81,6 +81,10 @@ pub(crate) struct Loaded {
     pub(crate) max_key: HashMap<usize, i64>,
 }
 
+/// The most records [`load_for_plan`] reads in one query (a received batch
+/// of 1,000 changes takes one).
+const MAX_LOAD_KEYS: usize = 4_096;
+
 /// The stored rows of `keys`, the records waiting for each of them, and the
 /// highest local key of each model in `max_keys` (with whether its table is
 /// AUTOINCREMENT), in one round trip when they fit one.
@@ -94,7 +98,15 @@ pub(crate) async fn load_for_plan<C: ConnectionTrait>(
     for k in keys {
         by_rank.entry(k.rank).or_default().push(uuid_value(k.id));
     }
-    if keys.len() > super::MAX_ROWS {
+    // Each model's ids are bound twice, padded to a power of two, with
+    // two values more per model and up to two per highest key: past what
+    // one statement binds, the reads go one by one.
+    let bound: usize = by_rank
+        .values()
+        .map(|ids| 2 * ids.len().next_power_of_two() + 2)
+        .sum::<usize>()
+        + 2 * max_keys.len();
+    if bound > super::MAX_VARIABLES || keys.len() > MAX_LOAD_KEYS {
         let mut loaded = Loaded {
             rows: load_rows(db, registry, keys).await?,
             waiters: super::load_waiters(db, registry, keys).await?,
