@@ -279,6 +279,20 @@ fn early(batch: &InBatch, own: Uuid, received: &Received, claimed: &BTreeMap<Uui
         && claimed.get(&batch.origin).is_none_or(|upto| *upto < after)
 }
 
+/// A batch decoded and checked against its seals, before the writer is
+/// taken.
+#[derive(Default)]
+struct Prepared {
+    /// The changes that decode, with their bytes (which move here from the
+    /// batch: nothing below reads them from it).
+    decoded: Vec<(Change, EncodedChange)>,
+    /// Why each change that does not decode does not.
+    undecoded: Vec<String>,
+    /// How far its seals prove it (`None` for changes the application
+    /// handed over).
+    proven: Option<crate::trust::check::Proven>,
+}
+
 /// How far a batch's claim may move the received set.
 struct ClaimTrack {
     valid: bool,
@@ -322,6 +336,42 @@ impl Engine {
             .0)
     }
 
+    /// Decodes a batch's changes and checks them against its seals: what
+    /// its triage needs that does not depend on what is held here.
+    fn prepare(&self, batch: &mut InBatch) -> Prepared {
+        let mut out = Prepared {
+            decoded: Vec::with_capacity(batch.changes.len()),
+            ..Prepared::default()
+        };
+        // Changes the application handed over come with their decoded form
+        // (the bytes were encoded from it).
+        let handed = std::mem::take(&mut batch.handed);
+        let mut handed = (handed.len() == batch.changes.len()).then(|| handed.into_iter());
+        for bytes in std::mem::take(&mut batch.changes) {
+            let change = match handed.as_mut().and_then(Iterator::next) {
+                Some(c) => Ok(c),
+                None => bytes.decode(),
+            };
+            match change {
+                Ok(c) => out.decoded.push((c, bytes)),
+                Err(e) => out.undecoded.push(e.to_string()),
+            }
+        }
+        // A batch from a peer is believed as far as its seals prove.
+        out.proven = batch.proofs.as_ref().map(|proofs| {
+            let standing = self.memory().membership.standing(batch.device);
+            check_batch(
+                batch.origin,
+                batch.device,
+                batch.claim,
+                &out.decoded,
+                proofs,
+                &standing,
+            )
+        });
+        out
+    }
+
     /// The receive path. Returns the report and each change's outcome.
     #[tracing::instrument(skip_all, fields(device = %self.device()))]
     pub(crate) async fn receive(
@@ -336,7 +386,17 @@ impl Engine {
             // Everything is known here: no transaction, no write.
             return Ok((report, Vec::new()));
         }
-        let w = self.write_tx().await?;
+        // Decoding the changes and checking their seals read nothing the
+        // writer guards: they run while the transaction begins on the
+        // connection's thread.
+        let (w, mut prepared) = futures::join!(self.write_tx(), async {
+            incoming
+                .batches
+                .iter_mut()
+                .map(|b| self.prepare(b))
+                .collect::<Vec<_>>()
+        });
+        let w = w?;
         phases.mark("begin");
         let registry = &self.inner.registry;
         let now = self.now();
@@ -378,10 +438,18 @@ impl Engine {
                     valid: batch.claim.is_some_and(|(a, u)| a <= u && u <= MAX_SEQ),
                     held_back: BTreeSet::new(),
                 };
+                let Prepared {
+                    decoded,
+                    undecoded,
+                    proven,
+                } = prepared
+                    .get_mut(batch_ix)
+                    .map(std::mem::take)
+                    .unwrap_or_default();
                 if incoming.pushed && early(batch, self.inner.origin, &received, &claimed) {
-                    report.early += batch.changes.len() as u64;
-                    metrics::counter!("syncable_changes_early_total")
-                        .increment(batch.changes.len() as u64);
+                    let n = (decoded.len() + undecoded.len()) as u64;
+                    report.early += n;
+                    metrics::counter!("syncable_changes_early_total").increment(n);
                     track.valid = false;
                     claims.push(track);
                     continue;
@@ -390,45 +458,15 @@ impl Engine {
                     let slot = claimed.entry(batch.origin).or_default();
                     *slot = (*slot).max(upto);
                 }
-                // The batch's bytes move into the items: nothing below
-                // reads them from the batch.
-                let mut decoded: Vec<(Change, EncodedChange)> =
-                    Vec::with_capacity(batch.changes.len());
-                // Changes the application handed over come with their
-                // decoded form (the bytes were encoded from it).
-                let handed = std::mem::take(&mut batch.handed);
-                let mut handed = (handed.len() == batch.changes.len()).then(|| handed.into_iter());
-                for bytes in std::mem::take(&mut batch.changes) {
-                    let change = match handed.as_mut().and_then(Iterator::next) {
-                        Some(c) => Ok(c),
-                        None => bytes.decode(),
-                    };
-                    match change {
-                        Ok(c) => decoded.push((c, bytes)),
-                        Err(e) => {
-                            track.valid = false;
-                            let reason = RejectReason::Malformed(format!("does not decode: {e}"));
-                            report.rejected.push(Rejection {
-                                origin: batch.origin,
-                                seq: 0,
-                                model: String::new(),
-                                reason,
-                            });
-                        }
-                    }
+                for e in undecoded {
+                    track.valid = false;
+                    report.rejected.push(Rejection {
+                        origin: batch.origin,
+                        seq: 0,
+                        model: String::new(),
+                        reason: RejectReason::Malformed(format!("does not decode: {e}")),
+                    });
                 }
-                // A batch from a peer is believed as far as its seals prove.
-                let proven = batch.proofs.as_ref().map(|proofs| {
-                    let standing = self.memory().membership.standing(batch.device);
-                    check_batch(
-                        batch.origin,
-                        batch.device,
-                        batch.claim,
-                        &decoded,
-                        proofs,
-                        &standing,
-                    )
-                });
                 if let Some(p) = &proven {
                     if let Some(why) = &p.refused {
                         tracing::warn!(origin = %batch.origin, device = %batch.device, %why, "a batch its seals do not prove");
