@@ -82,7 +82,17 @@ impl Engine {
     /// unpaired. Returns how many records were new; records that do not
     /// verify are counted and dropped.
     pub async fn add_members(&self, records: Vec<MemberRecord>) -> Result<usize, EngineError> {
+        Ok(self.merge_members(records).await?.0)
+    }
+
+    /// [`Engine::add_members`], also returning the ids of the records that
+    /// verify (held before or not).
+    pub(crate) async fn merge_members(
+        &self,
+        records: Vec<MemberRecord>,
+    ) -> Result<(usize, Vec<Hash>), EngineError> {
         let mut fresh = Vec::new();
+        let mut held = Vec::new();
         let mut bad = 0u64;
         {
             let m = self.memory();
@@ -90,6 +100,7 @@ impl Engine {
                 let (id, bytes) = r.id().map_err(|e| EngineError::Malformed(e.to_string()))?;
                 // Records held here were verified when they arrived.
                 if m.membership.has(&id) {
+                    held.push(id);
                     continue;
                 }
                 if !r.signed() {
@@ -103,8 +114,9 @@ impl Engine {
             metrics::counter!("syncable_member_records_refused_total").increment(bad);
             tracing::warn!(bad, "membership records whose signatures do not verify");
         }
+        held.extend(fresh.iter().map(|(id, _, _)| *id));
         if fresh.is_empty() {
-            return Ok(0);
+            return Ok((0, held));
         }
         let was_removed: Vec<Uuid> = self.memory().membership.removed().collect();
         {
@@ -136,6 +148,6 @@ impl Engine {
             }
             metrics::counter!("syncable_devices_removed_total").increment(1);
         }
-        Ok(n)
+        Ok((n, held))
     }
 }

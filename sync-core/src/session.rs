@@ -111,8 +111,12 @@ pub struct Session {
     /// device last sent its records: the same disagreement is not answered
     /// again until a full heartbeat.
     members_answered: Option<(crate::trust::Hash, crate::trust::Hash)>,
-    /// The membership records sent to the peer: each is sent once, and
-    /// again only after a full heartbeat.
+    /// The membership digest the peer last gave.
+    members_heard: Option<crate::trust::Hash>,
+    /// The membership records the peer holds, as far as this device knows:
+    /// those sent to it and those it sent. Each is sent once, and all again
+    /// only when a disagreement outlasts a full heartbeat unchanged (a
+    /// message lost on the way).
     members_sent: std::collections::HashSet<crate::trust::Hash>,
     /// The vector this device last sent the peer whole, with its digest:
     /// the heartbeats between full ones carry their difference from it.
@@ -164,6 +168,7 @@ impl Session {
             beats: 0,
             reported: std::collections::HashMap::new(),
             members_answered: None,
+            members_heard: None,
             members_sent: std::collections::HashSet::new(),
             vector_sent: None,
             vector_heard: None,
@@ -263,7 +268,9 @@ impl Session {
                 Output::default()
             }
             (_, Message::Members(members)) => {
-                self.engine.add_members(members.records).await?;
+                // The peer holds what it sent: none of it goes back.
+                let (_, ids) = self.engine.merge_members(members.records).await?;
+                self.members_sent.extend(ids);
                 Output::default()
             }
             (_, Message::Heartbeat(beat)) => {
@@ -618,8 +625,15 @@ impl Session {
     pub fn heartbeat(&mut self) -> Message {
         if self.beats.is_multiple_of(FULL_HEARTBEAT_EVERY) {
             self.reported.clear();
+            // A disagreement answered and unchanged since: what was sent
+            // may not have arrived, so everything goes again.
+            let stuck = self.members_heard.is_some_and(|theirs| {
+                self.members_answered == Some((self.engine.members_digest(), theirs))
+            });
+            if stuck {
+                self.members_sent.clear();
+            }
             self.members_answered = None;
-            self.members_sent.clear();
         }
         let full = self.beats.is_multiple_of(FULL_HEARTBEAT_EVERY);
         self.beats += 1;
@@ -686,6 +700,7 @@ impl Session {
     /// peer's digest says it holds others (once per pair of digests): each
     /// side then merges the other's, and the digests agree.
     fn members_if_differ(&mut self, theirs: &crate::trust::Hash) -> Option<Message> {
+        self.members_heard = Some(*theirs);
         let mine = self.engine.members_digest();
         if *theirs == mine || self.members_answered == Some((mine, *theirs)) {
             return None;
