@@ -967,3 +967,30 @@ async fn heartbeats_between_full_ones_carry_the_vectors_difference() {
     a_from_b.handle(Message::Heartbeat(stray)).await.unwrap();
     assert_eq!(net.nodes[0].dev.engine.peer_vector(b), Some(b_vector));
 }
+
+#[tokio::test]
+async fn membership_records_lost_on_the_way_are_sent_again() {
+    let mut net = net_of(3, 7).await;
+    net.connect(0, 1).await;
+    assert!(net.settle(1).await);
+    net.gossip(2).await;
+    let removed = net.nodes[2].dev.id;
+    net.nodes[0].dev.engine.remove(removed).await.unwrap();
+    // The heartbeats cross; the records device 0 answers with are lost.
+    net.heartbeats();
+    assert!(net.step().await);
+    assert!(net.step().await);
+    net.faults.drop = 1.0;
+    net.run(1_000).await;
+    net.faults.drop = 0.0;
+    assert!(!net.nodes[1].dev.engine.is_removed(removed));
+    // The same disagreement outlasts a full heartbeat: everything goes
+    // again, and device 1 learns of the removal.
+    net.gossip(sync_core::FULL_HEARTBEAT_EVERY as usize + 2)
+        .await;
+    assert!(net.nodes[1].dev.engine.is_removed(removed));
+    assert_eq!(
+        net.nodes[0].dev.engine.members_digest(),
+        net.nodes[1].dev.engine.members_digest()
+    );
+}
