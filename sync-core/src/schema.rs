@@ -31,16 +31,22 @@ struct Column {
     not_null: bool,
 }
 
+/// The rows of `PRAGMA name(table)`.
+async fn pragma<C: ConnectionTrait>(
+    db: &C,
+    name: &str,
+    table: &str,
+) -> Result<Vec<sea_orm::QueryResult>, StoreError> {
+    Ok(db
+        .query_all_raw(stmt(&format!("PRAGMA {name}({})", ident(table)), vec![]))
+        .await?)
+}
+
 async fn columns<C: ConnectionTrait>(
     db: &C,
     table: &str,
 ) -> Result<BTreeMap<String, Column>, StoreError> {
-    let rows = db
-        .query_all_raw(stmt(
-            &format!("PRAGMA table_info({})", ident(table)),
-            vec![],
-        ))
-        .await?;
+    let rows = pragma(db, "table_info", table).await?;
     let mut out = BTreeMap::new();
     for row in &rows {
         let name: String = row.try_get("", "name")?;
@@ -260,12 +266,7 @@ async fn foreign_key_targets<C: ConnectionTrait>(
     db: &C,
     table: &str,
 ) -> Result<Vec<String>, StoreError> {
-    let list = db
-        .query_all_raw(stmt(
-            &format!("PRAGMA foreign_key_list({})", ident(table)),
-            vec![],
-        ))
-        .await?;
+    let list = pragma(db, "foreign_key_list", table).await?;
     let mut out = Vec::new();
     for row in &list {
         let target: String = row.try_get("", "table")?;

@@ -939,11 +939,13 @@ async fn update_fields_sends_exactly_what_the_active_model_sets() {
 async fn device_with_foreign_keys(n: u128) -> Device {
     use sea_orm::ConnectionTrait;
     let db = common::database().await;
-    let row = db
-        .query_one_raw(sea_orm::Statement::from_string(
+    let one = |sql: &'static str| {
+        db.query_one_raw(sea_orm::Statement::from_string(
             sea_orm::DbBackend::Sqlite,
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'tags'",
+            sql,
         ))
+    };
+    let row = one("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'tags'")
         .await
         .unwrap()
         .unwrap();
@@ -954,14 +956,7 @@ async fn device_with_foreign_keys(n: u128) -> Device {
     );
     db.execute_unprepared("DROP TABLE tags").await.unwrap();
     db.execute_unprepared(&with_key).await.unwrap();
-    let on = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            sea_orm::DbBackend::Sqlite,
-            "PRAGMA foreign_keys",
-        ))
-        .await
-        .unwrap()
-        .unwrap();
+    let on = one("PRAGMA foreign_keys").await.unwrap().unwrap();
     assert_eq!(on.try_get_by_index::<i64>(0).unwrap(), 1, "keys enforced");
     common::open_device(db, n, sync_core::clock::ManualTime::new(common::EPOCH)).await
 }
