@@ -35,9 +35,13 @@
 //!   deletes it for real, so that its updates, wherever they arrive, meet a
 //!   tombstone.
 //!
-//! A resync for pruned changes (the device was not expired) settles only
-//! the device-owned records: the device acknowledged every collected
-//! delete, but its database may have gone back since and lost one.
+//! A resync for pruned changes (the device was not expired) settles less:
+//! the device acknowledged every collected delete, but its database may
+//! have gone back since (a power loss, a restored backup) and lost one. It
+//! drops the device-owned records as above, and the shared records whose
+//! every field was set by a write `V` holds (each field keeps its write's
+//! number); a shared record with a field stored without its number is
+//! kept.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -46,6 +50,7 @@ use sea_orm::{ConnectionTrait, Value};
 use uuid::Uuid;
 
 use crate::change::{Change, Op};
+use crate::clock::timestamp_origin;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::project::{Facts, Input, Presence, RecordKey};
@@ -416,10 +421,18 @@ impl Engine {
                 }
                 // A device that was not expired acknowledged every
                 // collected delete, unless its database went back since
-                // (a power loss, a restored backup) and lost one: only
-                // device-owned records, whose absence is proof, are
-                // settled for it.
-                RecordState::Shared(_) if !shared_too => Settle::Keep,
+                // (a power loss, a restored backup) and lost one. A shared
+                // record whose every write the serving device held, and
+                // which it no longer holds, is proof of such a delete;
+                // one with a write the server lacked, or a field stored
+                // without its number, is kept.
+                RecordState::Shared(s) if !shared_too => {
+                    if writes_covered(s, &vector) {
+                        Settle::Drop
+                    } else {
+                        Settle::Keep
+                    }
+                }
                 RecordState::Shared(_) => {
                     let writes: Vec<&Change> = beyond
                         .get(&key.id)
@@ -592,6 +605,17 @@ fn held_records(
         }
     }
     out
+}
+
+/// Whether `vector` holds every write that made a shared state: each
+/// field's, by its number under its clock's origin. A field stored without
+/// its number (before it was kept) proves nothing.
+fn writes_covered(state: &SharedState, vector: &VersionVector) -> bool {
+    !state.fields.is_empty()
+        && state
+            .fields
+            .values()
+            .all(|f| f.seq > 0 && f.seq <= vector.get(timestamp_origin(&f.hlc)))
 }
 
 /// The state that shows a record as deleted, for a record dropped because

@@ -254,6 +254,7 @@ fn merge_upsert<'a>(
             hlc: change.hlc,
             base,
             device: change.device,
+            seq: change.seq,
         };
         if merge_field(state, name, incoming, site, conflicts) == Merged::Changed {
             merged = Merged::Changed;
@@ -550,6 +551,7 @@ mod tests {
                         hlc: ts(*t, *dev),
                         base: base.map(|b| ts(b, *dev)),
                         device: device(*dev),
+                        seq: *t,
                     },
                     SITE,
                     conflicts,

@@ -29,6 +29,11 @@ pub(crate) struct FieldState {
     pub(crate) base: Option<Timestamp>,
     /// The device that wrote it.
     pub(crate) device: Uuid,
+    /// The write's number under its origin (the clock's id); 0 for a field
+    /// stored before the number was kept. A resync settles by it: a record
+    /// whose every write the serving device held, and which it no longer
+    /// holds, was deleted there.
+    pub(crate) seq: u64,
 }
 
 /// A deleted record.
@@ -196,6 +201,10 @@ pub struct SharedImage {
     clocks: Vec<Timestamp>,
     fields: Vec<ImageField>,
     tombstone: Option<ImageTombstone>,
+    /// The number of the write of each clock, by position (0: not known);
+    /// empty when none is known (an image stored before they were kept).
+    #[serde(default)]
+    numbers: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -209,6 +218,7 @@ struct ImageRef<'a> {
     clocks: Vec<Timestamp>,
     fields: Vec<ImageFieldRef<'a>>,
     tombstone: Option<ImageTombstone>,
+    numbers: Vec<u64>,
 }
 
 #[derive(Serialize)]
@@ -222,6 +232,21 @@ fn position<T: PartialEq + Copy>(list: &mut Vec<T>, item: T) -> u32 {
             (list.len() - 1) as u32
         }
     }
+}
+
+/// The number of each of `clocks`' writes, from the fields they set; empty
+/// when no field knows its number.
+fn numbers_of<'a>(clocks: &[Timestamp], fields: impl Iterator<Item = &'a FieldState>) -> Vec<u64> {
+    let mut numbers = vec![0; clocks.len()];
+    for f in fields {
+        if let Some(i) = clocks.iter().position(|c| *c == f.hlc) {
+            numbers[i] = numbers[i].max(f.seq);
+        }
+    }
+    if numbers.iter().all(|n| *n == 0) {
+        numbers.clear();
+    }
+    numbers
 }
 
 impl<'a> ImageRef<'a> {
@@ -249,11 +274,13 @@ impl<'a> ImageRef<'a> {
                 t.delete,
             )
         });
+        let numbers = numbers_of(&clocks, state.fields.values());
         Self {
             devices,
             clocks,
             fields,
             tombstone,
+            numbers,
         }
     }
 }
@@ -287,11 +314,13 @@ impl SharedImage {
                 t.delete,
             )
         });
+        let numbers = numbers_of(&clocks, state.fields.values());
         Self {
             devices,
             clocks,
             fields,
             tombstone,
+            numbers,
         }
     }
 
@@ -301,6 +330,7 @@ impl SharedImage {
             clocks,
             fields: image_fields,
             tombstone,
+            numbers,
         } = self;
         let clock = |i: u32| {
             clocks
@@ -322,6 +352,7 @@ impl SharedImage {
                 hlc: clock(hlc)?,
                 base: base.map(clock).transpose()?,
                 device: device(writer)?,
+                seq: numbers.get(hlc as usize).copied().unwrap_or(0),
             };
             match fields.entry(name) {
                 Entry::Vacant(slot) => {
@@ -368,12 +399,14 @@ mod tests {
                     hlc: ts(5, 1),
                     base: None,
                     device: Uuid::from_u128(9),
+                    seq: 3,
                 },
             );
         }
         let image = SharedImage::of(&s);
         assert_eq!(image.clocks.len(), 1);
         assert_eq!(image.devices.len(), 1);
+        assert_eq!(image.numbers, vec![3], "the write's number, once");
         let stored = RecordState::Shared(s.clone()).encode().unwrap();
         assert_eq!(stored, rmp_serde::to_vec(&image).unwrap(), "same bytes");
         assert_eq!(image.into_state().unwrap(), s);
@@ -386,6 +419,7 @@ mod tests {
             clocks: vec![],
             fields: vec![ImageField("a".into(), WireValue::I32(Some(1)), 4, None, 0)],
             tombstone: None,
+            numbers: vec![],
         };
         assert!(image.into_state().is_err());
     }

@@ -372,6 +372,65 @@ async fn a_device_that_went_back_past_a_collected_delete_drops_the_record_on_res
     );
 }
 
+/// The shared half of the case above. A tag is deleted by another device,
+/// every device collects its tombstone and prunes its log; then device `a`
+/// goes back to before the delete. No device can serve the delete, so `a`
+/// resyncs; the snapshot lacks the tag and its vector holds every write
+/// the tag's fields carry (by their numbers): `a` drops the tag. (It used
+/// to keep it, and to serve it in its own snapshots to devices that had
+/// collected it, which took it back: `power` seed 310.)
+#[tokio::test]
+async fn a_device_that_went_back_past_a_collected_shared_delete_drops_the_record_on_resync() {
+    let (r, mut net) = net_with_restorable(1, 108).await;
+    net.pair_all().await;
+    net.connect_all().await;
+    write_tags(&mut net, 0, 1, "doomed").await;
+    assert!(net.settle(3).await);
+    let gid = tag::Entity::find()
+        .one(net.nodes[1].dev.engine.database())
+        .await
+        .unwrap()
+        .unwrap()
+        .gid;
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+
+    net.nodes[1].dev.time.advance(Duration::from_millis(5));
+    let mut tx = net.nodes[1].dev.engine.begin().await.unwrap();
+    assert!(tx.delete::<tag::Model>(gid).await.unwrap());
+    let c = tx.commit().await.unwrap();
+    net.committed(1, c);
+    net.gossip(3).await;
+    for n in &net.nodes {
+        n.dev.time.advance(Duration::from_secs(60));
+        let collected = n
+            .dev
+            .engine
+            .collect_tombstones(Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(collected.shared, 1, "every device held the delete");
+        n.dev.engine.flush_peers().await.unwrap();
+        n.dev.engine.prune().await.unwrap();
+        assert_eq!(n.dev.engine.status().log_len, 0, "every peer acknowledged");
+    }
+
+    // a goes back to before the delete: the tag is there again.
+    restore(&mut net, 0, &r, 1).await;
+    assert!(tag_names(&net.nodes[0].dev).await.contains("doomed0"));
+    net.connect_all().await;
+    assert!(net.settle(5).await);
+    for n in &net.nodes {
+        assert!(
+            !tag_names(&n.dev).await.contains("doomed0"),
+            "the tag stays deleted"
+        );
+    }
+    assert_eq!(
+        net.nodes[0].dev.engine.vector(),
+        net.nodes[1].dev.engine.vector()
+    );
+}
+
 /// A device-owned write superseded by its owner's delete is served as a
 /// husk, believed beside its record's newer state. A device that took the
 /// delete and has collected the record's tombstone since holds no state of
