@@ -73,7 +73,7 @@ pub(crate) struct Site {
 }
 
 impl Site {
-    fn conflict(
+    pub(crate) fn conflict(
         self,
         kind: ConflictKind,
         field: Option<&str>,
@@ -761,6 +761,7 @@ mod tests {
                     value: WireValue::Uuid(Some(device(owner))),
                     base: None,
                 }]),
+                replaces: None,
             };
             let bytes = c.encode().unwrap();
             OwnedState { change: c, bytes }

@@ -405,6 +405,10 @@ impl Engine {
             (m.received.clone(), m.origins.clone(), m.pruned.clone())
         };
         let received_before = received.clone();
+        // Snapshot rows held back here count in the vector before their
+        // state is merged: while any is held, a number in the vector does
+        // not prove its state was taken.
+        let none_held = self.memory().held_rows == 0 && incoming.retried.is_empty();
         let mut report = ApplyReport::default();
         let mut outcomes: Vec<(Uuid, u64, Outcome)> = Vec::new();
         let mut items: Vec<Item> = Vec::new();
@@ -694,16 +698,22 @@ impl Engine {
                                 Some(RecordState::Owned(o)) => Some(o.clone()),
                                 _ => None,
                             };
-                            let m = merge::merge_state(
-                                slot,
-                                RecordState::Owned(OwnedState {
-                                    change: change.clone(),
-                                    bytes: bytes.clone(),
-                                }),
-                                owner_field,
-                                site,
-                                &mut conflicts,
-                            );
+                            let m =
+                                if none_held && lost_to_collected(slot, change, &received_before) {
+                                    conflicts.push(lost_write(site, change));
+                                    Ok(Merged::Superseded)
+                                } else {
+                                    merge::merge_state(
+                                        slot,
+                                        RecordState::Owned(OwnedState {
+                                            change: change.clone(),
+                                            bytes: bytes.clone(),
+                                        }),
+                                        owner_field,
+                                        site,
+                                        &mut conflicts,
+                                    )
+                                };
                             // What no longer stands here as a state is kept
                             // as a husk, to prove the hole in a catch-up.
                             match (&m, old) {
@@ -719,6 +729,13 @@ impl Engine {
                             m
                         }
                     },
+                    Item::Row {
+                        state: RecordState::Owned(o),
+                        ..
+                    } if none_held && lost_to_collected(slot, &o.change, &received_before) => {
+                        conflicts.push(lost_write(site, &o.change));
+                        Ok(Merged::Superseded)
+                    }
                     Item::Row { state, .. } => {
                         // Nothing reads the row's state after its merge.
                         let state =
@@ -1348,6 +1365,36 @@ impl Engine {
     pub(crate) fn received(&self) -> Received {
         self.memory().received.clone()
     }
+}
+
+/// Whether a device-owned write lost to a delete whose tombstone this
+/// device collected: it replaces a state this device took (`received`
+/// holds its number, and no snapshot row is held back, whose number the
+/// vector counts before its state is here) and this device holds no state
+/// of the record now.
+/// Wherever the delete is still held, the write loses to it
+/// (`OwnedState::beats`); here it must too, or the record comes back.
+fn lost_to_collected(held: &Option<RecordState>, change: &Change, received: &Received) -> bool {
+    held.is_none()
+        && !change.is_delete()
+        && change
+            .replaces
+            .is_some_and(|(origin, seq)| received.contains(origin, seq))
+}
+
+/// The conflict a write lost to a collected delete leaves: the delete is
+/// no longer here to name.
+fn lost_write(site: Site, change: &Change) -> NewConflict {
+    site.conflict(
+        ConflictKind::Deleted,
+        None,
+        Write {
+            device: change.device,
+            hlc: change.hlc,
+            value: None,
+        },
+        None,
+    )
 }
 
 /// Every clock an item carries, for the clock to observe.

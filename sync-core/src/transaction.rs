@@ -622,6 +622,15 @@ impl<'e> SyncTransaction<'e> {
                     Op::Upsert(out)
                 }
             };
+            // A device-owned write names the state it replaces: a peer
+            // that took that state and collected the record's delete since
+            // knows the write lost to it.
+            let replaces = match (meta.ownership, &op, slot.as_ref()) {
+                (Ownership::DeviceOwned, Op::Upsert(_), Some(RecordState::Owned(old))) => {
+                    Some((old.change.origin, old.change.seq))
+                }
+                _ => None,
+            };
             let change = Change {
                 device,
                 origin,
@@ -630,6 +639,7 @@ impl<'e> SyncTransaction<'e> {
                 model: meta.name.to_owned(),
                 id: p.id,
                 op,
+                replaces,
             };
             let bytes = change
                 .encode()

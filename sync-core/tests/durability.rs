@@ -372,6 +372,58 @@ async fn a_device_that_went_back_past_a_collected_delete_drops_the_record_on_res
     );
 }
 
+/// The case above, with a write after going back: device `a` deleted its
+/// volume, every device collected the delete, and `a` went back to before
+/// it and renamed the volume. Where the delete is held, the rename loses to
+/// it (a delete beats any write of its owner); `b`, which collected it,
+/// holds no state of the volume, but took the state the rename replaces
+/// (the rename names it), so the rename loses there too. (It used to make
+/// the volume again on every device that had collected the delete, and
+/// the resync then kept it: `power` seed 325.)
+#[tokio::test]
+async fn a_write_past_a_collected_delete_of_its_owner_does_not_bring_the_record_back() {
+    let (r, mut net) = net_with_restorable(1, 109).await;
+    net.pair_all().await;
+    net.connect_all().await;
+    let vol = write_volume(&mut net, 0).await;
+    assert!(net.settle(3).await);
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+
+    net.nodes[0].dev.time.advance(Duration::from_millis(5));
+    delete_volume(&mut net, 0, vol).await;
+    net.gossip(3).await;
+    for n in &net.nodes {
+        n.dev.time.advance(Duration::from_secs(60));
+        let collected = n
+            .dev
+            .engine
+            .collect_tombstones(Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(collected.owned, 1, "every device held the delete");
+    }
+
+    // a goes back to before the delete and renames the volume before it
+    // meets anyone.
+    restore(&mut net, 0, &r, 1).await;
+    rename_volume(&mut net, 0, vol, "renamed").await;
+    net.connect_all().await;
+    assert!(net.settle(5).await);
+    for n in &net.nodes {
+        assert!(
+            volume::Model::find_by_id(n.dev.engine.database(), vol)
+                .await
+                .unwrap()
+                .is_none(),
+            "the volume stays deleted"
+        );
+    }
+    assert_eq!(
+        net.nodes[0].dev.engine.vector(),
+        net.nodes[1].dev.engine.vector()
+    );
+}
+
 /// The shared half of the case above. A tag is deleted by another device,
 /// every device collects its tombstone and prunes its log; then device `a`
 /// goes back to before the delete. No device can serve the delete, so `a`

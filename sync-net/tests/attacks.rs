@@ -198,6 +198,7 @@ async fn a_forged_origin_is_refused() {
             value: WireValue::String(Some("hijacked".into())),
             base: None,
         }]),
+        replaces: None,
     };
     // Signed by the hostile key, or carrying no seal at all.
     let seal = Seal {

@@ -151,6 +151,7 @@ mod tests {
             model: "label".into(),
             id: Uuid::from_u128(seq as u128),
             op: Op::Upsert(vec![]),
+            replaces: None,
         }
     }
 
