@@ -4,9 +4,10 @@
 //! Kept for ever, tombstones grow without bound; so a tombstone is dropped
 //! once (1) its delete is older than the retention horizon, and (2) every
 //! member of the library that has not expired holds it: the delete's number
-//! is in what every unexpired member is known to hold (a paired peer's
-//! heartbeats and acknowledgements, and for the others what heartbeats
-//! relay of them; see `docs/protocol.md`). A shared tombstone carries its
+//! is in what every unexpired member is known to hold, merged (a paired
+//! peer's heartbeats, and for the others what heartbeats relay of them;
+//! a number the member counts only through a snapshot row it holds back is
+//! not held; see `docs/protocol.md`). A shared tombstone carries its
 //! delete's origin and number; one stored without them, by an engine before
 //! schema 4 or made by a resync, waits until its delete is older than every
 //! origin's log, whose pruning waits for every acknowledgement. And (3) this
@@ -81,6 +82,11 @@ pub struct Collected {
 enum Settle {
     /// Deleted and collected elsewhere: gone here too, without a change.
     Drop,
+    /// A state this device holds none of the writes of: it came as rows
+    /// of a snapshot given up since (its server went back, and lost them).
+    /// Gone here too, with no tombstone: if any device holds those writes,
+    /// they come again as changes.
+    Forget,
     /// Deleted elsewhere; updated here since: deleted here, for real.
     Delete,
     /// New to the library: kept.
@@ -114,13 +120,13 @@ impl Engine {
             log_floor = log_floor.min(change.hlc.get_time().to_duration());
         }
         // What each unexpired member of the library is known to hold: the
-        // latest report of it that heartbeats brought, else (after a
-        // restart) a paired peer's acknowledgement; `None` if nothing is
+        // latest report of it that heartbeats brought (after a restart,
+        // the next heartbeats bring them again); `None` if nothing is
         // known of one (it may lack any delete). The numbers a report holds
         // above the member's vector count: a number whose only holder lost
         // it (a power loss) leaves a gap no vector passes, and a delete
         // beyond it is held everywhere all the same.
-        let acked: Option<Vec<Received>> = {
+        let acked: Option<Vec<crate::peers::Holding>> = {
             let m = self.memory();
             let me = self.device();
             let members: BTreeSet<Uuid> = m
@@ -140,14 +146,10 @@ impl Engine {
                         return None;
                     }
                     // The latest report of it (its own heartbeats for a
-                    // paired peer), else a peer's acknowledgement (kept
-                    // across restarts).
-                    Some(heard.map(|h| h.holding()).or_else(|| {
-                        peer.and_then(|p| p.acked.clone()).map(|vector| Received {
-                            vector,
-                            ahead: BTreeMap::new(),
-                        })
-                    }))
+                    // paired peer). Not an acknowledgement: it says what
+                    // the peer counts, not which of it the peer holds back
+                    // as snapshot rows.
+                    Some(heard.map(|h| h.holding()))
                 })
                 .collect()
         };
@@ -159,7 +161,7 @@ impl Engine {
         let mine = self.memory().received.clone();
         if acked
             .as_ref()
-            .is_none_or(|acked| !acked.iter().all(|a| mine.holds_all(a)))
+            .is_none_or(|acked| !acked.iter().all(|a| mine.holds_all(&a.received)))
         {
             tracing::debug!(
                 known = acked.is_some(),
@@ -185,6 +187,7 @@ impl Engine {
             ))
             .await?;
         let mut gone: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
+        let mut gone_ids: BTreeSet<(&'static str, Uuid)> = BTreeSet::new();
         let mut floors = VersionVector::new();
         let mut report = Collected::default();
         for row in &rows {
@@ -209,7 +212,7 @@ impl Engine {
                             // Every unexpired member holds the delete.
                             Some((origin, seq)) => acked
                                 .as_ref()
-                                .is_some_and(|acked| acked.iter().all(|a| a.contains(origin, seq))),
+                                .is_some_and(|acked| acked.iter().all(|a| a.has(origin, seq))),
                             // No number to wait for: a tombstone older than
                             // every origin's log (its entry pruned, so
                             // acknowledged) goes.
@@ -223,7 +226,7 @@ impl Engine {
                     let take = o.change.hlc.get_time().to_duration() < bound
                         && acked
                             .as_ref()
-                            .is_some_and(|acked| acked.iter().all(|a| a.contains(origin, seq)));
+                            .is_some_and(|acked| acked.iter().all(|a| a.has(origin, seq)));
                     if take {
                         // A delete above a gap raises no floor: the numbers
                         // below it are still served as changes.
@@ -240,7 +243,20 @@ impl Engine {
                 gone.entry(desc.name())
                     .or_default()
                     .push(store::uuid_value(id));
+                gone_ids.insert((desc.name(), id));
             }
+        }
+        // Rows hidden for a reference to a record that is no longer here
+        // go with it (see `dead_hidden`).
+        let dead = dead_hidden(&w.tx, registry, &gone_ids, &pinned).await?;
+        if !dead.is_empty() {
+            tracing::debug!(
+                rows = dead.len(),
+                "hidden rows gone with what they refer to"
+            );
+        }
+        for (model, id) in dead {
+            gone.entry(model).or_default().push(store::uuid_value(id));
         }
         if gone.is_empty() {
             w.tx.commit().await?;
@@ -403,6 +419,7 @@ impl Engine {
             }
         }
         let mut settled: BTreeMap<RecordKey, (Settle, RecordState)> = BTreeMap::new();
+        let received = self.received();
         for (key, row) in stored {
             let Some(row) = row else { continue };
             let Some(desc) = registry.at(key.rank) else {
@@ -412,6 +429,7 @@ impl Engine {
                 continue;
             }
             let settle = match &row.state {
+                _ if orphan(&row.state, &received) => Settle::Forget,
                 RecordState::Owned(o) => {
                     if o.change.seq <= vector.get(o.change.origin) {
                         Settle::Drop
@@ -478,9 +496,14 @@ impl Engine {
                 "records deleted elsewhere while this device was away: its writes to them lost"
             );
         }
+        let forgotten: BTreeSet<RecordKey> = settled
+            .iter()
+            .filter(|(_, (s, _))| *s == Settle::Forget)
+            .map(|(k, _)| *k)
+            .collect();
         let drops: BTreeMap<RecordKey, RecordState> = settled
             .into_iter()
-            .filter(|(_, (s, _))| *s == Settle::Drop)
+            .filter(|(_, (s, _))| matches!(s, Settle::Drop | Settle::Forget))
             .filter_map(|(k, (_, state))| Some((k, tombstone_of(self.device(), state)?)))
             .collect();
         let dropped = drops.len();
@@ -489,9 +512,11 @@ impl Engine {
         let mut waiting_delta = 0;
         let mut owned_gone: Vec<RecordKey> = Vec::new();
         if !drops.is_empty() {
+            // No state is kept of a device-owned record (see below), nor of
+            // a forgotten one, whose writes may come again.
             owned_gone = drops
                 .iter()
-                .filter(|(_, s)| matches!(s, RecordState::Owned(_)))
+                .filter(|(k, s)| matches!(s, RecordState::Owned(_)) || forgotten.contains(k))
                 .map(|(k, _)| *k)
                 .collect();
             let input = Input {
@@ -602,6 +627,158 @@ fn held_records(
             {
                 out.insert((to.name(), *target));
             }
+        }
+    }
+    out
+}
+
+/// A record: its model's wire name and its id.
+type RecordId = (&'static str, Uuid);
+
+/// The rows hidden (a reference that cannot be null points at a record
+/// that is gone) whose record is `gone` now, or was collected before (no
+/// state of it is left here), and the rows hidden for them in turn.
+/// Nothing can show such a row again: the record it needs never comes
+/// back. Kept, it would be served in snapshots without that record, and
+/// wait there for ever on a device that never held it (the simulation, 3
+/// devices, seed 73 of every fault). Rows a held snapshot row refers to
+/// (`pinned`) stay until it is merged.
+async fn dead_hidden<C: ConnectionTrait>(
+    db: &C,
+    registry: &crate::registry::Registry,
+    gone: &BTreeSet<RecordId>,
+    pinned: &BTreeSet<RecordId>,
+) -> Result<Vec<RecordId>, EngineError> {
+    let rows = db
+        .query_all_raw(store::stmt(
+            "SELECT model, record, state FROM _sync_rows WHERE presence = ?",
+            vec![Value::BigInt(Some(Presence::Hidden.code()))],
+        ))
+        .await?;
+    // Each hidden row with the records its required references point at.
+    let mut hidden: Vec<(RecordId, Vec<RecordId>)> = Vec::new();
+    for row in &rows {
+        let model: String = row.try_get("", "model")?;
+        let Some(desc) = registry.get(&model) else {
+            continue;
+        };
+        let id = store::get_uuid(row, "record", "_sync_rows")?;
+        if pinned.contains(&(desc.name(), id)) {
+            continue;
+        }
+        let bytes: Vec<u8> = row.try_get("", "state")?;
+        let state = RecordState::decode(desc.meta().ownership, &bytes)
+            .map_err(|e| store::corrupt("_sync_rows", e))?;
+        let targets = desc
+            .meta()
+            .references()
+            .filter(|r| !r.nullable)
+            .filter_map(|r| match (state.value(r.field), registry.get(r.target)) {
+                (Some(WireValue::Uuid(Some(target))), Some(to)) => Some((to.name(), *target)),
+                _ => None,
+            })
+            .collect();
+        hidden.push(((desc.name(), id), targets));
+    }
+    let mut dead: BTreeSet<RecordId> = BTreeSet::new();
+    let mut absent: BTreeMap<RecordId, bool> = BTreeMap::new();
+    loop {
+        let mut more = false;
+        for (key, targets) in &hidden {
+            if dead.contains(key) {
+                continue;
+            }
+            let mut is_dead = false;
+            for t in targets {
+                if gone.contains(t) || dead.contains(t) {
+                    is_dead = true;
+                    break;
+                }
+                let missing = match absent.get(t) {
+                    Some(m) => *m,
+                    None => {
+                        let m = db
+                            .query_one_raw(store::stmt(
+                                "SELECT 1 AS one FROM _sync_rows WHERE model = ? AND record = ?",
+                                vec![t.0.into(), store::uuid_value(t.1)],
+                            ))
+                            .await?
+                            .is_none();
+                        absent.insert(*t, m);
+                        m
+                    }
+                };
+                if missing {
+                    is_dead = true;
+                    break;
+                }
+            }
+            if is_dead {
+                dead.insert(*key);
+                more = true;
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    Ok(dead.into_iter().collect())
+}
+
+/// Whether a record's state carries only writes this device does not hold
+/// (`received`, with the snapshot's vector adopted): every state merged
+/// from a change has its number here, and the rows of the snapshot just
+/// completed are struck from those settled, so such a state came as a row
+/// of a snapshot given up since, whose server went back (a power loss)
+/// and lost it. No device may hold its writes; if one does, they come
+/// again. A field stored without its number proves nothing: kept.
+fn orphan(state: &RecordState, received: &Received) -> bool {
+    match state {
+        RecordState::Owned(o) => !received.contains(o.change.origin, o.change.seq),
+        RecordState::Shared(s) => {
+            !s.fields.is_empty()
+                && s.fields
+                    .values()
+                    .all(|f| f.seq > 0 && !received.contains(timestamp_origin(&f.hlc), f.seq))
+        }
+    }
+}
+
+/// Per origin, the lowest number the held snapshot rows carry (a field's
+/// write, a delete, a device-owned change): the vector their snapshot
+/// brought counts them, but their state is not merged yet, so this device
+/// does not hold what they say from there on. A field stored without its
+/// number counts from the origin's first. Reported to members with what
+/// this device holds, so that none collects a tombstone on its word that
+/// a held row still carries.
+pub(crate) fn held_floors(held: &[store::HeldRow]) -> BTreeMap<Uuid, u64> {
+    let mut out: BTreeMap<Uuid, u64> = BTreeMap::new();
+    let mut note = |origin: Uuid, seq: u64| {
+        let seq = seq.max(1);
+        out.entry(origin)
+            .and_modify(|s| *s = (*s).min(seq))
+            .or_insert(seq);
+    };
+    for h in held {
+        match rmp_serde::from_slice::<SnapshotRow>(&h.row) {
+            Ok(SnapshotRow::Owned(bytes)) => {
+                if let Ok(change) = Change::decode(&bytes.0) {
+                    note(change.origin, change.seq);
+                }
+            }
+            Ok(SnapshotRow::Shared { image, .. }) => {
+                if let Ok(RecordState::Shared(state)) =
+                    RecordState::decode(crate::model::Ownership::Shared, &image)
+                {
+                    for f in state.fields.values() {
+                        note(timestamp_origin(&f.hlc), f.seq);
+                    }
+                    if let Some((origin, seq)) = state.tombstone.and_then(|t| t.delete) {
+                        note(origin, seq);
+                    }
+                }
+            }
+            Err(_) => {}
         }
     }
     out

@@ -161,6 +161,9 @@ pub(crate) struct Memory {
     pub(crate) waiting: u64,
     pub(crate) conflicts: u64,
     pub(crate) held_rows: u64,
+    /// Per origin, the lowest number a held snapshot row carries: counted
+    /// in the vector, not merged yet (see `collect::held_floors`).
+    pub(crate) held_floors: BTreeMap<Uuid, u64>,
     /// Records stored per model.
     pub(crate) rows: BTreeMap<String, u64>,
     pub(crate) peers: BTreeMap<Uuid, PeerMemory>,
@@ -177,10 +180,10 @@ pub(crate) struct Memory {
     /// What each member of the library is known to hold, as heartbeats
     /// relay it (see `collect`): never written, rebuilt after a restart.
     pub(crate) heard: BTreeMap<Uuid, crate::peers::Heard>,
-    /// This device's own report to members: the vector it last reported
-    /// and since when (its stamp), so that the report changes only when
-    /// what it holds does.
-    pub(crate) own_report: Option<(u64, crate::vector::Received)>,
+    /// This device's own report to members: what it last reported held
+    /// (and held back as snapshot rows) and since when (its stamp), so that
+    /// the report changes only when what it holds does.
+    pub(crate) own_report: Option<(u64, crate::vector::Received, BTreeMap<Uuid, u64>)>,
 }
 
 impl Memory {
@@ -339,7 +342,8 @@ impl Engine {
         let waiting = store::count_waiting(&tx).await?;
         let conflicts = store::conflicts_len(&tx).await?;
         let rows = store::row_counts(&tx).await?;
-        let held_rows = store::held_rows(&tx).await?.len() as u64;
+        let held = store::held_rows(&tx).await?;
+        let (held_rows, held_floors) = (held.len() as u64, crate::collect::held_floors(&held));
         let peers = store::load_peers(&tx).await?;
         let backfill = crate::snapshot::load_backfill(&tx).await?;
         let mut membership = crate::trust::members::Membership::default();
@@ -356,6 +360,7 @@ impl Engine {
             waiting,
             conflicts,
             held_rows,
+            held_floors,
             rows,
             peers: peers
                 .into_iter()

@@ -115,6 +115,27 @@ pub(crate) struct Heard {
     pub(crate) expired: bool,
     /// Numbers the member holds above its vector (usually none).
     ahead: BTreeMap<Uuid, BTreeMap<u64, u64>>,
+    /// Per origin, the lowest number it counts only through snapshot rows
+    /// it holds back (usually none).
+    pending: BTreeMap<Uuid, u64>,
+}
+
+/// What a member is known to hold, as tombstone collection weighs it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Holding {
+    /// Its vector and the numbers above it.
+    pub(crate) received: Received,
+    /// Per origin, the lowest number it counts only through snapshot rows
+    /// it holds back: their state is not merged there yet.
+    pub(crate) pending: BTreeMap<Uuid, u64>,
+}
+
+impl Holding {
+    /// Whether the member holds the change `(origin, seq)` merged: a
+    /// delete it holds, whose tombstone it no longer needs from anyone.
+    pub(crate) fn has(&self, origin: Uuid, seq: u64) -> bool {
+        self.received.contains(origin, seq) && self.pending.get(&origin).is_none_or(|p| seq < *p)
+    }
 }
 
 impl Heard {
@@ -135,11 +156,15 @@ impl Heard {
         v
     }
 
-    /// All the member holds: its vector and the numbers above it.
-    pub(crate) fn holding(&self) -> Received {
-        Received {
-            vector: self.vector(),
-            ahead: self.ahead.clone(),
+    /// All the member holds: its vector, the numbers above it, and those
+    /// it holds back as snapshot rows.
+    pub(crate) fn holding(&self) -> Holding {
+        Holding {
+            received: Received {
+                vector: self.vector(),
+                ahead: self.ahead.clone(),
+            },
+            pending: self.pending.clone(),
         }
     }
 
@@ -436,6 +461,12 @@ impl Engine {
                     fresh_at: now,
                     expired: false,
                     ahead: above.ahead,
+                    pending: report
+                        .pending
+                        .iter()
+                        .take(MAX_AHEAD)
+                        .map(|(o, s)| (*o, (*s).max(1)))
+                        .collect(),
                 },
             );
         }
@@ -471,11 +502,13 @@ impl Engine {
         let me = self.device();
         let mut m = self.memory();
         let stamp = match &m.own_report {
-            Some((stamp, r)) if *r == m.received => *stamp,
-            _ => {
-                let r = m.received.clone();
-                m.own_report = Some((now, r));
-                now
+            Some((stamp, r, p)) if *r == m.received && *p == m.held_floors => *stamp,
+            // A new stamp for a new report, even within the millisecond
+            // (held rows taken change the report, not the vector).
+            last => {
+                let stamp = last.as_ref().map_or(now, |(s, _, _)| now.max(s + 1));
+                m.own_report = Some((stamp, m.received.clone(), m.held_floors.clone()));
+                stamp
             }
         };
         let mut out = Vec::new();
@@ -485,6 +518,12 @@ impl Engine {
                 stamp,
                 differs: m.received.vector.differs_from(mine),
                 ahead: m.received.ahead_ranges().take(MAX_AHEAD).collect(),
+                pending: m
+                    .held_floors
+                    .iter()
+                    .take(MAX_AHEAD)
+                    .map(|(o, s)| (*o, *s))
+                    .collect(),
             });
         }
         // Where each base differs from `mine`, once per base.
@@ -501,6 +540,7 @@ impl Engine {
                 stamp: h.stamp,
                 differs: h.differs_from(mine, base_differs),
                 ahead: crate::vector::ranges_of(&h.ahead).take(MAX_AHEAD).collect(),
+                pending: h.pending.iter().map(|(o, s)| (*o, *s)).collect(),
             });
         }
         out

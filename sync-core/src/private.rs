@@ -342,6 +342,19 @@ pub mod steps {
         engine.acknowledge(peer, vector, Vec::new());
     }
 
+    /// Notes what `member` holds, as its heartbeat to `engine` reports it
+    /// (tombstone collection weighs these reports).
+    pub fn hear(engine: &Engine, member: &Engine) {
+        let vector = member.vector();
+        let own = member.device();
+        let reports: Vec<_> = member
+            .held_by_members(&vector, |_, _| false)
+            .into_iter()
+            .filter(|r| r.device == own)
+            .collect();
+        engine.note_held(&vector, &reports);
+    }
+
     /// Starts the device's backfill over (`expired`: as a device away
     /// beyond the retention horizon, which settles what the snapshot lacks).
     pub async fn restart_backfill(engine: &Engine, expired: bool) -> Result<(), EngineError> {

@@ -307,6 +307,14 @@ pub struct HeldReport {
     /// it). Usually empty; at most [`MAX_AHEAD`] are sent or read.
     #[serde(default)]
     pub ahead: Vec<(Uuid, u64, u64)>,
+    /// Per origin, the lowest number the member counts as held only
+    /// through snapshot rows it holds back for now (their clock ahead,
+    /// their model unknown): its vector covers them, but their state is not
+    /// merged there yet, so a delete from there on is not held by it, and
+    /// its tombstone must stay. Usually empty; at most [`MAX_AHEAD`] are
+    /// sent or read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<(Uuid, u64)>,
 }
 
 /// The most ranges of [`HeldReport::ahead`] sent or read: a report cut

@@ -736,6 +736,11 @@ impl Engine {
                         conflicts.push(lost_write(site, &o.change));
                         Ok(Merged::Superseded)
                     }
+                    Item::Row { state, .. }
+                        if none_held && taken_and_gone(slot, state, &received_before) =>
+                    {
+                        Ok(Merged::Superseded)
+                    }
                     Item::Row { state, .. } => {
                         // Nothing reads the row's state after its merge.
                         let state =
@@ -1025,10 +1030,11 @@ impl Engine {
         let conflicts_added = write::run(&w.tx, script, &writes.conflicts).await?;
         // Rows held for one record by several sources are each kept, so the
         // count is read back rather than reckoned.
-        let held_count = if held_rows.is_empty() && released.is_empty() {
+        let held_now = if held_rows.is_empty() && released.is_empty() {
             None
         } else {
-            Some(store::held_count(&w.tx).await?)
+            let held = store::held_rows(&w.tx).await?;
+            Some((held.len() as u64, crate::collect::held_floors(&held)))
         };
         // A completed snapshot dropped the log entries below its floor.
         let log_len = if pruned_floor.is_empty() {
@@ -1056,8 +1062,9 @@ impl Engine {
                 *m.rows.entry((*model).to_owned()).or_default() += n;
             }
             m.pruned.merge(&pruned_floor);
-            if let Some(n) = held_count {
+            if let Some((n, floors)) = held_now {
                 m.held_rows = n;
+                m.held_floors = floors;
             }
             if let Some(step) = &incoming.snapshot {
                 m.backfill.step(step);
@@ -1380,6 +1387,30 @@ fn lost_to_collected(held: &Option<RecordState>, change: &Change, received: &Rec
         && change
             .replaces
             .is_some_and(|(origin, seq)| received.contains(origin, seq))
+}
+
+/// Whether a snapshot row brings a state this device took before (the
+/// vector holds every write that made it) and holds no state of now: the
+/// record was deleted since and its tombstone collected (or the row went
+/// with a record it needs). A server that went back past that delete (a
+/// power loss, a restored backup) still serves the old state; taken, it
+/// would bring the record back. Its writes were taken here once, so no
+/// conflict is recorded again.
+fn taken_and_gone(held: &Option<RecordState>, state: &RecordState, received: &Received) -> bool {
+    held.is_none()
+        && match state {
+            RecordState::Owned(o) => {
+                !o.is_delete() && received.contains(o.change.origin, o.change.seq)
+            }
+            RecordState::Shared(s) => {
+                s.tombstone.is_none()
+                    && !s.fields.is_empty()
+                    && s.fields.values().all(|f| {
+                        f.seq > 0
+                            && received.contains(crate::clock::timestamp_origin(&f.hlc), f.seq)
+                    })
+            }
+        }
 }
 
 /// The conflict a write lost to a collected delete leaves: the delete is

@@ -710,15 +710,22 @@ async fn a_tombstone_from_a_snapshot_waits_for_every_acknowledgement() {
         .unwrap()
         .unwrap();
     steps::apply_snapshot(&b.engine, page).await.unwrap();
-    // a acknowledged all it wrote; c never heard of the tag.
-    steps::acknowledge(&b.engine, a.id, &a.engine.vector());
-    steps::acknowledge(&b.engine, c.id, &c.engine.vector());
+    // a holds all it wrote; c never heard of the tag.
+    steps::hear(&b.engine, &a.engine);
+    steps::hear(&b.engine, &c.engine);
     b.time.advance(Duration::from_secs(60));
     let collected = b.engine.collect_tombstones(Duration::ZERO).await.unwrap();
     assert_eq!(collected.shared, 0, "c lacks the delete");
-    steps::acknowledge(&b.engine, c.id, &a.engine.vector());
+    // c takes a's snapshot too, and says so.
+    let page = steps::serve_snapshot(&a.engine, &steps::backfill_request(&c.engine, 1_000))
+        .await
+        .unwrap()
+        .unwrap();
+    steps::apply_snapshot(&c.engine, page).await.unwrap();
+    c.time.advance(Duration::from_millis(5));
+    steps::hear(&b.engine, &c.engine);
     let collected = b.engine.collect_tombstones(Duration::ZERO).await.unwrap();
-    assert_eq!(collected.shared, 1, "every peer holds it now");
+    assert_eq!(collected.shared, 1, "every member holds it now");
 }
 
 /// Tombstones are collected once their delete is older than the horizon and
@@ -779,10 +786,10 @@ async fn a_device_returning_after_tombstones_were_collected_brings_nothing_back(
     let born_away = born[0].id;
     net.committed(1, born);
     let b_id = net.nodes[1].dev.id;
-    // c receives and acknowledges the deletes.
+    // c receives the deletes, acknowledges them and says so in its
+    // heartbeats.
     net.run(10_000).await;
-    net.anti_entropy().await;
-    net.run(10_000).await;
+    net.gossip(2).await;
 
     // A month passes: a expires b, prunes, and collects the tombstones.
     for n in &net.nodes {

@@ -511,18 +511,6 @@ pub(crate) async fn held_rows<C: ConnectionTrait>(db: &C) -> Result<Vec<HeldRow>
         .collect()
 }
 
-/// How many snapshot rows are held.
-pub(crate) async fn held_count<C: ConnectionTrait>(db: &C) -> Result<u64, StoreError> {
-    let row = db
-        .query_one_raw(stmt("SELECT COUNT(*) AS n FROM _sync_held", vec![]))
-        .await?;
-    let n: i64 = match row {
-        Some(r) => r.try_get("", "n")?,
-        None => 0,
-    };
-    Ok(u64::try_from(n).unwrap_or(0))
-}
-
 /// Drops held rows, each exactly as it was held.
 pub(crate) fn release_held(script: &mut Script, rows: &[HeldRow]) {
     for r in rows {
