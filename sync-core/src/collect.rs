@@ -59,7 +59,7 @@ use crate::protocol::SnapshotRow;
 use crate::state::{RecordState, SharedState, Tombstone};
 use crate::store;
 use crate::value::WireValue;
-use crate::vector::{Received, VersionVector};
+use crate::vector::VersionVector;
 use crate::write;
 
 /// `_sync_meta` key of the vector of the snapshot a resync loaded.
@@ -82,11 +82,6 @@ pub struct Collected {
 enum Settle {
     /// Deleted and collected elsewhere: gone here too, without a change.
     Drop,
-    /// A state this device holds none of the writes of: it came as rows
-    /// of a snapshot given up since (its server went back, and lost them).
-    /// Gone here too, with no tombstone: if any device holds those writes,
-    /// they come again as changes.
-    Forget,
     /// Deleted elsewhere; updated here since: deleted here, for real.
     Delete,
     /// New to the library: kept.
@@ -419,7 +414,6 @@ impl Engine {
             }
         }
         let mut settled: BTreeMap<RecordKey, (Settle, RecordState)> = BTreeMap::new();
-        let received = self.received();
         for (key, row) in stored {
             let Some(row) = row else { continue };
             let Some(desc) = registry.at(key.rank) else {
@@ -429,7 +423,6 @@ impl Engine {
                 continue;
             }
             let settle = match &row.state {
-                _ if orphan(&row.state, &received) => Settle::Forget,
                 RecordState::Owned(o) => {
                     if o.change.seq <= vector.get(o.change.origin) {
                         Settle::Drop
@@ -496,14 +489,9 @@ impl Engine {
                 "records deleted elsewhere while this device was away: its writes to them lost"
             );
         }
-        let forgotten: BTreeSet<RecordKey> = settled
-            .iter()
-            .filter(|(_, (s, _))| *s == Settle::Forget)
-            .map(|(k, _)| *k)
-            .collect();
         let drops: BTreeMap<RecordKey, RecordState> = settled
             .into_iter()
-            .filter(|(_, (s, _))| matches!(s, Settle::Drop | Settle::Forget))
+            .filter(|(_, (s, _))| *s == Settle::Drop)
             .filter_map(|(k, (_, state))| Some((k, tombstone_of(self.device(), state)?)))
             .collect();
         let dropped = drops.len();
@@ -512,11 +500,9 @@ impl Engine {
         let mut waiting_delta = 0;
         let mut owned_gone: Vec<RecordKey> = Vec::new();
         if !drops.is_empty() {
-            // No state is kept of a device-owned record (see below), nor of
-            // a forgotten one, whose writes may come again.
             owned_gone = drops
                 .iter()
-                .filter(|(k, s)| matches!(s, RecordState::Owned(_)) || forgotten.contains(k))
+                .filter(|(_, s)| matches!(s, RecordState::Owned(_)))
                 .map(|(k, _)| *k)
                 .collect();
             let input = Input {
@@ -723,25 +709,6 @@ async fn dead_hidden<C: ConnectionTrait>(
         }
     }
     Ok(dead.into_iter().collect())
-}
-
-/// Whether a record's state carries only writes this device does not hold
-/// (`received`, with the snapshot's vector adopted): every state merged
-/// from a change has its number here, and the rows of the snapshot just
-/// completed are struck from those settled, so such a state came as a row
-/// of a snapshot given up since, whose server went back (a power loss)
-/// and lost it. No device may hold its writes; if one does, they come
-/// again. A field stored without its number proves nothing: kept.
-fn orphan(state: &RecordState, received: &Received) -> bool {
-    match state {
-        RecordState::Owned(o) => !received.contains(o.change.origin, o.change.seq),
-        RecordState::Shared(s) => {
-            !s.fields.is_empty()
-                && s.fields
-                    .values()
-                    .all(|f| f.seq > 0 && !received.contains(timestamp_origin(&f.hlc), f.seq))
-        }
-    }
 }
 
 /// Per origin, the lowest number the held snapshot rows carry (a field's

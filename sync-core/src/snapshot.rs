@@ -258,19 +258,6 @@ impl Engine {
             metrics::counter!("syncable_snapshot_pages_ignored_total").increment(1);
             return Ok((ApplyReport::default(), false));
         }
-        // A snapshot started over (its server went back, or the backfill
-        // moved to another peer) after pages of it were applied: what those
-        // pages brought is settled against the new one, as a resync's
-        // records are (see `collect`), or a row its server lost would stay
-        // here alone, its number in no vector.
-        let restarted = matches!(&self.memory().backfill, Backfill::Running(c) if c.done > 0)
-            && page.done == page.rows.len() as u64;
-        if restarted {
-            let w = self.write_tx().await?;
-            self.begin_resync(&w.tx, false).await?;
-            w.tx.commit().await?;
-            self.memory().resyncing = true;
-        }
         let step = SnapshotStep {
             next: page.next,
             vector: page.vector,
