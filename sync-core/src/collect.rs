@@ -175,28 +175,11 @@ impl Engine {
         } else {
             BTreeSet::new()
         };
-        let rows =
-            w.tx.query_all_raw(store::stmt(
-                "SELECT model, record, state FROM _sync_rows WHERE presence = ?",
-                vec![Value::BigInt(Some(Presence::Deleted.code()))],
-            ))
-            .await?;
         let mut gone: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
-        let mut gone_ids: BTreeSet<(&'static str, Uuid)> = BTreeSet::new();
+        let mut gone_ids: BTreeSet<RecordId> = BTreeSet::new();
         let mut floors = VersionVector::new();
         let mut report = Collected::default();
-        for row in &rows {
-            let model: String = row.try_get("", "model")?;
-            let Some(desc) = registry.rank(&model).and_then(|r| registry.at(r)) else {
-                continue;
-            };
-            let id = store::get_uuid(row, "record", "_sync_rows")?;
-            if pinned.contains(&(desc.name(), id)) {
-                continue;
-            }
-            let bytes: Vec<u8> = row.try_get("", "state")?;
-            let state = RecordState::decode(desc.meta().ownership, &bytes)
-                .map_err(|e| store::corrupt("_sync_rows", e))?;
+        for (desc, id, state) in stored_with(&w.tx, registry, Presence::Deleted, &pinned).await? {
             let take = match &state {
                 RecordState::Shared(SharedState {
                     tombstone: Some(t), ..
@@ -621,6 +604,38 @@ fn held_records(
 /// A record: its model's wire name and its id.
 type RecordId = (&'static str, Uuid);
 
+/// The records stored with `presence`, each with its model and state, but
+/// those `pinned` (and any of a model not registered here).
+async fn stored_with<C: ConnectionTrait>(
+    db: &C,
+    registry: &crate::registry::Registry,
+    presence: Presence,
+    pinned: &BTreeSet<RecordId>,
+) -> Result<Vec<(&'static crate::registry::ModelDescriptor, Uuid, RecordState)>, EngineError> {
+    let rows = db
+        .query_all_raw(store::stmt(
+            "SELECT model, record, state FROM _sync_rows WHERE presence = ?",
+            vec![Value::BigInt(Some(presence.code()))],
+        ))
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let model: String = row.try_get("", "model")?;
+        let Some(desc) = registry.get(&model) else {
+            continue;
+        };
+        let id = store::get_uuid(row, "record", "_sync_rows")?;
+        if pinned.contains(&(desc.name(), id)) {
+            continue;
+        }
+        let bytes: Vec<u8> = row.try_get("", "state")?;
+        let state = RecordState::decode(desc.meta().ownership, &bytes)
+            .map_err(|e| store::corrupt("_sync_rows", e))?;
+        out.push((desc, id, state));
+    }
+    Ok(out)
+}
+
 /// The rows hidden (a reference that cannot be null points at a record
 /// that is gone) whose record is `gone` now, or was collected before (no
 /// state of it is left here), and the rows hidden for them in turn.
@@ -635,26 +650,9 @@ async fn dead_hidden<C: ConnectionTrait>(
     gone: &BTreeSet<RecordId>,
     pinned: &BTreeSet<RecordId>,
 ) -> Result<Vec<RecordId>, EngineError> {
-    let rows = db
-        .query_all_raw(store::stmt(
-            "SELECT model, record, state FROM _sync_rows WHERE presence = ?",
-            vec![Value::BigInt(Some(Presence::Hidden.code()))],
-        ))
-        .await?;
     // Each hidden row with the records its required references point at.
     let mut hidden: Vec<(RecordId, Vec<RecordId>)> = Vec::new();
-    for row in &rows {
-        let model: String = row.try_get("", "model")?;
-        let Some(desc) = registry.get(&model) else {
-            continue;
-        };
-        let id = store::get_uuid(row, "record", "_sync_rows")?;
-        if pinned.contains(&(desc.name(), id)) {
-            continue;
-        }
-        let bytes: Vec<u8> = row.try_get("", "state")?;
-        let state = RecordState::decode(desc.meta().ownership, &bytes)
-            .map_err(|e| store::corrupt("_sync_rows", e))?;
+    for (desc, id, state) in stored_with(db, registry, Presence::Hidden, pinned).await? {
         let targets = desc
             .meta()
             .references()

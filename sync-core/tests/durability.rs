@@ -135,6 +135,23 @@ async fn restore(net: &mut Net, i: usize, files: &Restorable, n: u128) {
     net.nodes[i].online = true;
 }
 
+/// Every device's clock a minute on, then each collects tombstones with a
+/// horizon of zero; what each collected.
+async fn collect_everywhere(net: &Net) -> Vec<sync_core::Collected> {
+    let mut out = Vec::with_capacity(net.nodes.len());
+    for n in &net.nodes {
+        n.dev.time.advance(Duration::from_secs(60));
+        out.push(
+            n.dev
+                .engine
+                .collect_tombstones(Duration::ZERO)
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
 async fn tag_names(d: &Device) -> std::collections::BTreeSet<String> {
     tag::Entity::find()
         .all(d.engine.database())
@@ -335,15 +352,8 @@ async fn a_device_that_went_back_past_a_collected_delete_drops_the_record_on_res
     net.nodes[0].dev.time.advance(Duration::from_millis(5));
     delete_volume(&mut net, 0, vol).await;
     net.gossip(3).await;
-    for n in &net.nodes {
-        n.dev.time.advance(Duration::from_secs(60));
-        let collected = n
-            .dev
-            .engine
-            .collect_tombstones(Duration::ZERO)
-            .await
-            .unwrap();
-        assert_eq!(collected.owned, 1, "every device held the delete");
+    for c in collect_everywhere(&net).await {
+        assert_eq!(c.owned, 1, "every device held the delete");
     }
 
     // a goes back to before the delete: the volume is there again, and no
@@ -392,15 +402,8 @@ async fn a_write_past_a_collected_delete_of_its_owner_does_not_bring_the_record_
     net.nodes[0].dev.time.advance(Duration::from_millis(5));
     delete_volume(&mut net, 0, vol).await;
     net.gossip(3).await;
-    for n in &net.nodes {
-        n.dev.time.advance(Duration::from_secs(60));
-        let collected = n
-            .dev
-            .engine
-            .collect_tombstones(Duration::ZERO)
-            .await
-            .unwrap();
-        assert_eq!(collected.owned, 1, "every device held the delete");
+    for c in collect_everywhere(&net).await {
+        assert_eq!(c.owned, 1, "every device held the delete");
     }
 
     // a goes back to before the delete and renames the volume before it
@@ -452,15 +455,10 @@ async fn a_device_that_went_back_past_a_collected_shared_delete_drops_the_record
     let c = tx.commit().await.unwrap();
     net.committed(1, c);
     net.gossip(3).await;
+    for c in collect_everywhere(&net).await {
+        assert_eq!(c.shared, 1, "every device held the delete");
+    }
     for n in &net.nodes {
-        n.dev.time.advance(Duration::from_secs(60));
-        let collected = n
-            .dev
-            .engine
-            .collect_tombstones(Duration::ZERO)
-            .await
-            .unwrap();
-        assert_eq!(collected.shared, 1, "every device held the delete");
         n.dev.engine.flush_peers().await.unwrap();
         n.dev.engine.prune().await.unwrap();
         assert_eq!(n.dev.engine.status().log_len, 0, "every peer acknowledged");
@@ -514,19 +512,8 @@ async fn a_snapshot_from_a_device_that_went_back_brings_no_collected_record_back
     let c = tx.commit().await.unwrap();
     net.committed(0, c);
     net.gossip(3).await;
-    for n in &net.nodes {
-        n.dev.time.advance(Duration::from_secs(60));
-        let collected = n
-            .dev
-            .engine
-            .collect_tombstones(Duration::ZERO)
-            .await
-            .unwrap();
-        assert_eq!(
-            collected.owned + collected.shared,
-            2,
-            "every device held both deletes"
-        );
+    for c in collect_everywhere(&net).await {
+        assert_eq!(c.owned + c.shared, 2, "every device held both deletes");
     }
 
     // a goes back to before both deletes; b takes a's snapshot.

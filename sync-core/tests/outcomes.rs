@@ -30,6 +30,15 @@ async fn rows<M: SyncModel>(d: &Device) -> Vec<M> {
         .unwrap()
 }
 
+/// `to` takes `from`'s snapshot whole, in one page.
+async fn backfill(to: &Device, from: &Device) {
+    let page = steps::serve_snapshot(&from.engine, &steps::backfill_request(&to.engine, 1_000))
+        .await
+        .unwrap()
+        .unwrap();
+    steps::apply_snapshot(&to.engine, page).await.unwrap();
+}
+
 /// A reference that was waiting for its record when a relay served the row
 /// still reaches every device: relays and snapshots serve the state they
 /// received (the reference's global id), not the null their table shows.
@@ -322,12 +331,7 @@ async fn a_tombstone_a_held_row_refers_to_is_not_collected_before_it_applies() {
         .unwrap();
     tx.commit().await.unwrap();
     // c takes a's snapshot: the member is held back, its number counted.
-    let request = steps::backfill_request(&c.engine, 1_000);
-    let page = steps::serve_snapshot(&a.engine, &request)
-        .await
-        .unwrap()
-        .unwrap();
-    steps::apply_snapshot(&c.engine, page).await.unwrap();
+    backfill(&c, &a).await;
     assert_eq!(c.engine.status().held_rows, 1);
     assert!(c.engine.vector().covers(&a.engine.vector()));
     // c deletes the collection; a holds the delete and says so.
@@ -398,11 +402,7 @@ async fn a_delete_a_member_holds_only_as_a_held_row_keeps_its_tombstone() {
     c.receive(&delete).await;
     // b takes a's snapshot: the tombstone row is held back, its delete
     // counted in b's vector.
-    let page = steps::serve_snapshot(&a.engine, &steps::backfill_request(&b.engine, 1_000))
-        .await
-        .unwrap()
-        .unwrap();
-    steps::apply_snapshot(&b.engine, page).await.unwrap();
+    backfill(&b, &a).await;
     assert_eq!(b.engine.status().held_rows, 1);
     assert!(b.engine.vector().covers(&a.engine.vector()));
 
@@ -464,11 +464,7 @@ async fn a_row_hidden_for_a_collected_record_goes_with_it() {
     // its collection, so nothing waits there.
     let c = device(3).await;
     common::pair_each(&[&a, &c]).await;
-    let page = steps::serve_snapshot(&a.engine, &steps::backfill_request(&c.engine, 1_000))
-        .await
-        .unwrap()
-        .unwrap();
-    steps::apply_snapshot(&c.engine, page).await.unwrap();
+    backfill(&c, &a).await;
     assert_eq!(c.engine.status().parked, 0, "nothing waits");
     assert_eq!(a.content().await, c.content().await);
 }
@@ -500,12 +496,7 @@ async fn a_write_replacing_a_held_row_is_not_taken_for_lost_to_a_delete() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let request = steps::backfill_request(&c.engine, 1_000);
-    let page = steps::serve_snapshot(&a.engine, &request)
-        .await
-        .unwrap()
-        .unwrap();
-    steps::apply_snapshot(&c.engine, page).await.unwrap();
+    backfill(&c, &a).await;
     assert_eq!(c.engine.status().held_rows, 1);
     assert!(c.engine.vector().covers(&a.engine.vector()));
 
