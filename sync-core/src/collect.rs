@@ -225,8 +225,14 @@ impl Engine {
             }
         }
         // Rows hidden for a reference to a record that is no longer here
-        // go with it (see `dead_hidden`).
-        let dead = dead_hidden(&w.tx, registry, &gone_ids, &pinned).await?;
+        // go with it (see `dead_hidden`). A row is hidden only while the
+        // record it needs is here, deleted: such rows are left behind only
+        // when tombstones go, so they are looked for only then.
+        let dead = if gone_ids.is_empty() {
+            Vec::new()
+        } else {
+            dead_hidden(&w.tx, registry, &gone_ids, &pinned).await?
+        };
         if !dead.is_empty() {
             tracing::debug!(
                 rows = dead.len(),
