@@ -506,7 +506,9 @@ impl Engine {
             // A new stamp for a new report, even within the millisecond
             // (held rows taken change the report, not the vector).
             last => {
-                let stamp = last.as_ref().map_or(now, |(s, _, _)| now.max(s + 1));
+                let stamp = last
+                    .as_ref()
+                    .map_or(now, |(s, _, _)| now.max(s.saturating_add(1)));
                 m.own_report = Some((stamp, m.received.clone(), m.held_floors.clone()));
                 stamp
             }

@@ -312,7 +312,8 @@ pub struct HeldReport {
     /// their model unknown): its vector covers them, but their state is not
     /// merged there yet, so a delete from there on is not held by it, and
     /// its tombstone must stay. Usually empty; at most [`MAX_AHEAD`] are
-    /// sent or read.
+    /// sent or read (held rows of more origins than that at once are not
+    /// all reported: a known limit, far beyond what held rows reach).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<(Uuid, u64)>,
 }
