@@ -152,6 +152,43 @@ async fn collect_everywhere(net: &Net) -> Vec<sync_core::Collected> {
     out
 }
 
+/// Device `a` (restorable, copied after its volume reached every device)
+/// deletes the volume, and every device collects the delete: the network,
+/// the files and the volume.
+async fn volume_deleted_and_collected(seed: u64) -> (Restorable, Net, Uuid) {
+    let (r, mut net) = net_with_restorable(1, seed).await;
+    net.pair_all().await;
+    net.connect_all().await;
+    let vol = write_volume(&mut net, 0).await;
+    assert!(net.settle(3).await);
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+
+    net.nodes[0].dev.time.advance(Duration::from_millis(5));
+    delete_volume(&mut net, 0, vol).await;
+    net.gossip(3).await;
+    for c in collect_everywhere(&net).await {
+        assert_eq!(c.owned, 1, "every device held the delete");
+    }
+    (r, net, vol)
+}
+
+/// The volume is deleted on every device, and the first two agree.
+async fn assert_volume_stays_deleted(net: &Net, vol: Uuid) {
+    for n in &net.nodes {
+        assert!(
+            volume::Model::find_by_id(n.dev.engine.database(), vol)
+                .await
+                .unwrap()
+                .is_none(),
+            "the volume stays deleted"
+        );
+    }
+    assert_eq!(
+        net.nodes[0].dev.engine.vector(),
+        net.nodes[1].dev.engine.vector()
+    );
+}
+
 async fn tag_names(d: &Device) -> std::collections::BTreeSet<String> {
     tag::Entity::find()
         .all(d.engine.database())
@@ -342,19 +379,7 @@ async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
 /// keep the record for ever; the simulation found it, `power` seed 24.)
 #[tokio::test]
 async fn a_device_that_went_back_past_a_collected_delete_drops_the_record_on_resync() {
-    let (r, mut net) = net_with_restorable(1, 107).await;
-    net.pair_all().await;
-    net.connect_all().await;
-    let vol = write_volume(&mut net, 0).await;
-    assert!(net.settle(3).await);
-    snapshot(&net.nodes[0].dev, &r.copy).await;
-
-    net.nodes[0].dev.time.advance(Duration::from_millis(5));
-    delete_volume(&mut net, 0, vol).await;
-    net.gossip(3).await;
-    for c in collect_everywhere(&net).await {
-        assert_eq!(c.owned, 1, "every device held the delete");
-    }
+    let (r, mut net, vol) = volume_deleted_and_collected(107).await;
 
     // a goes back to before the delete: the volume is there again, and no
     // device can serve the delete as a change.
@@ -367,19 +392,7 @@ async fn a_device_that_went_back_past_a_collected_delete_drops_the_record_on_res
     );
     net.connect_all().await;
     assert!(net.settle(5).await);
-    for n in &net.nodes {
-        assert!(
-            volume::Model::find_by_id(n.dev.engine.database(), vol)
-                .await
-                .unwrap()
-                .is_none(),
-            "the volume stays deleted"
-        );
-    }
-    assert_eq!(
-        net.nodes[0].dev.engine.vector(),
-        net.nodes[1].dev.engine.vector()
-    );
+    assert_volume_stays_deleted(&net, vol).await;
 }
 
 /// The case above, with a write after going back: device `a` deleted its
@@ -392,19 +405,7 @@ async fn a_device_that_went_back_past_a_collected_delete_drops_the_record_on_res
 /// the resync then kept it: `power` seed 325.)
 #[tokio::test]
 async fn a_write_past_a_collected_delete_of_its_owner_does_not_bring_the_record_back() {
-    let (r, mut net) = net_with_restorable(1, 109).await;
-    net.pair_all().await;
-    net.connect_all().await;
-    let vol = write_volume(&mut net, 0).await;
-    assert!(net.settle(3).await);
-    snapshot(&net.nodes[0].dev, &r.copy).await;
-
-    net.nodes[0].dev.time.advance(Duration::from_millis(5));
-    delete_volume(&mut net, 0, vol).await;
-    net.gossip(3).await;
-    for c in collect_everywhere(&net).await {
-        assert_eq!(c.owned, 1, "every device held the delete");
-    }
+    let (r, mut net, vol) = volume_deleted_and_collected(109).await;
 
     // a goes back to before the delete and renames the volume before it
     // meets anyone.
@@ -412,19 +413,7 @@ async fn a_write_past_a_collected_delete_of_its_owner_does_not_bring_the_record_
     rename_volume(&mut net, 0, vol, "renamed").await;
     net.connect_all().await;
     assert!(net.settle(5).await);
-    for n in &net.nodes {
-        assert!(
-            volume::Model::find_by_id(n.dev.engine.database(), vol)
-                .await
-                .unwrap()
-                .is_none(),
-            "the volume stays deleted"
-        );
-    }
-    assert_eq!(
-        net.nodes[0].dev.engine.vector(),
-        net.nodes[1].dev.engine.vector()
-    );
+    assert_volume_stays_deleted(&net, vol).await;
 }
 
 /// The shared half of the case above. A tag is deleted by another device,

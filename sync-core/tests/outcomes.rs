@@ -385,11 +385,7 @@ async fn a_delete_a_member_holds_only_as_a_held_row_keeps_its_tombstone() {
     let mut tx = a.engine.begin().await.unwrap();
     tx.insert(tag::ActiveModel {
         gid: Set(gid),
-        name: Set("gone".into()),
-        color: Set(None),
-        weight: Set(0),
-        parent_id: Set(None),
-        ..Default::default()
+        ..new_tag("gone")
     })
     .await
     .unwrap();
