@@ -28,7 +28,9 @@
 //! model), every record created and never deleted present (unless a
 //! conflict names it, a power loss undid it, or it went with a record it
 //! referenced), no deleted record anywhere, no dangling reference, nothing
-//! parked, equal version vectors; with `collect`, no tombstone left once
+//! parked (but a record waiting for one no device holds and a power loss
+//! may have undone everywhere: counted in the report), equal version
+//! vectors; with `collect`, no tombstone left once
 //! every device collects, and the same checks after; last, no log entry
 //! left once every device prunes after every peer acknowledged. A failing seed prints
 //! the first divergence and the command that replays it; the run is
@@ -133,6 +135,9 @@ struct Sim {
     refused: u64,
     collected: u64,
     power_losses: u64,
+    // The most records a device keeps parked waiting for a record a power
+    // loss may have undone on every device that held it.
+    parked_for_lost: std::cell::Cell<u64>,
     // Records whose creating write a power loss undid before it was known
     // to have left the device.
     lost: BTreeSet<Uuid>,
@@ -145,6 +150,22 @@ struct Sim {
     // `SIMULATE_PROFILE=1`: per message kind, how many were delivered, the
     // time spent handling them and their bytes.
     profile: Option<BTreeMap<String, (u64, Duration, u64)>>,
+}
+
+/// Whether record `id`, or a record it refers to (transitively, by
+/// `parents`), is one that `is` picks.
+fn reaches(parents: &BTreeMap<Uuid, Vec<Uuid>>, id: Uuid, is: impl Fn(&Uuid) -> bool) -> bool {
+    let mut todo = vec![id];
+    let mut seen = BTreeSet::new();
+    while let Some(x) = todo.pop() {
+        if is(&x) {
+            return true;
+        }
+        if seen.insert(x) {
+            todo.extend(parents.get(&x).into_iter().flatten());
+        }
+    }
+    false
 }
 
 /// Messages in flight: one queue per link (a QUIC stream keeps its order),
@@ -1255,18 +1276,13 @@ impl Sim {
         // May be gone: deleted, lost, named by a conflict, or referencing
         // (transitively) a record that may be gone.
         let may_go = |id: &Uuid| {
-            let mut todo = vec![*id];
-            let mut seen = BTreeSet::new();
-            while let Some(x) = todo.pop() {
-                if deleted.contains(&x) || named.contains(&x) || self.lost.contains(&x) {
-                    return true;
-                }
-                if seen.insert(x) {
-                    todo.extend(self.parents.get(&x).into_iter().flatten());
-                }
-            }
-            false
+            reaches(&self.parents, *id, |x| {
+                deleted.contains(x) || named.contains(x) || self.lost.contains(x)
+            })
         };
+        // Lost: a power loss undid its creation, or that of a record it
+        // refers to (transitively).
+        let lost_with = |id: &Uuid| reaches(&self.parents, *id, |x| self.lost.contains(x));
         for (model, ids) in &self.created {
             if let Some(id) = ids
                 .iter()
@@ -1286,25 +1302,60 @@ impl Sim {
             let e = self.engine(i)?;
             let s = e.status();
             if s.parked > 0 {
-                let which = e
+                // A record parked waiting for one that no device holds and
+                // that a power loss may have undone on every device that
+                // held it waits as it must: nothing can show it. Any other
+                // parked record fails the run.
+                let waits = e
                     .database()
                     .query_all_raw(sea_orm::Statement::from_string(
                         sea_orm::DbBackend::Sqlite,
-                        "SELECT model, hex(record) || ' waits for ' || parent_model || ' ' || hex(parent) AS record FROM _sync_waiting",
+                        "SELECT r.model, r.record, w.parent_model, w.parent FROM _sync_rows r \
+                         LEFT JOIN _sync_waiting w ON r.model = w.model AND r.record = w.record \
+                         WHERE r.presence IN (5, 6)",
                     ))
-                    .await?
-                    .iter()
-                    .map(|r| {
-                        let model: String = r.try_get("", "model").unwrap_or_default();
-                        let id: String = r.try_get("", "record").unwrap_or_default();
-                        format!("{model}:{id}")
-                    })
-                    .collect::<Vec<_>>();
-                return Ok(Some(format!(
-                    "device {i} holds {} parked records ({})",
-                    s.parked,
-                    which.join(", ")
-                )));
+                    .await?;
+                let mut excused: BTreeMap<Uuid, bool> = BTreeMap::new();
+                let mut which = Vec::new();
+                for r in &waits {
+                    let id = |column: &str| -> Uuid {
+                        r.try_get::<Vec<u8>>("", column)
+                            .ok()
+                            .and_then(|b| Uuid::from_slice(&b).ok())
+                            .unwrap_or_default()
+                    };
+                    let (record, parent) = (id("record"), id("parent"));
+                    let model: String = r.try_get("", "model").unwrap_or_default();
+                    let parent_model: String = r.try_get("", "parent_model").unwrap_or_default();
+                    // No wait: incomplete, or refused by the database.
+                    let gone = !parent.is_nil()
+                        && lost_with(&parent)
+                        && !reference
+                            .iter()
+                            .any(|x| x.id == parent && x.model == parent_model);
+                    *excused.entry(record).or_insert(true) &= gone;
+                    which.push(if parent.is_nil() {
+                        format!("{model}:{record} waits for nothing named")
+                    } else {
+                        format!("{model}:{record} waits for {parent_model} {parent}")
+                    });
+                }
+                let unexcused = s.parked as usize
+                    - excused
+                        .values()
+                        .filter(|e| **e)
+                        .count()
+                        .min(s.parked as usize);
+                if unexcused > 0 {
+                    return Ok(Some(format!(
+                        "device {i} holds {} parked records, {unexcused} waiting for records that \
+                         may still come ({})",
+                        s.parked,
+                        which.join(", ")
+                    )));
+                }
+                self.parked_for_lost
+                    .set(self.parked_for_lost.get().max(s.parked));
             }
             let (mine, first) = (e.vector(), self.engine(0)?.vector());
             if mine != first {
@@ -1570,6 +1621,7 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
         refused: 0,
         collected: 0,
         power_losses: 0,
+        parked_for_lost: std::cell::Cell::new(0),
         lost: BTreeSet::new(),
         parents: BTreeMap::new(),
         trace: std::env::var("SIMULATE_TRACE").ok().and_then(|t| {
@@ -1752,7 +1804,7 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
         "seed {seed}: {n} devices ({kind}), {} writes ({records} records created, {deleted} deleted, \
          {} refused locally by a unique key), \
          {} messages delivered, {} dropped, {} duplicated, {} partitions, {} crashes, {} power losses, {} clock jumps, \
-         {} joins, {} tombstones collected; log entries left {log}; {:.1} s",
+         {} joins, {} tombstones collected; log entries left {log}{}; {:.1} s",
         sim.writes,
         sim.refused,
         sim.delivered,
@@ -1764,6 +1816,14 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
         sim.skews,
         sim.joins,
         sim.collected,
+        if sim.parked_for_lost.get() > 0 {
+            format!(
+                "; parked for a record lost to power {}",
+                sim.parked_for_lost.get()
+            )
+        } else {
+            String::new()
+        },
         t.elapsed().as_secs_f64()
     );
     for (kind, (n, time, bytes)) in sim.profile.iter().flatten() {

@@ -59,7 +59,7 @@ use crate::protocol::SnapshotRow;
 use crate::state::{RecordState, SharedState, Tombstone};
 use crate::store;
 use crate::value::WireValue;
-use crate::vector::VersionVector;
+use crate::vector::{Received, VersionVector};
 use crate::write;
 
 /// `_sync_meta` key of the vector of the snapshot a resync loaded.
@@ -179,7 +179,9 @@ impl Engine {
         let mut gone_ids: BTreeSet<RecordId> = BTreeSet::new();
         let mut floors = VersionVector::new();
         let mut report = Collected::default();
-        for (desc, id, state) in stored_with(&w.tx, registry, Presence::Deleted, &pinned).await? {
+        for (desc, id, state) in
+            stored_with(&w.tx, registry, Some(Presence::Deleted), &pinned).await?
+        {
             let take = match &state {
                 RecordState::Shared(SharedState {
                     tombstone: Some(t), ..
@@ -563,6 +565,88 @@ impl Engine {
         )
     }
 
+    /// Forgets what the pages of a snapshot given up brought that no device
+    /// may hold, before a new snapshot (whose vector is `next`) starts: the
+    /// server of the one given up went back since (a power loss, a
+    /// restored backup), and its rows carry writes it lost. Such a write
+    /// is in no vector, so nothing would ever replace it, and this device
+    /// alone would show it (the simulation, 3 devices, seed 168 of every
+    /// fault). A record whose every write is such goes with no tombstone
+    /// (the rows that refer to it wait for it, as for a record not here
+    /// yet); one with other writes keeps those; a held row carrying such a
+    /// write is dropped. A write some device does hold comes again, in the
+    /// new snapshot or as a change. Returns how many records changed.
+    pub(crate) async fn forget_given_up(&self, next: &VersionVector) -> Result<usize, EngineError> {
+        let registry = self.registry();
+        let received = self.received();
+        let w = self.write_tx().await?;
+        let mut input = Input::default();
+        for (desc, id, state) in stored_with(&w.tx, registry, None, &BTreeSet::new()).await? {
+            let Some(rank) = registry.rank(desc.name()) else {
+                continue;
+            };
+            let key = RecordKey { rank, id };
+            match given_up(&state, &received, next) {
+                None => {}
+                Some(None) => {
+                    input.forgotten.insert(key);
+                }
+                Some(Some(kept)) => {
+                    input.changed.insert(key, kept);
+                }
+            }
+        }
+        let dropped_held: Vec<store::HeldRow> = store::held_rows(&w.tx)
+            .await?
+            .into_iter()
+            .filter(|h| {
+                held_state(registry, h)
+                    .is_some_and(|(_, state)| given_up(&state, &received, next).is_some())
+            })
+            .collect();
+        let changed = input.changed.len() + input.forgotten.len();
+        if changed == 0 && dropped_held.is_empty() {
+            w.tx.rollback().await?;
+            return Ok(0);
+        }
+        let mut script = store::Script::default();
+        let mut writes = write::Writes::default();
+        if changed > 0 {
+            let mut facts = Facts::default();
+            let projection =
+                write::project(&w.tx, registry, &self.inner.tables, &input, &mut facts).await?;
+            writes = write::build(
+                registry,
+                &self.inner.tables,
+                input.changed,
+                facts,
+                projection,
+            )?;
+            write::script(&mut script, registry, &mut writes)?;
+        }
+        store::release_held(&mut script, &dropped_held);
+        write::run(&w.tx, script, &writes.conflicts).await?;
+        let held = store::held_rows(&w.tx).await?;
+        w.tx.commit().await?;
+        {
+            let mut m = self.memory();
+            m.waiting = m.waiting.saturating_add_signed(writes.waiting_delta);
+            for key in &writes.forgotten {
+                if let Some(n) = registry.at(key.rank).and_then(|d| m.rows.get_mut(d.name())) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            m.held_rows = held.len() as u64;
+            m.held_floors = held_floors(&held);
+        }
+        tracing::warn!(
+            records = changed,
+            held = dropped_held.len(),
+            "a snapshot started over: what its pages brought that no device may hold is forgotten"
+        );
+        Ok(changed)
+    }
+
     /// Settles a resync a crash interrupted after its snapshot completed.
     pub(crate) async fn resume_resync(&self) -> Result<(), EngineError> {
         let pending = Self::resync_pending(self.db()).await?;
@@ -572,6 +656,22 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// A held snapshot row's model and the state it carries, as a record
+/// stores it; `None` for a row of a model not registered here, or one that
+/// does not decode (it can never apply).
+fn held_state(
+    registry: &crate::registry::Registry,
+    h: &store::HeldRow,
+) -> Option<(&'static crate::registry::ModelDescriptor, RecordState)> {
+    let desc = registry.get(&h.model)?;
+    let bytes = match rmp_serde::from_slice::<SnapshotRow>(&h.row).ok()? {
+        SnapshotRow::Owned(change) => change.0,
+        SnapshotRow::Shared { image, .. } => image,
+    };
+    let state = RecordState::decode(desc.meta().ownership, &bytes).ok()?;
+    Some((desc, state))
 }
 
 /// The records that held snapshot rows are of, or refer to (by model
@@ -587,13 +687,7 @@ fn held_records(
             continue;
         };
         out.insert((desc.name(), h.record));
-        // A snapshot row carries the state as a record stores it.
-        let bytes = match rmp_serde::from_slice::<SnapshotRow>(&h.row) {
-            Ok(SnapshotRow::Owned(change)) => change.0,
-            Ok(SnapshotRow::Shared { image, .. }) => image,
-            Err(_) => continue,
-        };
-        let Ok(state) = RecordState::decode(desc.meta().ownership, &bytes) else {
+        let Some((_, state)) = held_state(registry, h) else {
             continue;
         };
         for r in desc.meta().references() {
@@ -610,20 +704,60 @@ fn held_records(
 /// A record: its model's wire name and its id.
 type RecordId = (&'static str, Uuid);
 
-/// The records stored with `presence`, each with its model and state, but
-/// those `pinned` (and any of a model not registered here).
+/// What of a state pages of a snapshot given up brought and no device may
+/// hold: the writes this device did not receive (`received`) and the new
+/// snapshot's vector (`next`) does not name. `None` when every write is
+/// held or named (a write stored without its number counts as held: it
+/// proves nothing); else the state without them, `None` inside when
+/// nothing is left.
+fn given_up(
+    state: &RecordState,
+    received: &Received,
+    next: &VersionVector,
+) -> Option<Option<RecordState>> {
+    let held = |origin: Uuid, seq: u64| {
+        seq == 0 || seq <= next.get(origin) || received.contains(origin, seq)
+    };
+    match state {
+        RecordState::Owned(o) => (!held(o.change.origin, o.change.seq)).then_some(None),
+        RecordState::Shared(s) => {
+            let mut kept = s.clone();
+            kept.fields
+                .retain(|_, f| held(timestamp_origin(&f.hlc), f.seq));
+            if let Some(t) = &s.tombstone
+                && let Some((origin, seq)) = t.delete
+                && !held(origin, seq)
+            {
+                kept.tombstone = None;
+            }
+            if kept == *s {
+                return None;
+            }
+            Some(
+                (!kept.fields.is_empty() || kept.tombstone.is_some())
+                    .then_some(RecordState::Shared(kept)),
+            )
+        }
+    }
+}
+
+/// The records stored with `presence` (any, if `None`), each with its
+/// model and state, but those `pinned` (and any of a model not registered
+/// here).
 async fn stored_with<C: ConnectionTrait>(
     db: &C,
     registry: &crate::registry::Registry,
-    presence: Presence,
+    presence: Option<Presence>,
     pinned: &BTreeSet<RecordId>,
 ) -> Result<Vec<(&'static crate::registry::ModelDescriptor, Uuid, RecordState)>, EngineError> {
-    let rows = db
-        .query_all_raw(store::stmt(
+    let query = match presence {
+        Some(p) => store::stmt(
             "SELECT model, record, state FROM _sync_rows WHERE presence = ?",
-            vec![Value::BigInt(Some(presence.code()))],
-        ))
-        .await?;
+            vec![Value::BigInt(Some(p.code()))],
+        ),
+        None => store::stmt("SELECT model, record, state FROM _sync_rows", vec![]),
+    };
+    let rows = db.query_all_raw(query).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
         let model: String = row.try_get("", "model")?;
@@ -658,7 +792,7 @@ async fn dead_hidden<C: ConnectionTrait>(
 ) -> Result<Vec<RecordId>, EngineError> {
     // Each hidden row with the records its required references point at.
     let mut hidden: Vec<(RecordId, Vec<RecordId>)> = Vec::new();
-    for (desc, id, state) in stored_with(db, registry, Presence::Hidden, pinned).await? {
+    for (desc, id, state) in stored_with(db, registry, Some(Presence::Hidden), pinned).await? {
         let targets = desc
             .meta()
             .references()

@@ -258,6 +258,15 @@ impl Engine {
             metrics::counter!("syncable_snapshot_pages_ignored_total").increment(1);
             return Ok((ApplyReport::default(), false));
         }
+        // A snapshot that starts over after pages of another were applied
+        // (its server went back, or the backfill moved to a peer that holds
+        // another vector): what those pages brought that no device may hold
+        // goes first.
+        let given_up = matches!(&self.memory().backfill,
+            Backfill::Running(c) if c.done > 0 && c.vector != page.vector);
+        if given_up && page.done == page.rows.len() as u64 {
+            self.forget_given_up(&page.vector).await?;
+        }
         let step = SnapshotStep {
             next: page.next,
             vector: page.vector,

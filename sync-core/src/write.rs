@@ -65,6 +65,8 @@ pub(crate) struct Writes {
     /// The application's foreign keys are checked at commit, not after each
     /// statement (see [`needs_deferred_keys`]).
     pub(crate) defer_foreign_keys: bool,
+    /// Stored records whose state goes, with no tombstone (forgotten).
+    pub(crate) forgotten: Vec<RecordKey>,
 }
 
 /// Whether writing `tables` in order may break one of the application's
@@ -119,6 +121,19 @@ pub(crate) fn build(
             continue;
         };
         let stored = facts.rows.remove(&key).flatten();
+        if d.presence == Presence::Absent {
+            // Only a forgotten record has no state to show: its row leaves
+            // the table, its state and its own waits and asides go.
+            if let Some(s) = &stored {
+                w.waiting_delta -= i64::from(waits_or_refused(s.presence));
+                table_writes(registry, tables, &facts, key, &d, &s.state, &mut w)?;
+                w.shown.insert(key, Presence::Absent);
+                w.decided.insert(key);
+                w.existing.insert(key);
+                w.forgotten.push(key);
+            }
+            continue;
+        }
         let (state, state_changed) = match (changed.remove(&key), &stored) {
             (Some(s), _) => (s, true),
             (None, Some(s)) => (s.state.clone(), false),
@@ -309,6 +324,7 @@ pub(crate) fn script(
     }
     let rows: Vec<(RecordKey, &Stored)> = writes.rows.iter().map(|(k, s)| (*k, s)).collect();
     store::write_rows(script, registry, &rows)?;
+    store::delete_states(script, registry, &writes.forgotten);
     if !writes.existing.is_empty() {
         store::replace_waits(script, registry, &writes.existing, &[]);
         store::replace_asides(script, registry, &writes.existing, &[])?;

@@ -186,6 +186,10 @@ pub(crate) struct Input {
     /// Unique keys the caller's own writes gave up: rows waiting for them
     /// are projected again.
     pub(crate) freed: Vec<(Rank, u64)>,
+    /// Records whose every state is dropped, with no tombstone: they are
+    /// projected as never seen, so rows referring to them wait for them
+    /// (where a deleted record would hide them for good).
+    pub(crate) forgotten: BTreeSet<RecordKey>,
 }
 
 /// What the planner knows of the database. Each map holds an entry for
@@ -279,6 +283,7 @@ pub(crate) fn plan(
         .keys()
         .chain(input.fixed.keys())
         .chain(input.dirty.iter())
+        .chain(input.forgotten.iter())
         .copied()
         .collect();
     for (rank, hash) in &input.freed {
@@ -353,6 +358,9 @@ impl<'a> Planner<'a> {
 
     /// A record's state as the plan sees it.
     fn state(&mut self, key: RecordKey) -> Option<Option<&'a RecordState>> {
+        if self.input.forgotten.contains(&key) {
+            return Some(None);
+        }
         if let Some(state) = self.input.changed.get(&key) {
             return Some(Some(state));
         }

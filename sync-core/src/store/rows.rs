@@ -212,6 +212,27 @@ pub(crate) async fn load_for_plan<C: ConnectionTrait>(
     Ok(loaded)
 }
 
+/// Deletes the stored state of the records given (forgotten: no tombstone
+/// is kept).
+pub(crate) fn delete_states(script: &mut Script, registry: &Registry, keys: &[RecordKey]) {
+    let mut by_model: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
+    for key in keys {
+        if let Some(desc) = registry.at(key.rank) {
+            by_model
+                .entry(desc.name())
+                .or_default()
+                .push(uuid_value(key.id));
+        }
+    }
+    for (model, ids) in by_model {
+        script.in_chunks(
+            &format!("DELETE FROM {TABLE} WHERE model = ? AND record IN ({{}})"),
+            &[model.into()],
+            ids,
+        );
+    }
+}
+
 /// Writes the stored rows given (inserting or replacing).
 pub(crate) fn write_rows(
     script: &mut Script,
