@@ -30,13 +30,15 @@ pub struct Change {
     pub id: Uuid,
     /// What was written.
     pub op: Op,
-    /// For a device-owned upsert: the change whose state this one replaces
-    /// on its writer, as `(origin, number)`; `None` when the writer held no
-    /// state of the record (a creation). A receiver that took that change
-    /// and holds no state of the record now took a delete of it since, and
-    /// collected its tombstone: the write loses to that delete, as it does
-    /// wherever the delete is still held (its writer went back past the
-    /// delete: a power loss, a restored backup). Encoded only when set.
+    /// For an upsert: a write whose state this one replaces on its writer,
+    /// as `(origin, number)`: for a device-owned record the change it
+    /// replaces, for a shared one the oldest numbered write among the
+    /// record's fields there; `None` when the writer held no state of the
+    /// record (a creation). A receiver that took that write and holds no
+    /// state of the record now took a delete of it since, and collected
+    /// its tombstone: the write loses to that delete, as it does wherever
+    /// the delete is still held (its writer went back past the delete: a
+    /// power loss, a restored backup). Encoded only when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<(Uuid, u64)>,
 }

@@ -571,11 +571,11 @@ impl Engine {
     /// restored backup), and its rows carry writes it lost. Such a write
     /// is in no vector, so nothing would ever replace it, and this device
     /// alone would show it (the simulation, 3 devices, seed 168 of every
-    /// fault). A record whose every write is such goes with no tombstone
-    /// (the rows that refer to it wait for it, as for a record not here
-    /// yet); one with other writes keeps those; a held row carrying such a
-    /// write is dropped. A write some device does hold comes again, in the
-    /// new snapshot or as a change. Returns how many records changed.
+    /// fault). A record created by such writes goes with no tombstone (the
+    /// rows that refer to it wait for it, as for a record not here yet),
+    /// and so does a held row of one. If some device does hold them, they
+    /// come again, in the new snapshot or as changes. Returns how many
+    /// records were forgotten.
     pub(crate) async fn forget_given_up(&self, next: &VersionVector) -> Result<usize, EngineError> {
         let registry = self.registry();
         let received = self.received();
@@ -586,25 +586,18 @@ impl Engine {
                 continue;
             };
             let key = RecordKey { rank, id };
-            match given_up(&state, &received, next) {
-                None => {}
-                Some(None) => {
-                    input.forgotten.insert(key);
-                }
-                Some(Some(kept)) => {
-                    input.changed.insert(key, kept);
-                }
+            if given_up(&state, &received, next) {
+                input.forgotten.insert(key);
             }
         }
         let dropped_held: Vec<store::HeldRow> = store::held_rows(&w.tx)
             .await?
             .into_iter()
             .filter(|h| {
-                held_state(registry, h)
-                    .is_some_and(|(_, state)| given_up(&state, &received, next).is_some())
+                held_state(registry, h).is_some_and(|(_, state)| given_up(&state, &received, next))
             })
             .collect();
-        let changed = input.changed.len() + input.forgotten.len();
+        let changed = input.forgotten.len();
         if changed == 0 && dropped_held.is_empty() {
             w.tx.rollback().await?;
             return Ok(0);
@@ -704,39 +697,30 @@ fn held_records(
 /// A record: its model's wire name and its id.
 type RecordId = (&'static str, Uuid);
 
-/// What of a state pages of a snapshot given up brought and no device may
-/// hold: the writes this device did not receive (`received`) and the new
-/// snapshot's vector (`next`) does not name. `None` when every write is
-/// held or named (a write stored without its number counts as held: it
-/// proves nothing); else the state without them, `None` inside when
-/// nothing is left.
-fn given_up(
-    state: &RecordState,
-    received: &Received,
-    next: &VersionVector,
-) -> Option<Option<RecordState>> {
-    let held = |origin: Uuid, seq: u64| {
-        seq == 0 || seq <= next.get(origin) || received.contains(origin, seq)
+/// Whether a state is the creation of a record that pages of a snapshot
+/// given up brought and no device may hold: its writes are ones this
+/// device did not receive (`received`) and the new snapshot's vector
+/// (`next`) does not name, and it still carries its creation (a
+/// device-owned change that replaced nothing; a shared field set by a
+/// write that replaced nothing), so no earlier write of the record can
+/// have reached this device. A state carrying a write stored without its
+/// number, a delete, or an update that may have replaced a write taken
+/// here is kept: forgetting it would lose what was taken, and could make
+/// the record look deleted and collected here.
+fn given_up(state: &RecordState, received: &Received, next: &VersionVector) -> bool {
+    let unheld = |origin: Uuid, seq: u64| {
+        seq > 0 && seq > next.get(origin) && !received.contains(origin, seq)
     };
     match state {
-        RecordState::Owned(o) => (!held(o.change.origin, o.change.seq)).then_some(None),
+        RecordState::Owned(o) => {
+            !o.is_delete() && o.change.replaces.is_none() && unheld(o.change.origin, o.change.seq)
+        }
         RecordState::Shared(s) => {
-            let mut kept = s.clone();
-            kept.fields
-                .retain(|_, f| held(timestamp_origin(&f.hlc), f.seq));
-            if let Some(t) = &s.tombstone
-                && let Some((origin, seq)) = t.delete
-                && !held(origin, seq)
-            {
-                kept.tombstone = None;
-            }
-            if kept == *s {
-                return None;
-            }
-            Some(
-                (!kept.fields.is_empty() || kept.tombstone.is_some())
-                    .then_some(RecordState::Shared(kept)),
-            )
+            s.tombstone.is_none()
+                && s.fields.values().any(|f| f.base.is_none())
+                && s.fields
+                    .values()
+                    .all(|f| unheld(timestamp_origin(&f.hlc), f.seq))
         }
     }
 }

@@ -668,6 +668,12 @@ impl Engine {
                 let slot = working.entry(key).or_default();
                 let result = match item {
                     Item::Change { change, bytes, .. } => match desc.meta().ownership {
+                        Ownership::Shared
+                            if none_held && lost_to_collected(slot, change, &received_before) =>
+                        {
+                            conflicts.push(lost_write(site, change));
+                            Ok(Merged::Superseded)
+                        }
                         Ownership::Shared => {
                             let mut state = match slot.take() {
                                 Some(RecordState::Shared(s)) => s,
@@ -1374,8 +1380,8 @@ impl Engine {
     }
 }
 
-/// Whether a device-owned write lost to a delete whose tombstone this
-/// device collected: it replaces a state this device took (`received`
+/// Whether a write (device-owned, or a shared update) lost to a delete
+/// whose tombstone this device collected: it replaces a state this device took (`received`
 /// holds its number, and no snapshot row is held back, whose number the
 /// vector counts before its state is here) and this device holds no state
 /// of the record now.

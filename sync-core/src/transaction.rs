@@ -622,13 +622,21 @@ impl<'e> SyncTransaction<'e> {
                     Op::Upsert(out)
                 }
             };
-            // A device-owned write names the state it replaces: a peer
-            // that took that state and collected the record's delete since
-            // knows the write lost to it.
-            let replaces = match (meta.ownership, &op, slot.as_ref()) {
-                (Ownership::DeviceOwned, Op::Upsert(_), Some(RecordState::Owned(old))) => {
+            // A write names a state it replaces: a peer that took that
+            // state and collected the record's delete since knows the write
+            // lost to it. A device-owned write names the change it
+            // replaces; a shared update, the oldest numbered write among
+            // the record's fields here (the likeliest a peer took).
+            let replaces = match (&op, slot.as_ref()) {
+                (Op::Upsert(_), Some(RecordState::Owned(old))) => {
                     Some((old.change.origin, old.change.seq))
                 }
+                (Op::Upsert(_), Some(RecordState::Shared(old))) => old
+                    .fields
+                    .values()
+                    .filter(|f| f.seq > 0)
+                    .min_by_key(|f| f.hlc)
+                    .map(|f| (crate::clock::timestamp_origin(&f.hlc), f.seq)),
                 _ => None,
             };
             let change = Change {

@@ -375,6 +375,65 @@ async fn rows_of_a_snapshot_its_server_lost_are_forgotten() {
     );
 }
 
+/// A backfill that moves to a peer holding less: a record whose creation
+/// this device took as a change, and whose later update only the pages
+/// given up brought, is kept (its update comes again as a change), not
+/// forgotten: forgetting it lost what was taken, and the record then
+/// looked deleted and collected here, so neither the new snapshot's row nor
+/// the update was taken (the simulation, 8 devices, sparse, seed 67 of
+/// every fault, with no power loss).
+#[tokio::test]
+async fn a_record_taken_before_a_snapshot_given_up_is_kept() {
+    let (_r, mut net) = net_with_restorable(3, 114).await;
+    net.pair_all().await;
+    net.connect_all().await;
+    let vol = write_volume(&mut net, 0).await;
+    assert!(net.settle(5).await);
+
+    // b and d cut off; a renames the volume, which reaches c.
+    for other in [0, 2, 3] {
+        net.partition(1, other, true);
+    }
+    net.partition(3, 0, true);
+    net.partition(3, 2, true);
+    rename_volume(&mut net, 0, vol, "renamed").await;
+    net.run(10_000).await;
+
+    // b resyncs from c until it holds the rename, then from d, which
+    // lacks it.
+    let b = net.nodes[1].dev.engine.clone();
+    steps::restart_backfill(&b, false).await.unwrap();
+    let name = |b: sync_core::Engine| async move {
+        volume::Model::find_by_id(b.database(), vol)
+            .await
+            .unwrap()
+            .map(|v| v.name)
+    };
+    loop {
+        assert!(!next_page(&net, 2, 1).await, "the backfill moves first");
+        if name(b.clone()).await.as_deref() == Some("renamed") {
+            break;
+        }
+    }
+    while !next_page(&net, 3, 1).await {}
+    assert!(name(b.clone()).await.is_some(), "the volume stays on b");
+
+    for (x, y) in [(1, 0), (1, 2), (1, 3), (3, 0), (3, 2)] {
+        net.partition(x, y, false);
+    }
+    net.reconnect_all().await;
+    assert!(net.settle(40).await, "the four converge");
+    for i in 0..4 {
+        let db = net.nodes[i].dev.engine.database();
+        let v = volume::Model::find_by_id(db, vol).await.unwrap();
+        assert_eq!(
+            v.map(|v| v.name).as_deref(),
+            Some("renamed"),
+            "on device {i}"
+        );
+    }
+}
+
 /// A record forgotten with a snapshot given up is not deleted: a row that
 /// needs it waits, and shows when its writes come again from a device that
 /// holds them. (Forgetting it as deleted hid such rows for good: the
@@ -582,6 +641,70 @@ async fn a_write_past_a_collected_delete_of_its_owner_does_not_bring_the_record_
     net.connect_all().await;
     assert!(net.settle(5).await);
     assert_volume_stays_deleted(&net, vol).await;
+}
+
+/// The shared form of the case above: device `a` deleted a tag, `b`
+/// collected the delete (`c` still holds it), and `a` went back to before
+/// the delete and recoloured the tag. `b` holds no state of the tag, but
+/// took the write the update replaces (the update names it), so the update
+/// loses there, named in `b`'s conflict log. (It used to wait on `b` for
+/// ever as a record with one field: the simulation, 3 devices, seed 167 of
+/// every fault.)
+#[tokio::test]
+async fn an_update_past_a_collected_shared_delete_loses_where_no_state_is_left() {
+    let (r, mut net) = net_with_restorable(2, 113).await;
+    net.pair_all().await;
+    net.connect_all().await;
+    write_tags(&mut net, 0, 1, "doomed").await;
+    assert!(net.settle(3).await);
+    let gid = tag::Entity::find()
+        .one(net.nodes[1].dev.engine.database())
+        .await
+        .unwrap()
+        .unwrap()
+        .gid;
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+
+    net.nodes[0].dev.time.advance(Duration::from_millis(5));
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    assert!(tx.delete::<tag::Model>(gid).await.unwrap());
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    net.gossip(3).await;
+    let (b, b_time) = (
+        net.nodes[1].dev.engine.clone(),
+        net.nodes[1].dev.time.clone(),
+    );
+    b_time.advance(Duration::from_secs(60));
+    let collected = b.collect_tombstones(Duration::ZERO).await.unwrap();
+    assert_eq!(collected.shared, 1, "b collects the delete");
+
+    // a goes back to before the delete and recolours the tag before it
+    // meets anyone.
+    restore(&mut net, 0, &r, 1).await;
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    let mut row = tag::Model::find_by_id(tx.connection(), gid)
+        .await
+        .unwrap()
+        .unwrap();
+    row.color = Some("red".into());
+    tx.update(row).await.unwrap();
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    net.connect_all().await;
+    assert!(net.settle(10).await);
+    for n in &net.nodes {
+        assert!(
+            !tag_names(&n.dev).await.contains("doomed0"),
+            "the tag stays deleted"
+        );
+        assert_eq!(n.dev.engine.status().parked, 0, "nothing waits");
+    }
+    let lost = b.conflicts().await.unwrap();
+    assert!(
+        lost.iter().any(|c| c.record == gid),
+        "b names the lost update: {lost:?}"
+    );
 }
 
 /// The shared half of the case above. A tag is deleted by another device,
