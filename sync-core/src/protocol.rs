@@ -12,9 +12,9 @@ use crate::trust::{Hash, MemberRecord, SealProof};
 use crate::vector::VersionVector;
 
 /// The protocol version this engine speaks.
-pub const PROTOCOL_VERSION: u16 = 10;
+pub const PROTOCOL_VERSION: u16 = 11;
 /// The oldest protocol version this engine still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 10;
+pub const MIN_PROTOCOL_VERSION: u16 = 11;
 /// The largest encoded message accepted. Larger payloads are paged.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -205,6 +205,14 @@ pub struct SnapshotResponse {
     pub total: u64,
     /// Rows sent up to and including this page.
     pub done: u64,
+    /// On the last page: the changes the serving device received since the
+    /// snapshot's vector (as a pull from that vector brings them, one pull's
+    /// worth). The snapshot's rows may carry them, read after the vector
+    /// was; taken with the page, they are held as changes, which the new
+    /// device can pass on, even if the serving device loses them right
+    /// after (a power loss). Empty elsewhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<Batch>,
 }
 
 /// Changes a receiver holds back for now (their clock is too far ahead,

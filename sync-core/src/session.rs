@@ -138,7 +138,7 @@ impl Drop for Session {
     }
 }
 
-fn in_batches(batches: Vec<Batch>) -> Vec<InBatch> {
+pub(crate) fn in_batches(batches: Vec<Batch>) -> Vec<InBatch> {
     batches
         .into_iter()
         .map(|b| InBatch {

@@ -16,7 +16,8 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::peers::Phase;
 use crate::protocol::{
-    ErrorCode, ErrorMessage, SnapshotCursor, SnapshotRequest, SnapshotResponse, SnapshotRow,
+    ErrorCode, ErrorMessage, PullRequest, SnapshotCursor, SnapshotRequest, SnapshotResponse,
+    SnapshotRow,
 };
 use crate::receive::{ApplyReport, Incoming, SnapshotStep};
 use crate::store;
@@ -181,6 +182,21 @@ impl Engine {
         tx.commit().await?;
         cursor.done = cursor.done.saturating_add(rows.len() as u64);
         let (vector, total, done) = (cursor.vector.clone(), cursor.total, cursor.done);
+        // The last page carries what was received since the vector: rows
+        // read after it may hold those changes' effects, and the requester
+        // keeps them as changes even if this device loses them next.
+        let changes = if finished {
+            let since = PullRequest {
+                vector: vector.clone(),
+                limit: crate::catchup::MAX_PULL_LIMIT,
+            };
+            self.serve_pull(&since)
+                .await?
+                .map(|r| r.batches)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         metrics::counter!("syncable_snapshot_rows_sent_total").increment(rows.len() as u64);
         Ok(Ok(SnapshotResponse {
             rows,
@@ -188,6 +204,7 @@ impl Engine {
             vector,
             total,
             done,
+            changes,
         }))
     }
 
@@ -274,7 +291,7 @@ impl Engine {
         let complete = step.next.is_none();
         self.resync_saw(&page.rows, complete.then_some(&step.vector))
             .await?;
-        let (report, _) = self
+        let (mut report, _) = self
             .receive(Incoming {
                 rows: page.rows,
                 snapshot: Some(step),
@@ -285,6 +302,17 @@ impl Engine {
             tracing::info!(rows = page.total, "backfill complete");
             if self.memory().resyncing {
                 self.finish_resync().await?;
+            }
+            if !page.changes.is_empty() {
+                // What the server received since the snapshot's vector, as
+                // a pull from it would bring.
+                let (tail, _) = self
+                    .receive(Incoming {
+                        batches: crate::session::in_batches(page.changes),
+                        ..Incoming::default()
+                    })
+                    .await?;
+                report.held_back.extend(tail.held_back);
             }
         }
         Ok((report, complete))
