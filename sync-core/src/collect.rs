@@ -50,7 +50,7 @@ use std::time::Duration;
 use sea_orm::{ConnectionTrait, Value};
 use uuid::Uuid;
 
-use crate::change::{Change, Op};
+use crate::change::{Change, EncodedChange, Op};
 use crate::clock::timestamp_origin;
 use crate::engine::Engine;
 use crate::error::EngineError;
@@ -414,8 +414,14 @@ impl Engine {
                 continue;
             }
             let settle = match &row.state {
+                // The serving device held this state, or the one it
+                // replaced (a write made here after going back past the
+                // delete: it lost to it, as it does wherever the delete is
+                // held), and no longer holds the record.
                 RecordState::Owned(o) => {
-                    if o.change.seq <= vector.get(o.change.origin) {
+                    let held = |(origin, seq): (Uuid, u64)| seq <= vector.get(origin);
+                    if held((o.change.origin, o.change.seq)) || o.change.replaces.is_some_and(held)
+                    {
                         Settle::Drop
                     } else {
                         Settle::Keep
@@ -480,6 +486,21 @@ impl Engine {
                 "records deleted elsewhere while this device was away: its writes to them lost"
             );
         }
+        // A dropped device-owned state the snapshot's vector lacks (a write
+        // made here, which lost to the collected delete) no longer stands
+        // here, but peers lack its number: it goes to the log, served as a
+        // change, which loses to the delete there as it did here.
+        let lost: Vec<(Uuid, u64, EncodedChange)> = settled
+            .values()
+            .filter_map(|(settle, state)| match state {
+                RecordState::Owned(o)
+                    if *settle == Settle::Drop && o.change.seq > vector.get(o.change.origin) =>
+                {
+                    Some((o.change.origin, o.change.seq, o.bytes.clone()))
+                }
+                _ => None,
+            })
+            .collect();
         let drops: BTreeMap<RecordKey, RecordState> = settled
             .into_iter()
             .filter(|(_, (s, _))| *s == Settle::Drop)
@@ -531,6 +552,9 @@ impl Engine {
                 );
             }
         }
+        let logged: Vec<(Uuid, u64, &EncodedChange)> =
+            lost.iter().map(|(o, n, b)| (*o, *n, b)).collect();
+        store::append_log(&mut script, &logged)?;
         script.push("DELETE FROM _sync_unseen".into(), vec![]);
         script.push(
             "DELETE FROM _sync_meta WHERE key IN (?, ?)".into(),
@@ -542,6 +566,7 @@ impl Engine {
             let mut m = self.memory();
             m.resyncing = false;
             m.waiting = m.waiting.saturating_add_signed(waiting_delta);
+            m.log_len += lost.len() as u64;
             for key in &owned_gone {
                 if let Some(n) = registry.at(key.rank).and_then(|d| m.rows.get_mut(d.name())) {
                     *n = n.saturating_sub(1);

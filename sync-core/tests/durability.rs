@@ -682,6 +682,40 @@ async fn a_write_past_a_collected_delete_of_its_owner_does_not_bring_the_record_
     assert_volume_stays_deleted(&net, vol).await;
 }
 
+/// The case above once every log was pruned: `a` cannot get the delete as
+/// a change, and resyncs before `b` hears of the rename. The rename is not
+/// in the snapshot's vector, but the state it replaced is, and the snapshot
+/// lacks the volume: the rename lost to the delete, and `a` drops the
+/// volume too, keeping the rename in its log for peers that lack its
+/// number (where it loses as well). (It used to keep the volume, alone, as
+/// a write of its own: the simulation, 5 devices, seed 162 of every fault.)
+#[tokio::test]
+async fn a_write_past_a_collected_delete_is_dropped_by_its_writers_resync() {
+    let (r, mut net, vol) = volume_deleted_and_collected(116).await;
+    for n in &net.nodes {
+        n.dev.engine.flush_peers().await.unwrap();
+        n.dev.engine.prune().await.unwrap();
+        assert_eq!(n.dev.engine.status().log_len, 0, "every peer acknowledged");
+    }
+    restore(&mut net, 0, &r, 1).await;
+    rename_volume(&mut net, 0, vol, "renamed").await;
+    // a resyncs from b before b hears of the rename.
+    let a = net.nodes[0].dev.engine.clone();
+    steps::restart_backfill(&a, false).await.unwrap();
+    while !next_page(&net, 1, 0).await {}
+    assert!(
+        volume::Model::find_by_id(a.database(), vol)
+            .await
+            .unwrap()
+            .is_none(),
+        "a drops the volume it renamed"
+    );
+    net.connect_all().await;
+    assert!(net.settle(5).await);
+    net.gossip(3).await;
+    assert_volume_stays_deleted(&net, vol).await;
+}
+
 /// The shared form of the case above: device `a` deleted a tag, `b`
 /// collected the delete (`c` still holds it), and `a` went back to before
 /// the delete and recoloured the tag. `b` holds no state of the tag, but
