@@ -490,11 +490,16 @@ impl Engine {
         // made here, which lost to the collected delete) no longer stands
         // here, but peers lack its number: it goes to the log, served as a
         // change, which loses to the delete there as it did here.
+        // (Not below this device's pruned floor: every peer acknowledged
+        // those numbers once, and one that lost them since resyncs.)
+        let pruned = self.memory().pruned.clone();
         let lost: Vec<(Uuid, u64, EncodedChange)> = settled
             .values()
             .filter_map(|(settle, state)| match state {
                 RecordState::Owned(o)
-                    if *settle == Settle::Drop && o.change.seq > vector.get(o.change.origin) =>
+                    if *settle == Settle::Drop
+                        && o.change.seq
+                            > vector.get(o.change.origin).max(pruned.get(o.change.origin)) =>
                 {
                     Some((o.change.origin, o.change.seq, o.bytes.clone()))
                 }
@@ -561,12 +566,20 @@ impl Engine {
             vec![META_RESYNC_VECTOR.into(), META_RESYNC_SHARED.into()],
         );
         write::run(&w.tx, script, &[]).await?;
+        // Read back: a write already in the log is not added twice.
+        let log_len = if lost.is_empty() {
+            None
+        } else {
+            Some(store::log_len(&w.tx).await?)
+        };
         w.tx.commit().await?;
         {
             let mut m = self.memory();
             m.resyncing = false;
+            if let Some(n) = log_len {
+                m.log_len = n;
+            }
             m.waiting = m.waiting.saturating_add_signed(waiting_delta);
-            m.log_len += lost.len() as u64;
             for key in &owned_gone {
                 if let Some(n) = registry.at(key.rank).and_then(|d| m.rows.get_mut(d.name())) {
                     *n = n.saturating_sub(1);
