@@ -526,16 +526,8 @@ impl Engine {
                 changed: drops,
                 ..Input::default()
             };
-            let mut facts = Facts::default();
-            let projection =
-                write::project(&w.tx, registry, &self.inner.tables, &input, &mut facts).await?;
-            let mut writes = write::build(
-                registry,
-                &self.inner.tables,
-                input.changed,
-                facts,
-                projection,
-            )?;
+            let mut writes =
+                write::plan(&w.tx, registry, &self.inner.tables, input, Facts::default()).await?;
             waiting_delta = writes.waiting_delta;
             write::script(&mut script, registry, &mut writes)?;
             // A device-owned record's tombstone is its owner's signed delete,
@@ -643,16 +635,8 @@ impl Engine {
         let mut script = store::Script::default();
         let mut writes = write::Writes::default();
         if changed > 0 {
-            let mut facts = Facts::default();
-            let projection =
-                write::project(&w.tx, registry, &self.inner.tables, &input, &mut facts).await?;
-            writes = write::build(
-                registry,
-                &self.inner.tables,
-                input.changed,
-                facts,
-                projection,
-            )?;
+            writes =
+                write::plan(&w.tx, registry, &self.inner.tables, input, Facts::default()).await?;
             write::script(&mut script, registry, &mut writes)?;
         }
         store::release_held(&mut script, &dropped_held);

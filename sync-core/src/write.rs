@@ -416,6 +416,19 @@ async fn prefetch<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Projects `input`, loading into `facts` what the plan needs, and turns
+/// the projection into writes.
+pub(crate) async fn plan<C: ConnectionTrait>(
+    db: &C,
+    registry: &Registry,
+    tables: &[TableInfo],
+    input: crate::project::Input,
+    mut facts: Facts,
+) -> Result<Writes, EngineError> {
+    let projection = project(db, registry, tables, &input, &mut facts).await?;
+    build(registry, tables, input.changed, facts, projection)
+}
+
 /// Loads what the planner asks for, and asks again, until it can answer.
 pub(crate) async fn project<C: ConnectionTrait>(
     db: &C,

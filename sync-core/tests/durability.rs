@@ -189,6 +189,30 @@ async fn assert_volume_stays_deleted(net: &Net, vol: Uuid) {
     );
 }
 
+/// A tag written by device `a` (index 0) and held by every device, then
+/// the copy `a` can go back to; the tag's id.
+async fn doomed_tag(net: &mut Net, r: &Restorable) -> Uuid {
+    write_tags(net, 0, 1, "doomed").await;
+    assert!(net.settle(3).await);
+    let gid = tag::Entity::find()
+        .one(net.nodes[1].dev.engine.database())
+        .await
+        .unwrap()
+        .unwrap()
+        .gid;
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+    gid
+}
+
+/// Device `i` deletes a tag a little later, committed and pushed.
+async fn delete_tag(net: &mut Net, i: usize, gid: Uuid) {
+    net.nodes[i].dev.time.advance(Duration::from_millis(5));
+    let mut tx = net.nodes[i].dev.engine.begin().await.unwrap();
+    assert!(tx.delete::<tag::Model>(gid).await.unwrap());
+    let c = tx.commit().await.unwrap();
+    net.committed(i, c);
+}
+
 async fn tag_names(d: &Device) -> std::collections::BTreeSet<String> {
     tag::Entity::find()
         .all(d.engine.database())
@@ -728,21 +752,9 @@ async fn an_update_past_a_collected_shared_delete_loses_where_no_state_is_left()
     let (r, mut net) = net_with_restorable(2, 113).await;
     net.pair_all().await;
     net.connect_all().await;
-    write_tags(&mut net, 0, 1, "doomed").await;
-    assert!(net.settle(3).await);
-    let gid = tag::Entity::find()
-        .one(net.nodes[1].dev.engine.database())
-        .await
-        .unwrap()
-        .unwrap()
-        .gid;
-    snapshot(&net.nodes[0].dev, &r.copy).await;
+    let gid = doomed_tag(&mut net, &r).await;
 
-    net.nodes[0].dev.time.advance(Duration::from_millis(5));
-    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
-    assert!(tx.delete::<tag::Model>(gid).await.unwrap());
-    let c = tx.commit().await.unwrap();
-    net.committed(0, c);
+    delete_tag(&mut net, 0, gid).await;
     net.gossip(3).await;
     let (b, b_time) = (
         net.nodes[1].dev.engine.clone(),
@@ -792,21 +804,9 @@ async fn a_device_that_went_back_past_a_collected_shared_delete_drops_the_record
     let (r, mut net) = net_with_restorable(1, 108).await;
     net.pair_all().await;
     net.connect_all().await;
-    write_tags(&mut net, 0, 1, "doomed").await;
-    assert!(net.settle(3).await);
-    let gid = tag::Entity::find()
-        .one(net.nodes[1].dev.engine.database())
-        .await
-        .unwrap()
-        .unwrap()
-        .gid;
-    snapshot(&net.nodes[0].dev, &r.copy).await;
+    let gid = doomed_tag(&mut net, &r).await;
 
-    net.nodes[1].dev.time.advance(Duration::from_millis(5));
-    let mut tx = net.nodes[1].dev.engine.begin().await.unwrap();
-    assert!(tx.delete::<tag::Model>(gid).await.unwrap());
-    let c = tx.commit().await.unwrap();
-    net.committed(1, c);
+    delete_tag(&mut net, 1, gid).await;
     net.gossip(3).await;
     for c in collect_everywhere(&net).await {
         assert_eq!(c.shared, 1, "every device held the delete");
@@ -848,15 +848,7 @@ async fn a_snapshot_from_a_device_that_went_back_brings_no_collected_record_back
     net.pair_all().await;
     net.connect_all().await;
     let vol = write_volume(&mut net, 0).await;
-    write_tags(&mut net, 0, 1, "doomed").await;
-    assert!(net.settle(3).await);
-    let gid = tag::Entity::find()
-        .one(net.nodes[1].dev.engine.database())
-        .await
-        .unwrap()
-        .unwrap()
-        .gid;
-    snapshot(&net.nodes[0].dev, &r.copy).await;
+    let gid = doomed_tag(&mut net, &r).await;
 
     net.nodes[0].dev.time.advance(Duration::from_millis(5));
     delete_volume(&mut net, 0, vol).await;
