@@ -161,6 +161,13 @@ pub struct SnapshotCursor {
     pub total: u64,
     /// Rows sent so far.
     pub done: u64,
+    /// The records whose rows the serving device held back when the
+    /// snapshot started (model, id): their numbers are in its vector, and
+    /// one released since is served, as it stands, with the held rows
+    /// (their model's pages may have gone by before it was stored). At
+    /// most [`MAX_SNAPSHOT_LIMIT`](crate::MAX_SNAPSHOT_LIMIT) are kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<(String, Uuid)>,
 }
 
 /// A request for a page of the whole library.

@@ -93,6 +93,24 @@ fn backfill_meta(state: &Backfill) -> Result<(u64, Vec<u8>), EngineError> {
     })
 }
 
+/// A stored record state as a snapshot row.
+fn snapshot_row(
+    desc: &crate::registry::ModelDescriptor,
+    id: uuid::Uuid,
+    state: Vec<u8>,
+) -> SnapshotRow {
+    match desc.meta().ownership {
+        crate::model::Ownership::Shared => SnapshotRow::Shared {
+            model: desc.name().to_owned(),
+            id,
+            image: state,
+        },
+        crate::model::Ownership::DeviceOwned => {
+            SnapshotRow::Owned(crate::change::EncodedChange(state))
+        }
+    }
+}
+
 fn malformed(message: impl Into<String>) -> ErrorMessage {
     ErrorMessage {
         code: ErrorCode::Malformed,
@@ -122,14 +140,33 @@ impl Engine {
                 cursor.clone()
             }
             _ => {
-                let m = self.memory();
+                let (vector, total, any_held) = {
+                    let m = self.memory();
+                    (
+                        m.received.vector.clone(),
+                        m.rows.values().sum::<u64>() + m.held_rows,
+                        m.held_rows > 0,
+                    )
+                };
+                let mut held: Vec<(String, uuid::Uuid)> = if any_held {
+                    store::held_rows(self.db())
+                        .await?
+                        .into_iter()
+                        .map(|h| (h.model, h.record))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                held.dedup();
+                held.truncate(MAX_SNAPSHOT_LIMIT as usize);
                 SnapshotCursor {
                     source: self.device(),
                     model: 0,
                     after: None,
-                    vector: m.received.vector.clone(),
-                    total: m.rows.values().sum::<u64>() + m.held_rows,
+                    vector,
+                    total,
                     done: 0,
+                    held,
                 }
             }
         };
@@ -144,9 +181,23 @@ impl Engine {
         while (rows.len() as u64) < limit && bytes < crate::catchup::PAGE_BYTES {
             let room = limit - rows.len() as u64;
             let Some(desc) = models.get(cursor.model as usize).copied() else {
-                // The last section: rows this device holds back itself.
+                // The last section: rows this device holds back itself, and
+                // the records of rows it held back when the snapshot started
+                // and released since, as they stand.
                 if cursor.after.is_none() {
-                    for held in store::held_rows(&tx).await? {
+                    let now = store::held_rows(&tx).await?;
+                    for (model, id) in cursor.held.iter().take(MAX_SNAPSHOT_LIMIT as usize) {
+                        if now.iter().any(|h| h.model == *model && h.record == *id) {
+                            continue;
+                        }
+                        let Some(desc) = self.registry().get(model) else {
+                            continue;
+                        };
+                        if let Some(state) = store::row_state(&tx, desc.name(), *id).await? {
+                            rows.push(snapshot_row(desc, *id, state));
+                        }
+                    }
+                    for held in now {
                         if let Ok(row) = rmp_serde::from_slice::<SnapshotRow>(&held.row) {
                             rows.push(row);
                         }
@@ -160,16 +211,7 @@ impl Engine {
             for (id, state) in page {
                 bytes = bytes.saturating_add(state.len());
                 cursor.after = Some(id);
-                rows.push(match desc.meta().ownership {
-                    crate::model::Ownership::Shared => SnapshotRow::Shared {
-                        model: desc.name().to_owned(),
-                        id,
-                        image: state,
-                    },
-                    crate::model::Ownership::DeviceOwned => {
-                        SnapshotRow::Owned(crate::change::EncodedChange(state))
-                    }
-                });
+                rows.push(snapshot_row(desc, id, state));
                 if bytes >= crate::catchup::PAGE_BYTES {
                     break;
                 }

@@ -302,6 +302,60 @@ async fn a_snapshot_row_held_back_on_an_early_page_arrives_later() {
     assert_eq!(net.nodes[0].dev.content().await, b.content().await);
 }
 
+/// A row the serving device holds back when a snapshot starts (its clock
+/// ahead), and stores once its clock allows, after its model's pages went
+/// by, is still served: with the held rows, as it stands. The snapshot's
+/// vector counted it from the start. (It was in no page, and the new device
+/// held its number without the record: the simulation, 5 devices, seed 10
+/// of the default faults.)
+#[tokio::test]
+async fn a_row_released_while_its_server_serves_a_snapshot_is_still_served() {
+    let net = Net::new(vec![device(1).await, device(2).await, device(3).await], 94);
+    net.pair_all().await;
+    let (a, b, c) = (&net.nodes[0].dev, &net.nodes[1].dev, &net.nodes[2].dev);
+    for i in 0..4 {
+        let mut tx = a.engine.begin().await.unwrap();
+        tx.insert(new_tag(&format!("t{i}"))).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    a.time.advance(Duration::from_secs(30));
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.insert(tag::ActiveModel {
+        gid: Set(Uuid::from_u128(1)),
+        ..new_tag("ahead")
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    b.time.advance(Duration::from_secs(1));
+    backfill(b, a).await;
+    assert_eq!(b.engine.status().held_rows, 1);
+
+    // c backfills from b, a row a page; after the first, b's clock allows
+    // the held row, and b stores it, below the cursor.
+    c.time.advance(Duration::from_secs(40));
+    let mut pages = 0;
+    loop {
+        let page = steps::serve_snapshot(&b.engine, &steps::backfill_request(&c.engine, 1))
+            .await
+            .unwrap()
+            .unwrap();
+        let (_, complete) = steps::apply_snapshot(&c.engine, page).await.unwrap();
+        pages += 1;
+        if pages == 1 {
+            b.time.advance(Duration::from_secs(40));
+            steps::retry_held(&b.engine).await.unwrap();
+            assert_eq!(b.engine.status().held_rows, 0, "b stores the held row");
+        }
+        if complete {
+            break;
+        }
+        assert!(pages < 100, "the snapshot ends");
+    }
+    assert_eq!(rows::<tag::Model>(c).await.len(), 5, "c holds every tag");
+    assert_eq!(b.content().await, c.content().await);
+}
+
 /// A snapshot row held back (its clock ahead) is counted in the vector its
 /// snapshot brought before it is merged: the tombstone of a record it
 /// refers to stays until it is, or the row waits for ever for a record

@@ -317,6 +317,24 @@ pub(crate) async fn rows_page<C: ConnectionTrait>(
         .collect()
 }
 
+/// One record's stored state, as stored; `None` if none is.
+pub(crate) async fn row_state<C: ConnectionTrait>(
+    db: &C,
+    model: &str,
+    id: Uuid,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let row = db
+        .query_one_raw(stmt(
+            "SELECT state FROM _sync_rows WHERE model = ? AND record = ?",
+            vec![model.into(), uuid_value(id)],
+        ))
+        .await?;
+    Ok(match row {
+        Some(r) => Some(r.try_get("", "state")?),
+        None => None,
+    })
+}
+
 /// Device-owned states last written by `origin` with numbers in
 /// `(after, upto]`, by number.
 pub(crate) async fn owned_since<C: ConnectionTrait>(
