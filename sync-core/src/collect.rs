@@ -26,7 +26,10 @@
 //!
 //! - a device-owned record whose state `V` covers: the serving device held
 //!   that state and no longer holds the record, so its owner deleted it and
-//!   the tombstone was collected: dropped here too;
+//!   the tombstone was collected: dropped here too; so is one whose state
+//!   replaced a state `V` covers (a write made here after going back past
+//!   that delete, which lost to it), kept in the log for peers that lack
+//!   its number;
 //! - a shared record none of whose writes in this device's log lie beyond
 //!   `V` (pruned entries were acknowledged by every peer): likewise dropped;
 //! - a shared record whose writes beyond `V` include its creation: new to
