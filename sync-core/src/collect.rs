@@ -623,13 +623,10 @@ impl Engine {
                 input.forgotten.insert(key);
             }
         }
-        let dropped_held: Vec<store::HeldRow> = store::held_rows(&w.tx)
-            .await?
-            .into_iter()
-            .filter(|h| {
+        let (dropped_held, held): (Vec<store::HeldRow>, Vec<store::HeldRow>) =
+            store::held_rows(&w.tx).await?.into_iter().partition(|h| {
                 held_state(registry, h).is_some_and(|(_, state)| given_up(&state, &received, next))
-            })
-            .collect();
+            });
         let changed = input.forgotten.len();
         if changed == 0 && dropped_held.is_empty() {
             w.tx.rollback().await?;
@@ -644,7 +641,6 @@ impl Engine {
         }
         store::release_held(&mut script, &dropped_held);
         write::run(&w.tx, script, &writes.conflicts).await?;
-        let held = store::held_rows(&w.tx).await?;
         w.tx.commit().await?;
         {
             let mut m = self.memory();

@@ -256,6 +256,25 @@ async fn a_change_settled_by_a_deleted_parent_is_relayed_not_parked() {
     }
 }
 
+/// `n` tags written on `d`, one commit each, then its clock 30 s on and a
+/// tag "ahead" with the smallest id (first in its model's pages).
+async fn tags_then_one_ahead(d: &Device, n: usize) {
+    for i in 0..n {
+        let mut tx = d.engine.begin().await.unwrap();
+        tx.insert(new_tag(&format!("t{i}"))).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    d.time.advance(Duration::from_secs(30));
+    let mut tx = d.engine.begin().await.unwrap();
+    tx.insert(tag::ActiveModel {
+        gid: Set(Uuid::from_u128(1)),
+        ..new_tag("ahead")
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
 /// A snapshot row held back on any page (its clock too far ahead) is kept
 /// and applied once the clock allows, and the backfill completes without
 /// looping.
@@ -265,22 +284,9 @@ async fn a_snapshot_row_held_back_on_an_early_page_arrives_later() {
     net.pair_all().await;
     net.config.snapshot_limit = 3;
     let a = &net.nodes[0].dev;
-    for i in 0..11 {
-        let mut tx = a.engine.begin().await.unwrap();
-        tx.insert(new_tag(&format!("t{i}"))).await.unwrap();
-        tx.commit().await.unwrap();
-    }
     // One write from a clock 30 s ahead of b's (bound: 5 s), on the
     // snapshot's first page (the smallest id).
-    a.time.advance(Duration::from_secs(30));
-    let mut tx = a.engine.begin().await.unwrap();
-    tx.insert(tag::ActiveModel {
-        gid: Set(Uuid::from_u128(1)),
-        ..new_tag("ahead")
-    })
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    tags_then_one_ahead(a, 11).await;
     net.nodes[1].dev.time.advance(Duration::from_secs(1));
     net.connect(1, 0).await;
     net.run(10_000).await;
@@ -313,20 +319,7 @@ async fn a_row_released_while_its_server_serves_a_snapshot_is_still_served() {
     let net = Net::new(vec![device(1).await, device(2).await, device(3).await], 94);
     net.pair_all().await;
     let (a, b, c) = (&net.nodes[0].dev, &net.nodes[1].dev, &net.nodes[2].dev);
-    for i in 0..4 {
-        let mut tx = a.engine.begin().await.unwrap();
-        tx.insert(new_tag(&format!("t{i}"))).await.unwrap();
-        tx.commit().await.unwrap();
-    }
-    a.time.advance(Duration::from_secs(30));
-    let mut tx = a.engine.begin().await.unwrap();
-    tx.insert(tag::ActiveModel {
-        gid: Set(Uuid::from_u128(1)),
-        ..new_tag("ahead")
-    })
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    tags_then_one_ahead(a, 4).await;
     b.time.advance(Duration::from_secs(1));
     backfill(b, a).await;
     assert_eq!(b.engine.status().held_rows, 1);
