@@ -315,27 +315,49 @@ impl Engine {
     }
 
     /// Strikes the records of a snapshot page from those a resync settles,
+    /// and from the held rows' records the snapshot has not brought yet,
     /// before the page is applied (a crash in between leaves them struck,
-    /// and kept: never dropped for want of a page that arrived). The last
-    /// page leaves the snapshot's vector for the settling.
-    pub(crate) async fn resync_saw(
+    /// and kept: never dropped for want of a page that arrived). The first
+    /// page of a snapshot (`first`) starts the held rows' list; the last
+    /// (`last`, with the snapshot's vector) settles the held rows it leaves,
+    /// and leaves the vector for a resync's settling.
+    ///
+    /// A held row whose every write the snapshot's vector covers, of a
+    /// record that no page brought, is dropped: the serving device held
+    /// those writes and holds nothing of the record, not even a row held
+    /// back (those are served too), so the record was deleted there and its
+    /// tombstone collected. This device held that delete once, or the
+    /// collection would have waited for it, and lost it since (its database
+    /// went back); released later, the row would bring the record back here
+    /// alone (the simulation, 3 devices, seed 114 of every fault).
+    pub(crate) async fn snapshot_saw(
         &self,
-        rows: &[crate::protocol::SnapshotRow],
+        rows: &[SnapshotRow],
+        first: bool,
         last: Option<&VersionVector>,
     ) -> Result<(), EngineError> {
-        if !self.memory().resyncing {
-            return Ok(());
-        }
+        let (resyncing, backfilling) = {
+            let m = self.memory();
+            (m.resyncing, m.backfill != crate::snapshot::Backfill::Done)
+        };
+        // A backfill that is not a resync settles, as a resync for pruned
+        // changes does, the records held when its snapshot starts: a device
+        // whose first backfill went back (a power loss mid-way) holds
+        // records from the pages it kept, or its own writes, that may have
+        // been deleted and collected since, as a resyncing device may (the
+        // simulation, 3 devices, seed 114 of every fault).
+        let settles = first && backfilling && !resyncing;
+        let resyncing = resyncing || settles;
         let mut by_model: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for row in rows {
             match row {
-                crate::protocol::SnapshotRow::Shared { model, id, .. } => {
+                SnapshotRow::Shared { model, id, .. } => {
                     by_model
                         .entry(model.clone())
                         .or_default()
                         .push(store::uuid_value(*id));
                 }
-                crate::protocol::SnapshotRow::Owned(bytes) => {
+                SnapshotRow::Owned(bytes) => {
                     // One that does not decode is refused by the apply, and
                     // keeps nothing here from being settled.
                     if let Ok(c) = bytes.decode() {
@@ -349,19 +371,93 @@ impl Engine {
         }
         let w = self.write_tx().await?;
         let mut script = store::Script::default();
+        if settles {
+            script.push("DELETE FROM _sync_unseen".into(), vec![]);
+            script.push(
+                "INSERT INTO _sync_unseen (model, record)
+                 SELECT model, record FROM _sync_rows WHERE presence != ?"
+                    .into(),
+                vec![Value::BigInt(Some(Presence::Deleted.code()))],
+            );
+            script.push(
+                "DELETE FROM _sync_meta WHERE key = ?".into(),
+                vec![META_RESYNC_VECTOR.into()],
+            );
+        }
+        if first {
+            script.push("DELETE FROM _sync_held_unseen".into(), vec![]);
+            script.push(
+                "INSERT OR IGNORE INTO _sync_held_unseen (model, record)
+                 SELECT model, record FROM _sync_held"
+                    .into(),
+                vec![],
+            );
+        }
         for (model, ids) in by_model {
+            if resyncing {
+                script.in_chunks(
+                    "DELETE FROM _sync_unseen WHERE model = ? AND record IN ({})",
+                    &[model.clone().into()],
+                    ids.clone(),
+                );
+            }
             script.in_chunks(
-                "DELETE FROM _sync_unseen WHERE model = ? AND record IN ({})",
+                "DELETE FROM _sync_held_unseen WHERE model = ? AND record IN ({})",
                 &[model.into()],
                 ids,
             );
         }
-        if let Some(v) = last {
+        if let (Some(v), true) = (last, resyncing) {
             let bytes = rmp_serde::to_vec(v).map_err(|e| EngineError::Malformed(e.to_string()))?;
             store::set_meta_in(&mut script, META_RESYNC_VECTOR, bytes);
         }
         script.run(&w.tx).await?;
+        let Some(vector) = last else {
+            w.tx.commit().await?;
+            if settles {
+                self.memory().resyncing = true;
+            }
+            return Ok(());
+        };
+        let unseen: BTreeSet<(String, Uuid)> =
+            w.tx.query_all_raw(store::stmt(
+                "SELECT model, record FROM _sync_held_unseen",
+                vec![],
+            ))
+            .await?
+            .iter()
+            .map(|row| {
+                let model: String = row.try_get("", "model")?;
+                Ok((model, store::get_uuid(row, "record", "_sync_held_unseen")?))
+            })
+            .collect::<Result<_, EngineError>>()?;
+        let registry = self.registry();
+        let (dropped, held): (Vec<store::HeldRow>, Vec<store::HeldRow>) = if unseen.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            store::held_rows(&w.tx).await?.into_iter().partition(|h| {
+                unseen.contains(&(h.model.clone(), h.record))
+                    && held_state(registry, h).is_some_and(|(_, state)| covered(&state, vector))
+            })
+        };
+        let mut script = store::Script::default();
+        store::release_held(&mut script, &dropped);
+        script.push("DELETE FROM _sync_held_unseen".into(), vec![]);
+        script.run(&w.tx).await?;
         w.tx.commit().await?;
+        if settles {
+            self.memory().resyncing = true;
+        }
+        if !dropped.is_empty() {
+            let mut m = self.memory();
+            m.held_rows = held.len() as u64;
+            m.held_floors = held_floors(&held);
+            drop(m);
+            tracing::warn!(
+                held = dropped.len(),
+                "held snapshot rows of records deleted and collected elsewhere dropped"
+            );
+        }
         Ok(())
     }
 
@@ -897,6 +993,19 @@ pub(crate) fn held_floors(held: &[store::HeldRow]) -> BTreeMap<Uuid, u64> {
 /// Whether `vector` holds every write that made a shared state: each
 /// field's, by its number under its clock's origin. A field stored without
 /// its number (before it was kept) proves nothing.
+/// Whether every write a held row's state carries is one `vector` covers:
+/// a device-owned change (or the state it replaced), a shared record's
+/// every field (each with its number).
+fn covered(state: &RecordState, vector: &VersionVector) -> bool {
+    match state {
+        RecordState::Owned(o) => {
+            let held = |(origin, seq): (Uuid, u64)| seq <= vector.get(origin);
+            held((o.change.origin, o.change.seq)) || o.change.replaces.is_some_and(held)
+        }
+        RecordState::Shared(s) => writes_covered(s, vector),
+    }
+}
+
 fn writes_covered(state: &SharedState, vector: &VersionVector) -> bool {
     !state.fields.is_empty()
         && state

@@ -331,7 +331,8 @@ impl Engine {
             vector: page.vector,
         };
         let complete = step.next.is_none();
-        self.resync_saw(&page.rows, complete.then_some(&step.vector))
+        let first = page.done == page.rows.len() as u64;
+        self.snapshot_saw(&page.rows, first, complete.then_some(&step.vector))
             .await?;
         let (mut report, _) = self
             .receive(Incoming {

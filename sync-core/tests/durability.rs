@@ -834,6 +834,125 @@ async fn a_device_that_went_back_past_a_collected_shared_delete_drops_the_record
     );
 }
 
+/// A device whose first backfill goes back mid-way (a power loss) keeps
+/// the records of the pages it kept. One of them was deleted since, and
+/// every device, this one too, collected its tombstone. The backfill starts
+/// over on another peer, whose snapshot lacks the record while its vector
+/// holds every write the record's fields carry: the device drops it, as a
+/// resync does. (It kept the record, alone, for ever: the simulation, 3
+/// devices, seed 114 of every fault.)
+#[tokio::test]
+async fn a_backfill_that_starts_over_drops_a_record_collected_since() {
+    let (r, mut net) = net_with_restorable(2, 118).await;
+    net.pair_all().await;
+    write_tags(&mut net, 1, 3, "t").await;
+    net.disconnect(0);
+    net.connect(1, 2).await;
+    assert!(net.settle(3).await);
+
+    // a backfills from b, a row a page, up to its first tag; its files
+    // are copied there.
+    let a = net.nodes[0].dev.engine.clone();
+    let mut kept = None;
+    for _ in 0..100 {
+        assert!(
+            !next_page(&net, 1, 0).await,
+            "a tag is on a page of its own"
+        );
+        if let Some(t) = tag::Entity::find().one(a.database()).await.unwrap() {
+            kept = Some(t);
+            break;
+        }
+    }
+    let kept = kept.expect("a took a tag");
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+    while !next_page(&net, 1, 0).await {}
+
+    // b deletes that tag; every device holds the delete and collects it.
+    net.nodes[0].online = true;
+    net.connect_all().await;
+    assert!(net.settle(3).await);
+    delete_tag(&mut net, 1, kept.gid).await;
+    net.gossip(3).await;
+    for c in collect_everywhere(&net).await {
+        assert_eq!(c.shared, 1, "every device held the delete");
+    }
+
+    // a goes back to mid-backfill, the tag stored; the backfill starts
+    // over on c.
+    restore(&mut net, 0, &r, 1).await;
+    let a = net.nodes[0].dev.engine.clone();
+    assert!(a.needs_backfill());
+    assert!(tag_names(&net.nodes[0].dev).await.contains(&kept.name));
+    while !next_page(&net, 2, 0).await {}
+    assert!(
+        !tag_names(&net.nodes[0].dev).await.contains(&kept.name),
+        "a drops the tag collected since"
+    );
+    net.connect_all().await;
+    assert!(net.settle(5).await);
+    for n in &net.nodes {
+        let names = tag_names(&n.dev).await;
+        assert!(!names.contains(&kept.name), "the tag stays deleted");
+        assert_eq!(names.len(), 2, "the other tags stay: {names:?}");
+    }
+}
+
+/// The held form of the case above: a device holds a snapshot row back
+/// (its clock behind the writer's), then takes the record's delete, which
+/// every device collects; its database goes back to before the delete,
+/// the row still held. Its resync's snapshot lacks the record, and its
+/// vector holds every write the row carries: the held row is dropped, not
+/// released once the clock allows. (Released, it brought the record back
+/// on that device alone: the simulation, 3 devices, seed 114 of every
+/// fault.)
+#[tokio::test]
+async fn a_held_row_of_a_record_collected_since_is_dropped_by_the_next_snapshot() {
+    let (r, mut net) = net_with_restorable(1, 119).await;
+    net.pair_all().await;
+    // b writes a tag from a clock 30 s ahead of a's (bound: 5 s).
+    net.nodes[1].dev.time.advance(Duration::from_secs(30));
+    write_tags(&mut net, 1, 1, "ahead").await;
+    let a = net.nodes[0].dev.engine.clone();
+    while !next_page(&net, 1, 0).await {}
+    assert_eq!(a.status().held_rows, 1, "a holds the tag's row back");
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+    let gid = tag::Entity::find()
+        .one(net.nodes[1].dev.engine.database())
+        .await
+        .unwrap()
+        .unwrap()
+        .gid;
+
+    // a's clock catches up; b deletes the tag; every device collects the
+    // delete and prunes its log.
+    r.time.advance(Duration::from_secs(40));
+    net.connect_all().await;
+    assert!(net.settle(3).await);
+    delete_tag(&mut net, 1, gid).await;
+    net.gossip(3).await;
+    for c in collect_everywhere(&net).await {
+        assert_eq!(c.shared, 1, "every device held the delete");
+    }
+    for n in &net.nodes {
+        n.dev.engine.flush_peers().await.unwrap();
+        n.dev.engine.prune().await.unwrap();
+    }
+
+    // a goes back: the row held again, the delete gone; it resyncs from b.
+    restore(&mut net, 0, &r, 1).await;
+    let a = net.nodes[0].dev.engine.clone();
+    assert_eq!(a.status().held_rows, 1);
+    steps::restart_backfill(&a, false).await.unwrap();
+    while !next_page(&net, 1, 0).await {}
+    assert_eq!(a.status().held_rows, 0, "the held row is dropped");
+    net.connect_all().await;
+    assert!(net.settle(5).await);
+    for n in &net.nodes {
+        assert!(tag_names(&n.dev).await.is_empty(), "the tag stays deleted");
+    }
+}
+
 /// A device that collected a record's delete takes a snapshot from a
 /// device that went back past that delete and still holds the record (a
 /// resync, a backfill restarted on another peer): the snapshot's row is a

@@ -330,6 +330,14 @@ const TABLES: &[&str] = &[
     // from different peers may carry different states of it, and only the
     // merge may choose between them.
     HELD_TABLE,
+    // While a snapshot is applied: the records of held rows that were held
+    // when it started and that no page of it has brought yet (see
+    // `collect`, snapshots and held rows).
+    "CREATE TABLE IF NOT EXISTS _sync_held_unseen (
+        model TEXT NOT NULL,
+        record BLOB NOT NULL,
+        PRIMARY KEY (model, record)
+    ) WITHOUT ROWID",
     // Per origin, the highest number up to which this device holds
     // everything (its version vector), and ranges held beyond it.
     "CREATE TABLE IF NOT EXISTS _sync_vector (
