@@ -46,6 +46,16 @@
 //! every field was set by a write `V` holds (each field keeps its write's
 //! number); a shared record with a field stored without its number is
 //! kept.
+//!
+//! A backfill that is not a resync settles the same way as one for pruned
+//! changes, from its snapshot's first page on: a device whose first
+//! backfill went back mid-way (a power loss) keeps records of the pages it
+//! kept, and its own writes, any of which may have been deleted and
+//! collected since. And every snapshot settles the rows held back here
+//! (`_sync_held_unseen`): a held row whose every write the snapshot's
+//! vector covers, of a record no page brought, is dropped when the
+//! snapshot completes; released later, it would bring the record back on
+//! this device alone.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -533,12 +543,31 @@ impl Engine {
                 // which it no longer holds, is proof of such a delete;
                 // one with a write the server lacked, or a field stored
                 // without its number, is kept.
+                //
+                // So is one whose other fields are updates made or taken
+                // here that each replaced a write the server held (their
+                // `replaces`): they lost to that delete, as they do where it
+                // is held or was collected (the simulation, 3 devices, seed
+                // 114 of every fault, once snapshots restart with their
+                // server's incarnation).
                 RecordState::Shared(s) if !shared_too => {
-                    if writes_covered(s, &vector) {
-                        Settle::Drop
-                    } else {
-                        Settle::Keep
-                    }
+                    let lost_update = |f: &crate::state::FieldState| {
+                        let origin = timestamp_origin(&f.hlc);
+                        beyond.get(&key.id).is_some_and(|cs| {
+                            cs.iter().any(|c| {
+                                c.model == desc.name()
+                                    && c.origin == origin
+                                    && c.seq == f.seq
+                                    && c.replaces.is_some_and(|(o, n)| n <= vector.get(o))
+                            })
+                        })
+                    };
+                    let settled = !s.fields.is_empty()
+                        && s.fields.values().all(|f| {
+                            (f.seq > 0 && f.seq <= vector.get(timestamp_origin(&f.hlc)))
+                                || lost_update(f)
+                        });
+                    if settled { Settle::Drop } else { Settle::Keep }
                 }
                 RecordState::Shared(_) => {
                     let writes: Vec<&Change> = beyond

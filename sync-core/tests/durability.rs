@@ -334,6 +334,52 @@ async fn a_snapshot_whose_server_went_back_is_started_over() {
     }
 }
 
+/// A device serving a snapshot that opens again mid-way (a new
+/// incarnation: its database may have gone back) starts the snapshot over,
+/// though its vector still holds the snapshot's: pages already served may
+/// carry writes made after the vector was fixed, which it lost, and which
+/// the last page's changes would no longer bring. The new device forgets
+/// them with the snapshot given up. (It kept them, alone: the simulation,
+/// 5 devices, seed 133 of every fault.)
+#[tokio::test]
+async fn a_snapshot_whose_server_opened_again_is_started_over() {
+    let (r, mut net) = net_with_restorable(1, 120).await;
+    write_tags(&mut net, 0, 2, "kept").await;
+    // b's first page fixes the vector; a's files are copied then.
+    assert!(!next_page(&net, 0, 1).await);
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+    // a writes a tag after the vector was fixed (the greatest id: its page
+    // comes after the cursor); a page brings it to b.
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    tx.insert(tag::ActiveModel {
+        gid: Set(Uuid::from_u128(u128::MAX)),
+        ..new_tag("lost0")
+    })
+    .await
+    .unwrap();
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    for _ in 0..100 {
+        assert!(!next_page(&net, 0, 1).await, "more pages follow the tag's");
+        if tag_names(&net.nodes[1].dev).await.contains("lost0") {
+            break;
+        }
+    }
+    assert!(tag_names(&net.nodes[1].dev).await.contains("lost0"));
+
+    // a goes back to the copy: the tag is lost, the vector still held.
+    restore(&mut net, 0, &r, 1).await;
+    assert!(!tag_names(&net.nodes[0].dev).await.contains("lost0"));
+    while !next_page(&net, 0, 1).await {}
+    let (a, b) = (&net.nodes[0].dev, &net.nodes[1].dev);
+    assert_eq!(
+        tag_names(b).await,
+        tag_names(a).await,
+        "b holds what a holds"
+    );
+    assert_eq!(b.engine.vector(), a.engine.vector());
+}
+
 /// One page (of one row) of device `to`'s backfill, served by device
 /// `from` and applied; whether the backfill is complete.
 async fn next_page(net: &Net, from: usize, to: usize) -> bool {
@@ -738,6 +784,61 @@ async fn a_write_past_a_collected_delete_is_dropped_by_its_writers_resync() {
     assert!(net.settle(5).await);
     net.gossip(3).await;
     assert_volume_stays_deleted(&net, vol).await;
+}
+
+/// The shared form of the case above: a tag is deleted, every device
+/// collects the delete and prunes its log; device `a` goes back to before
+/// the delete, recolours the tag, and resyncs before anyone hears of it.
+/// The snapshot lacks the tag; its vector holds every write of the tag but
+/// the recolouring, which replaced a write the vector holds: it lost to
+/// the delete, and `a` drops the tag (the update stays in its log, and
+/// loses wherever it arrives). (It kept the tag, alone: the simulation, 3
+/// devices, seed 114 of every fault.)
+#[tokio::test]
+async fn an_update_past_a_collected_shared_delete_is_dropped_by_its_writers_resync() {
+    let (r, mut net) = net_with_restorable(1, 121).await;
+    net.pair_all().await;
+    net.connect_all().await;
+    let gid = doomed_tag(&mut net, &r).await;
+    delete_tag(&mut net, 1, gid).await;
+    net.gossip(3).await;
+    for c in collect_everywhere(&net).await {
+        assert_eq!(c.shared, 1, "every device held the delete");
+    }
+    for n in &net.nodes {
+        n.dev.engine.flush_peers().await.unwrap();
+        n.dev.engine.prune().await.unwrap();
+        assert_eq!(n.dev.engine.status().log_len, 0, "every peer acknowledged");
+    }
+
+    // a goes back to before the delete, recolours the tag, and resyncs
+    // from b before b hears of it.
+    restore(&mut net, 0, &r, 1).await;
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    let mut row = tag::Model::find_by_id(tx.connection(), gid)
+        .await
+        .unwrap()
+        .unwrap();
+    row.color = Some("red".into());
+    tx.update(row).await.unwrap();
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    let a = net.nodes[0].dev.engine.clone();
+    steps::restart_backfill(&a, false).await.unwrap();
+    while !next_page(&net, 1, 0).await {}
+    assert!(
+        !tag_names(&net.nodes[0].dev).await.contains("doomed0"),
+        "a drops the tag it recoloured"
+    );
+    net.connect_all().await;
+    assert!(net.settle(5).await);
+    net.gossip(3).await;
+    for n in &net.nodes {
+        assert!(
+            !tag_names(&n.dev).await.contains("doomed0"),
+            "the tag stays deleted"
+        );
+    }
 }
 
 /// The shared form of the case above: device `a` deleted a tag, `b`
