@@ -189,17 +189,22 @@ async fn assert_volume_stays_deleted(net: &Net, vol: Uuid) {
     );
 }
 
+/// The id of the first tag a device holds.
+async fn first_tag(d: &Device) -> Uuid {
+    tag::Entity::find()
+        .one(d.engine.database())
+        .await
+        .unwrap()
+        .unwrap()
+        .gid
+}
+
 /// A tag written by device `a` (index 0) and held by every device, then
 /// the copy `a` can go back to; the tag's id.
 async fn doomed_tag(net: &mut Net, r: &Restorable) -> Uuid {
     write_tags(net, 0, 1, "doomed").await;
     assert!(net.settle(3).await);
-    let gid = tag::Entity::find()
-        .one(net.nodes[1].dev.engine.database())
-        .await
-        .unwrap()
-        .unwrap()
-        .gid;
+    let gid = first_tag(&net.nodes[1].dev).await;
     snapshot(&net.nodes[0].dev, &r.copy).await;
     gid
 }
@@ -209,6 +214,46 @@ async fn delete_tag(net: &mut Net, i: usize, gid: Uuid) {
     net.nodes[i].dev.time.advance(Duration::from_millis(5));
     let mut tx = net.nodes[i].dev.engine.begin().await.unwrap();
     assert!(tx.delete::<tag::Model>(gid).await.unwrap());
+    let c = tx.commit().await.unwrap();
+    net.committed(i, c);
+}
+
+/// A tag written by device `a` (index 0, restorable, copied while it held
+/// the tag) and deleted by `b`; every device collects the delete and
+/// prunes its log: the network, the files and the tag's id.
+async fn tag_deleted_collected_and_pruned(seed: u64) -> (Restorable, Net, Uuid) {
+    let (r, mut net) = net_with_restorable(1, seed).await;
+    net.pair_all().await;
+    net.connect_all().await;
+    let gid = doomed_tag(&mut net, &r).await;
+    delete_collect_and_prune(&mut net, gid).await;
+    (r, net, gid)
+}
+
+/// Device `b` deletes a tag; every device collects the delete and prunes
+/// its log.
+async fn delete_collect_and_prune(net: &mut Net, gid: Uuid) {
+    delete_tag(net, 1, gid).await;
+    net.gossip(3).await;
+    for c in collect_everywhere(net).await {
+        assert_eq!(c.shared, 1, "every device held the delete");
+    }
+    for n in &net.nodes {
+        n.dev.engine.flush_peers().await.unwrap();
+        n.dev.engine.prune().await.unwrap();
+        assert_eq!(n.dev.engine.status().log_len, 0, "every peer acknowledged");
+    }
+}
+
+/// Device `i` recolours a tag, committed and pushed.
+async fn recolour_tag(net: &mut Net, i: usize, gid: Uuid) {
+    let mut tx = net.nodes[i].dev.engine.begin().await.unwrap();
+    let mut row = tag::Model::find_by_id(tx.connection(), gid)
+        .await
+        .unwrap()
+        .unwrap();
+    row.color = Some("red".into());
+    tx.update(row).await.unwrap();
     let c = tx.commit().await.unwrap();
     net.committed(i, c);
 }
@@ -796,33 +841,12 @@ async fn a_write_past_a_collected_delete_is_dropped_by_its_writers_resync() {
 /// devices, seed 114 of every fault.)
 #[tokio::test]
 async fn an_update_past_a_collected_shared_delete_is_dropped_by_its_writers_resync() {
-    let (r, mut net) = net_with_restorable(1, 121).await;
-    net.pair_all().await;
-    net.connect_all().await;
-    let gid = doomed_tag(&mut net, &r).await;
-    delete_tag(&mut net, 1, gid).await;
-    net.gossip(3).await;
-    for c in collect_everywhere(&net).await {
-        assert_eq!(c.shared, 1, "every device held the delete");
-    }
-    for n in &net.nodes {
-        n.dev.engine.flush_peers().await.unwrap();
-        n.dev.engine.prune().await.unwrap();
-        assert_eq!(n.dev.engine.status().log_len, 0, "every peer acknowledged");
-    }
+    let (r, mut net, gid) = tag_deleted_collected_and_pruned(121).await;
 
     // a goes back to before the delete, recolours the tag, and resyncs
     // from b before b hears of it.
     restore(&mut net, 0, &r, 1).await;
-    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
-    let mut row = tag::Model::find_by_id(tx.connection(), gid)
-        .await
-        .unwrap()
-        .unwrap();
-    row.color = Some("red".into());
-    tx.update(row).await.unwrap();
-    let c = tx.commit().await.unwrap();
-    net.committed(0, c);
+    recolour_tag(&mut net, 0, gid).await;
     let a = net.nodes[0].dev.engine.clone();
     steps::restart_backfill(&a, false).await.unwrap();
     while !next_page(&net, 1, 0).await {}
@@ -868,15 +892,7 @@ async fn an_update_past_a_collected_shared_delete_loses_where_no_state_is_left()
     // a goes back to before the delete and recolours the tag before it
     // meets anyone.
     restore(&mut net, 0, &r, 1).await;
-    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
-    let mut row = tag::Model::find_by_id(tx.connection(), gid)
-        .await
-        .unwrap()
-        .unwrap();
-    row.color = Some("red".into());
-    tx.update(row).await.unwrap();
-    let c = tx.commit().await.unwrap();
-    net.committed(0, c);
+    recolour_tag(&mut net, 0, gid).await;
     net.connect_all().await;
     assert!(net.settle(10).await);
     for n in &net.nodes {
@@ -902,21 +918,7 @@ async fn an_update_past_a_collected_shared_delete_loses_where_no_state_is_left()
 /// collected it, which took it back: `power` seed 310.)
 #[tokio::test]
 async fn a_device_that_went_back_past_a_collected_shared_delete_drops_the_record_on_resync() {
-    let (r, mut net) = net_with_restorable(1, 108).await;
-    net.pair_all().await;
-    net.connect_all().await;
-    let gid = doomed_tag(&mut net, &r).await;
-
-    delete_tag(&mut net, 1, gid).await;
-    net.gossip(3).await;
-    for c in collect_everywhere(&net).await {
-        assert_eq!(c.shared, 1, "every device held the delete");
-    }
-    for n in &net.nodes {
-        n.dev.engine.flush_peers().await.unwrap();
-        n.dev.engine.prune().await.unwrap();
-        assert_eq!(n.dev.engine.status().log_len, 0, "every peer acknowledged");
-    }
+    let (r, mut net, _) = tag_deleted_collected_and_pruned(108).await;
 
     // a goes back to before the delete: the tag is there again.
     restore(&mut net, 0, &r, 1).await;
@@ -1018,27 +1020,14 @@ async fn a_held_row_of_a_record_collected_since_is_dropped_by_the_next_snapshot(
     while !next_page(&net, 1, 0).await {}
     assert_eq!(a.status().held_rows, 1, "a holds the tag's row back");
     snapshot(&net.nodes[0].dev, &r.copy).await;
-    let gid = tag::Entity::find()
-        .one(net.nodes[1].dev.engine.database())
-        .await
-        .unwrap()
-        .unwrap()
-        .gid;
+    let gid = first_tag(&net.nodes[1].dev).await;
 
     // a's clock catches up; b deletes the tag; every device collects the
     // delete and prunes its log.
     r.time.advance(Duration::from_secs(40));
     net.connect_all().await;
     assert!(net.settle(3).await);
-    delete_tag(&mut net, 1, gid).await;
-    net.gossip(3).await;
-    for c in collect_everywhere(&net).await {
-        assert_eq!(c.shared, 1, "every device held the delete");
-    }
-    for n in &net.nodes {
-        n.dev.engine.flush_peers().await.unwrap();
-        n.dev.engine.prune().await.unwrap();
-    }
+    delete_collect_and_prune(&mut net, gid).await;
 
     // a goes back: the row held again, the delete gone; it resyncs from b.
     restore(&mut net, 0, &r, 1).await;
