@@ -547,9 +547,9 @@ impl Engine {
                 // So is one whose other fields are updates made or taken
                 // here that each replaced a write the server held (their
                 // `replaces`): they lost to that delete, as they do where it
-                // is held or was collected (the simulation, 3 devices, seed
-                // 114 of every fault, once snapshots restart with their
-                // server's incarnation).
+                // is held or was collected (found in the simulation, 3
+                // devices, seed 114 of every fault, on a build that also
+                // restarted snapshots with their server's incarnation).
                 RecordState::Shared(s) if !shared_too => {
                     let lost_update = |f: &crate::state::FieldState| {
                         let origin = timestamp_origin(&f.hlc);

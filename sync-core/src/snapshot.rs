@@ -132,15 +132,9 @@ impl Engine {
         // database went back since, by a power loss or a restored backup):
         // the pages still to come would lack states the snapshot's vector
         // claims, and the requester would adopt numbers without their rows.
-        // So does one started by an earlier incarnation of this device (it
-        // opened since): it may have lost writes that pages already served
-        // carry, made after the vector was fixed (the last page's changes
-        // would no longer bring them), and the requester alone would hold
-        // them (the simulation, 5 devices, seed 133 of every fault).
         let mut cursor = match &request.cursor {
             Some(cursor)
                 if cursor.source == self.device()
-                    && cursor.origin == self.origin()
                     && self.memory().received.vector.covers(&cursor.vector) =>
             {
                 cursor.clone()
@@ -167,7 +161,6 @@ impl Engine {
                 held.truncate(MAX_SNAPSHOT_LIMIT as usize);
                 SnapshotCursor {
                     source: self.device(),
-                    origin: self.origin(),
                     model: 0,
                     after: None,
                     vector,
@@ -325,12 +318,11 @@ impl Engine {
             return Ok((ApplyReport::default(), false));
         }
         // A snapshot that starts over after pages of another were applied
-        // (its server went back or opened again, or the backfill moved to
-        // another peer): what those pages brought that no device may hold
-        // goes first. Even under the same vector: pages already applied may
-        // carry writes made after it was fixed, which their server lost.
+        // (its server went back, or the backfill moved to a peer that holds
+        // another vector): what those pages brought that no device may hold
+        // goes first.
         let given_up = matches!(&self.memory().backfill,
-            Backfill::Running(c) if c.done > 0);
+            Backfill::Running(c) if c.done > 0 && c.vector != page.vector);
         if given_up && page.done == page.rows.len() as u64 {
             self.forget_given_up(&page.vector).await?;
         }
