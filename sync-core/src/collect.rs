@@ -380,20 +380,11 @@ impl Engine {
             }
         }
         let w = self.write_tx().await?;
-        let mut script = store::Script::default();
         if settles {
-            script.push("DELETE FROM _sync_unseen".into(), vec![]);
-            script.push(
-                "INSERT INTO _sync_unseen (model, record)
-                 SELECT model, record FROM _sync_rows WHERE presence != ?"
-                    .into(),
-                vec![Value::BigInt(Some(Presence::Deleted.code()))],
-            );
-            script.push(
-                "DELETE FROM _sync_meta WHERE key = ?".into(),
-                vec![META_RESYNC_VECTOR.into()],
-            );
+            // What a resync for pruned changes remembers when it starts.
+            self.begin_resync(&w.tx, false).await?;
         }
+        let mut script = store::Script::default();
         if first {
             script.push("DELETE FROM _sync_held_unseen".into(), vec![]);
             script.push(
