@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,13 +79,22 @@ async fn pair(a: &Node, b: &Node) -> Result<(), Error> {
     Ok(())
 }
 
-/// Polls `check` every millisecond until it holds (or a minute passed).
-async fn until<F, Fut>(what: &str, mut check: F) -> Result<Instant, Error>
+/// Polls `check` every millisecond until it holds (or two minutes passed).
+async fn until<F, Fut>(what: &str, check: F) -> Result<Instant, Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool, Error>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    until_within(what, Duration::from_secs(120), check).await
+}
+
+/// Polls `check` every millisecond until it holds (or `limit` passed).
+async fn until_within<F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<Instant, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, Error>>,
+{
+    let deadline = Instant::now() + limit;
     loop {
         if check().await? {
             return Ok(Instant::now());
@@ -546,6 +556,20 @@ pub(crate) async fn transfer_section(args: &Args, root: &Path) -> Result<(), Err
 }
 
 /// Peak and current resident memory of this process, in KiB.
+/// The resident set's anonymous and file-backed parts (shared memory, such
+/// as SQLite's WAL index, counted with the files).
+fn resident_parts_kib() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("RssAnon:"), field("RssFile:") + field("RssShmem:"))
+}
+
 pub(crate) fn memory_kib() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
@@ -680,6 +704,12 @@ pub(crate) async fn backfill_section(args: &Args, root: &Path) -> Result<(), Err
             field("idle_kib") / 1024.0,
             field("peak_kib") / 1024.0
         );
+        println!(
+            "{:<44} of which at most {:.1} MiB heap and stacks, {:.1} MiB mapped files",
+            "",
+            field("anon_kib") / 1024.0,
+            field("file_kib") / 1024.0
+        );
         fleet.shutdown().await;
     }
     Ok(())
@@ -693,10 +723,26 @@ pub(crate) async fn backfill_child(args: &Args) -> Result<(), Error> {
     let node = start_node(&dir, code.library).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, idle) = memory_kib();
+    // Samples what the resident set is made of while the backfill runs:
+    // heap and stacks (anonymous) apart from pages of mapped files.
+    let parts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let sampler = tokio::spawn({
+        let parts = parts.clone();
+        async move {
+            loop {
+                let (anon, file) = resident_parts_kib();
+                parts.0.fetch_max(anon, Ordering::Relaxed);
+                parts.1.fetch_max(file, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
     let t = Instant::now();
     node.accept(&code).await?;
     let expect = args.backfill as u64;
-    let done = until("the backfill completed", || async {
+    // A minute per 60,000 rows beyond two: slow enough for a profiler.
+    let limit = Duration::from_secs(120) + Duration::from_millis(args.backfill as u64);
+    let done = until_within("the backfill completed", limit, || async {
         Ok(
             !matches!(node.status().await?.phase, Phase::Backfilling { .. })
                 && entry::Entity::find()
@@ -707,9 +753,12 @@ pub(crate) async fn backfill_child(args: &Args) -> Result<(), Error> {
     })
     .await?;
     let (peak, _) = memory_kib();
+    sampler.abort();
     println!(
-        "secs {} idle_kib {idle} peak_kib {peak}",
-        (done - t).as_secs_f64()
+        "secs {} idle_kib {idle} peak_kib {peak} anon_kib {} file_kib {}",
+        (done - t).as_secs_f64(),
+        parts.0.load(Ordering::Relaxed),
+        parts.1.load(Ordering::Relaxed),
     );
     node.shutdown().await;
     Ok(())

@@ -26,6 +26,11 @@ use crate::transaction::Commit;
 use crate::trust::DeviceKey;
 use crate::vector::{Received, VersionVector};
 
+/// Frames (pages written) past which [`Engine::checkpoint`] truncates the
+/// write-ahead log instead of only copying it: 8,192 frames, 32 MiB with
+/// SQLite's 4 KiB pages.
+pub const WAL_RESTART_FRAMES: i64 = 8192;
+
 /// How an engine is opened (besides its database and key: see
 /// [`Engine::open`]).
 #[derive(Debug, Clone)]
@@ -431,20 +436,57 @@ impl Engine {
     /// peers). Call it every second or so from a background task (the
     /// network node does) and open the database with
     /// `wal_autocheckpoint=0` to keep checkpoints off the commit path.
+    ///
+    /// A passive checkpoint never starts the log over while writes keep
+    /// coming (SQLite restarts it only when a write begins with every frame
+    /// copied and no reader in it), so under a sustained load, a backfill or
+    /// a big indexing run, the log would grow without end: 6 GB during a
+    /// million-entry backfill, with every page read searching its index and
+    /// every frame appended to a growing file. When the log holds more than
+    /// [`WAL_RESTART_FRAMES`] frames, this call therefore takes the writer
+    /// and truncates it (`wal_checkpoint(TRUNCATE)`, which waits for the
+    /// readers in it to finish): writes wait for that one checkpoint, and
+    /// the log stays bounded.
     pub async fn checkpoint(&self) -> Result<(i64, i64), EngineError> {
+        let (frames, copied) = self.run_checkpoint("PASSIVE").await?;
+        if frames <= WAL_RESTART_FRAMES {
+            return Ok((frames, copied));
+        }
+        let Ok(_writer) =
+            tokio::time::timeout(self.inner.writer_timeout, self.inner.writer.lock()).await
+        else {
+            // A write held the writer all along: the next call tries again.
+            return Ok((frames, copied));
+        };
+        let (busy, after) = self.run_checkpoint_busy("TRUNCATE").await?;
+        tracing::debug!(frames, busy, after = ?after, "the write-ahead log was truncated");
+        metrics::counter!("syncable_wal_truncations_total").increment(1);
+        Ok(after)
+    }
+
+    async fn run_checkpoint(&self, mode: &str) -> Result<(i64, i64), EngineError> {
+        Ok(self.run_checkpoint_busy(mode).await?.1)
+    }
+
+    /// `PRAGMA wal_checkpoint(mode)`: whether it was kept from completing,
+    /// the log's frames and how many of them were copied.
+    async fn run_checkpoint_busy(&self, mode: &str) -> Result<(bool, (i64, i64)), EngineError> {
         use sea_orm::{ConnectionTrait, Statement};
         let row = self
             .inner
             .db
             .query_one_raw(Statement::from_string(
                 self.inner.db.get_database_backend(),
-                "PRAGMA wal_checkpoint(PASSIVE)",
+                format!("PRAGMA wal_checkpoint({mode})"),
             ))
             .await?;
-        Ok(row.map_or((0, 0), |r| {
+        Ok(row.map_or((false, (0, 0)), |r| {
             (
-                r.try_get_by_index::<i64>(1).unwrap_or(0),
-                r.try_get_by_index::<i64>(2).unwrap_or(0),
+                r.try_get_by_index::<i64>(0).unwrap_or(0) != 0,
+                (
+                    r.try_get_by_index::<i64>(1).unwrap_or(0),
+                    r.try_get_by_index::<i64>(2).unwrap_or(0),
+                ),
             )
         }))
     }

@@ -45,7 +45,7 @@ pub use catchup::{MAX_PULL_LIMIT, PAGE_BYTES};
 pub use change::{Change, EncodedChange, FieldChange, Op};
 pub use collect::Collected;
 pub use conflict::{Conflict, ConflictKind, Write};
-pub use engine::{Engine, EngineConfig, Stats, SyncedRow};
+pub use engine::{Engine, EngineConfig, Stats, SyncedRow, WAL_RESTART_FRAMES};
 pub use error::EngineError;
 pub use membership::MAX_MEMBER_RECORDS;
 pub use model::{

@@ -1032,3 +1032,55 @@ async fn received_batches_keep_the_applications_foreign_keys() {
         1_192
     );
 }
+
+#[tokio::test]
+async fn a_checkpoint_truncates_a_write_ahead_log_grown_past_its_bound() {
+    use sea_orm::ConnectionTrait;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.sqlite");
+    let a = common::device_at(&path, 1, sync_core::clock::ManualTime::new(common::EPOCH)).await;
+    let db = a.engine.database();
+    // 10,000 pages of 4 KiB in one transaction: past the bound, as a
+    // backfill or an indexing run gets between two background checkpoints.
+    db.execute_unprepared("CREATE TABLE bulk (b BLOB)")
+        .await
+        .unwrap();
+    db.execute_unprepared(
+        "INSERT INTO bulk SELECT randomblob(4000) FROM (WITH RECURSIVE n(x) AS \
+         (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10000) SELECT x FROM n)",
+    )
+    .await
+    .unwrap();
+    let wal = dir.path().join("a.sqlite-wal");
+    let grown = std::fs::metadata(&wal).unwrap().len();
+    assert!(
+        grown > 4096 * sync_core::WAL_RESTART_FRAMES as u64,
+        "{grown}"
+    );
+
+    let (frames, _) = a.engine.checkpoint().await.unwrap();
+    assert_eq!(frames, 0, "the log starts over");
+    assert_eq!(
+        std::fs::metadata(&wal).unwrap().len(),
+        0,
+        "and its file is emptied"
+    );
+    let (_, tags) = create_tag(&a, "after").await;
+    assert_eq!(tags.len(), 1, "writes go on");
+    let rows = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT count(*) FROM bulk",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<i64>(0)
+        .unwrap();
+    assert_eq!(rows, 10_000, "nothing the log held is lost");
+
+    // Below the bound the log is only copied: the file stays for reuse.
+    let (_, copied) = a.engine.checkpoint().await.unwrap();
+    assert!(copied > 0);
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+}
