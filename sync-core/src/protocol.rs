@@ -12,9 +12,9 @@ use crate::trust::{Hash, MemberRecord, SealProof};
 use crate::vector::VersionVector;
 
 /// The protocol version this engine speaks.
-pub const PROTOCOL_VERSION: u16 = 11;
+pub const PROTOCOL_VERSION: u16 = 12;
 /// The oldest protocol version this engine still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 11;
+pub const MIN_PROTOCOL_VERSION: u16 = 12;
 /// The largest encoded message accepted. Larger payloads are paged.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -161,6 +161,12 @@ pub struct SnapshotCursor {
     pub total: u64,
     /// Rows sent so far.
     pub done: u64,
+    /// The serving device's incarnation (its origin) when the snapshot
+    /// started. A device that opened since (after a crash, a power loss, a
+    /// restored backup) may have lost writes that pages already served
+    /// carry (rows are read after the vector is fixed): it starts the
+    /// snapshot over rather than continue it.
+    pub origin: Uuid,
     /// The records whose rows the serving device held back when the
     /// snapshot started (model, id): their numbers are in its vector, and
     /// one released since is served, as it stands, with the held rows

@@ -132,9 +132,15 @@ impl Engine {
         // database went back since, by a power loss or a restored backup):
         // the pages still to come would lack states the snapshot's vector
         // claims, and the requester would adopt numbers without their rows.
+        // So does one started by an earlier incarnation of this device (it
+        // opened since): it may have lost writes that pages already served
+        // carry, made after the vector was fixed (the last page's changes
+        // would no longer bring them), and the requester alone would hold
+        // them (the simulation, 5 devices, seed 133 of every fault).
         let mut cursor = match &request.cursor {
             Some(cursor)
                 if cursor.source == self.device()
+                    && cursor.origin == self.origin()
                     && self.memory().received.vector.covers(&cursor.vector) =>
             {
                 cursor.clone()
@@ -161,6 +167,7 @@ impl Engine {
                 held.truncate(MAX_SNAPSHOT_LIMIT as usize);
                 SnapshotCursor {
                     source: self.device(),
+                    origin: self.origin(),
                     model: 0,
                     after: None,
                     vector,
@@ -318,11 +325,14 @@ impl Engine {
             return Ok((ApplyReport::default(), false));
         }
         // A snapshot that starts over after pages of another were applied
-        // (its server went back, or the backfill moved to a peer that holds
-        // another vector): what those pages brought that no device may hold
-        // goes first.
+        // (its server went back, or opened again, or the backfill moved to a
+        // peer that holds another vector): what those pages brought that no
+        // device may hold goes first. A server that opened again may hold
+        // the same vector yet have lost writes made after it was fixed,
+        // which pages already applied carry.
         let given_up = matches!(&self.memory().backfill,
-            Backfill::Running(c) if c.done > 0 && c.vector != page.vector);
+            Backfill::Running(c) if c.done > 0 && (c.vector != page.vector
+                || page.next.as_ref().is_some_and(|n| n.source == c.source && n.origin != c.origin)));
         if given_up && page.done == page.rows.len() as u64 {
             self.forget_given_up(&page.vector).await?;
         }
