@@ -1001,3 +1001,58 @@ async fn membership_records_lost_on_the_way_are_sent_again() {
         net.nodes[1].dev.engine.members_digest()
     );
 }
+
+/// A device that holds an origin's numbers but cannot prove the next one a
+/// peer lacks (neither its change, nor a state, nor a husk is here) tells
+/// the peer to resync. It answered with nothing before, and the peer asked
+/// again for ever, catching up (the simulation, 3 devices, seed 56 of every
+/// fault).
+#[tokio::test]
+async fn numbers_held_without_proof_send_the_peer_to_a_snapshot() {
+    use sea_orm::ConnectionTrait;
+    let a = device(1).await;
+    let b = device(2).await;
+    a.engine.pair(b.id).await.unwrap();
+    let mut origin = Uuid::nil();
+    for name in ["one", "two", "three"] {
+        let mut tx = a.engine.begin().await.unwrap();
+        tx.insert(common::new_tag(name)).await.unwrap();
+        origin = tx.commit().await.unwrap()[0].origin;
+    }
+    // The second change goes from the log, its number still held.
+    a.engine
+        .database()
+        .execute_unprepared("DELETE FROM _sync_log WHERE seq = 2")
+        .await
+        .unwrap();
+
+    let mut session = Session::new(a.engine.clone(), SessionConfig::new(LIBRARY));
+    session
+        .handle(Message::Hello(Hello {
+            device: b.id,
+            library: LIBRARY,
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            vector: Default::default(),
+            needs_backfill: false,
+            members: [0; 32],
+        }))
+        .await
+        .unwrap();
+    let mut vector = sync_core::VersionVector::new();
+    vector.advance(origin, 1);
+    let out = session
+        .handle(Message::PullRequest(sync_core::PullRequest {
+            vector,
+            limit: 100,
+        }))
+        .await
+        .unwrap();
+    assert!(
+        out.send
+            .iter()
+            .any(|m| matches!(m, Message::Error(e) if e.code == ErrorCode::ResyncRequired)),
+        "{:?}",
+        out.send
+    );
+}
