@@ -748,10 +748,28 @@ impl Engine {
                         Ok(Merged::Superseded)
                     }
                     Item::Row { state, .. } => {
+                        let old = match slot.as_ref() {
+                            Some(RecordState::Owned(o)) => Some(o.clone()),
+                            _ => None,
+                        };
                         // Nothing reads the row's state after its merge.
                         let state =
                             std::mem::replace(state, RecordState::Shared(SharedState::default()));
-                        merge::merge_state(slot, state, owner_field, site, &mut conflicts)
+                        let m = merge::merge_state(slot, state, owner_field, site, &mut conflicts);
+                        // A device-owned change a row replaces is kept as a
+                        // husk, as one a change replaces is: its number is
+                        // held here, and a catch-up must prove the hole (3
+                        // devices, seed 56 of every fault: a writer's update
+                        // made after a power loss took its delete, replaced
+                        // by that delete from a peer's snapshot).
+                        if let (Ok(Merged::Changed), Some(o), Some(RecordState::Owned(now))) =
+                            (&m, old, slot.as_ref())
+                            && (now.change.origin, now.change.seq)
+                                != (o.change.origin, o.change.seq)
+                        {
+                            husks.push((o.change.origin, Husk::of(&o.change, o.bytes.as_bytes())));
+                        }
+                        m
                     }
                 };
                 match result {
