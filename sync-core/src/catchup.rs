@@ -105,10 +105,10 @@ impl Engine {
                     // Numbers held here with neither their change, nor a
                     // state, nor a husk to prove the next one: skipping
                     // them would leave the peer short of them for ever,
-                    // asking again (the simulation, 3 devices, seed 56 of
-                    // every fault: a writer held three numbers of its own
-                    // earlier incarnation that way, after crashes and a
-                    // power loss; how it came to is not yet traced).
+                    // asking again. (The simulation, 3 devices, seed 56 of
+                    // every fault: a snapshot row replaced a writer's own
+                    // writes without keeping their husks, fixed since in
+                    // `receive`; any other way to such a hole ends here.)
                     tracing::warn!(%origin, after, "changes held here that cannot be proven");
                     tx.commit().await?;
                     return Ok(Err(ErrorMessage {
