@@ -100,6 +100,19 @@ async fn net_with_restorable(others: u128, seed: u64) -> (Restorable, Net) {
     )
 }
 
+/// A connected network of `a` (restorable) and `others`, where `a` wrote
+/// a volume every device holds, and its files were copied then; the
+/// volume's id.
+async fn volume_saved_for_restore(others: u128, seed: u64) -> (Restorable, Net, Uuid) {
+    let (r, mut net) = net_with_restorable(others, seed).await;
+    net.pair_all().await;
+    net.connect_all().await;
+    let vol = write_volume(&mut net, 0).await;
+    assert!(net.settle(3).await);
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+    (r, net, vol)
+}
+
 /// Deletes a volume on device `i`, committed and pushed.
 async fn delete_volume(net: &mut Net, i: usize, vol: Uuid) {
     let mut tx = net.nodes[i].dev.engine.begin().await.unwrap();
@@ -156,13 +169,7 @@ async fn collect_everywhere(net: &Net) -> Vec<sync_core::Collected> {
 /// deletes the volume, and every device collects the delete: the network,
 /// the files and the volume.
 async fn volume_deleted_and_collected(seed: u64) -> (Restorable, Net, Uuid) {
-    let (r, mut net) = net_with_restorable(1, seed).await;
-    net.pair_all().await;
-    net.connect_all().await;
-    let vol = write_volume(&mut net, 0).await;
-    assert!(net.settle(3).await);
-    snapshot(&net.nodes[0].dev, &r.copy).await;
-
+    let (r, mut net, vol) = volume_saved_for_restore(1, seed).await;
     net.nodes[0].dev.time.advance(Duration::from_millis(5));
     delete_volume(&mut net, 0, vol).await;
     net.gossip(3).await;
@@ -698,12 +705,7 @@ async fn a_row_needing_a_forgotten_record_shows_when_its_writes_come_again() {
 /// husk back for want of a newer clock, and stay short of its number.)
 #[tokio::test]
 async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
-    let (r, mut net) = net_with_restorable(2, 104).await;
-    net.pair_all().await;
-    net.connect_all().await;
-    let vol = write_volume(&mut net, 0).await;
-    assert!(net.settle(3).await);
-    snapshot(&net.nodes[0].dev, &r.copy).await;
+    let (r, mut net, vol) = volume_saved_for_restore(2, 104).await;
     let first_origin = net.nodes[0].dev.engine.origin();
 
     // c is away; a renames the volume four seconds later (every clock
@@ -1409,12 +1411,7 @@ async fn an_open_transaction_blocks_writers_with_a_clear_timeout_and_never_statu
 /// simulation, 3 devices, seed 56 of every fault.)
 #[tokio::test]
 async fn a_write_a_snapshot_row_replaces_is_kept_as_a_husk() {
-    let (r, mut net) = net_with_restorable(1, 105).await;
-    net.pair_all().await;
-    net.connect_all().await;
-    let vol = write_volume(&mut net, 0).await;
-    assert!(net.settle(3).await);
-    snapshot(&net.nodes[0].dev, &r.copy).await;
+    let (r, mut net, vol) = volume_saved_for_restore(1, 105).await;
     delete_volume(&mut net, 0, vol).await;
     assert!(net.settle(3).await);
 
