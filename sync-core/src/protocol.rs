@@ -161,19 +161,22 @@ pub struct SnapshotCursor {
     pub total: u64,
     /// Rows sent so far.
     pub done: u64,
-    /// The serving device's incarnation (its origin) when the snapshot
-    /// started. A device that opened since (after a crash, a power loss, a
-    /// restored backup) may have lost writes that pages already served
-    /// carry (rows are read after the vector is fixed): it starts the
-    /// snapshot over rather than continue it.
-    pub origin: Uuid,
     /// The records whose rows the serving device held back when the
     /// snapshot started (model, id): their numbers are in its vector, and
     /// one released since is served, as it stands, with the held rows
     /// (their model's pages may have gone by before it was stored). At
     /// most [`MAX_SNAPSHOT_LIMIT`](crate::MAX_SNAPSHOT_LIMIT) are kept.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub held: Vec<(String, Uuid)>,
+    /// The serving device's incarnation (its origin) when the snapshot
+    /// started. A device that opened since (after a crash, a power loss, a
+    /// restored backup) may have lost writes that pages already served
+    /// carry (rows are read after the vector is fixed): it starts the
+    /// snapshot over rather than continue it. Last, and nil when missing:
+    /// a cursor a device stored before protocol 12 (it resumes a backfill
+    /// from it) still decodes, and its server starts over.
+    #[serde(default)]
+    pub origin: Uuid,
 }
 
 /// A request for a page of the whole library.
@@ -525,6 +528,30 @@ mod tests {
                 max: PROTOCOL_VERSION
             }
         );
+    }
+
+    /// A device stores its backfill's cursor to resume it after a restart;
+    /// one stored before protocol 12 has no origin, and still decodes.
+    #[test]
+    fn a_cursor_stored_before_protocol_12_decodes_with_a_nil_origin() {
+        let source = Uuid::from_u128(7);
+        let mut vector = VersionVector::new();
+        vector.advance(Uuid::from_u128(8), 3);
+        let old = rmp_serde::to_vec(&(source, 2u32, None::<Uuid>, &vector, 10u64, 4u64)).unwrap();
+        let cursor: SnapshotCursor = rmp_serde::from_slice(&old).unwrap();
+        assert_eq!(
+            (cursor.source, cursor.done, cursor.origin),
+            (source, 4, Uuid::nil())
+        );
+        assert_eq!(cursor.vector, vector);
+
+        let new = SnapshotCursor {
+            origin: Uuid::from_u128(9),
+            ..cursor
+        };
+        let back: SnapshotCursor =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&new).unwrap()).unwrap();
+        assert_eq!(back, new);
     }
 
     #[test]
