@@ -555,31 +555,29 @@ pub(crate) async fn transfer_section(args: &Args, root: &Path) -> Result<(), Err
     Ok(())
 }
 
-/// Peak and current resident memory of this process, in KiB.
+/// Fields of this process's `/proc/self/status`, in KiB (0 if missing).
+fn status_kib<const N: usize>(names: [&str; N]) -> [u64; N] {
+    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    names.map(|name| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
 /// The resident set's anonymous and file-backed parts (shared memory, such
 /// as SQLite's WAL index, counted with the files).
 fn resident_parts_kib() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| -> u64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("RssAnon:"), field("RssFile:") + field("RssShmem:"))
+    let [anon, file, shmem] = status_kib(["RssAnon:", "RssFile:", "RssShmem:"]);
+    (anon, file + shmem)
 }
 
+/// Peak and current resident memory of this process, in KiB.
 pub(crate) fn memory_kib() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
+    let [peak, now] = status_kib(["VmHWM:", "VmRSS:"]);
+    (peak, now)
 }
 
 /// Writes `n` entries of one location on `node`, in transactions of 5,000.

@@ -554,10 +554,9 @@ impl Engine {
                         })
                     };
                     let settled = !s.fields.is_empty()
-                        && s.fields.values().all(|f| {
-                            (f.seq > 0 && f.seq <= vector.get(timestamp_origin(&f.hlc)))
-                                || lost_update(f)
-                        });
+                        && s.fields
+                            .values()
+                            .all(|f| field_covered(f, &vector) || lost_update(f));
                     if settled { Settle::Drop } else { Settle::Keep }
                 }
                 RecordState::Shared(_) => {
@@ -1027,11 +1026,12 @@ fn covered(state: &RecordState, vector: &VersionVector) -> bool {
 }
 
 fn writes_covered(state: &SharedState, vector: &VersionVector) -> bool {
-    !state.fields.is_empty()
-        && state
-            .fields
-            .values()
-            .all(|f| f.seq > 0 && f.seq <= vector.get(timestamp_origin(&f.hlc)))
+    !state.fields.is_empty() && state.fields.values().all(|f| field_covered(f, vector))
+}
+
+/// Whether a field was set by a write (with its number) that `vector` holds.
+fn field_covered(f: &crate::state::FieldState, vector: &VersionVector) -> bool {
+    f.seq > 0 && f.seq <= vector.get(timestamp_origin(&f.hlc))
 }
 
 /// The state that shows a record as deleted, for a record dropped because

@@ -448,7 +448,7 @@ impl Engine {
     /// readers in it to finish): writes wait for that one checkpoint, and
     /// the log stays bounded.
     pub async fn checkpoint(&self) -> Result<(i64, i64), EngineError> {
-        let (frames, copied) = self.run_checkpoint("PASSIVE").await?;
+        let (_, (frames, copied)) = self.wal_checkpoint("PASSIVE").await?;
         if frames <= WAL_RESTART_FRAMES {
             return Ok((frames, copied));
         }
@@ -458,19 +458,15 @@ impl Engine {
             // A write held the writer all along: the next call tries again.
             return Ok((frames, copied));
         };
-        let (busy, after) = self.run_checkpoint_busy("TRUNCATE").await?;
+        let (busy, after) = self.wal_checkpoint("TRUNCATE").await?;
         tracing::debug!(frames, busy, after = ?after, "the write-ahead log was truncated");
         metrics::counter!("syncable_wal_truncations_total").increment(1);
         Ok(after)
     }
 
-    async fn run_checkpoint(&self, mode: &str) -> Result<(i64, i64), EngineError> {
-        Ok(self.run_checkpoint_busy(mode).await?.1)
-    }
-
     /// `PRAGMA wal_checkpoint(mode)`: whether it was kept from completing,
     /// the log's frames and how many of them were copied.
-    async fn run_checkpoint_busy(&self, mode: &str) -> Result<(bool, (i64, i64)), EngineError> {
+    async fn wal_checkpoint(&self, mode: &str) -> Result<(bool, (i64, i64)), EngineError> {
         use sea_orm::{ConnectionTrait, Statement};
         let row = self
             .inner
