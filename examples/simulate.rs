@@ -1139,6 +1139,15 @@ impl Sim {
                     )
                     .await?;
                     eprintln!("  tombstone kept on {i}: {model} {id}: {how}");
+                    // The same record on every other device: whether the
+                    // tombstone is everywhere, or only here.
+                    for j in (0..n).filter(|j| *j != i) {
+                        let e = self.engine(j)?;
+                        let there =
+                            syncable::core::__private::steps::describe_record(e, &model, id)
+                                .await?;
+                        eprintln!("    on {j}: {there}");
+                    }
                 }
             }
             if left > 0 {
@@ -1696,10 +1705,7 @@ async fn run_seed(args: &Args, seed: u64) -> Result<Outcome, Error> {
                     else {
                         continue;
                     };
-                    let req = syncable::core::PullRequest {
-                        vector: e.vector(),
-                        limit: sim.config.pull_limit,
-                    };
+                    let req = e.pull_request(sim.config.pull_limit);
                     let resp =
                         syncable::core::__private::steps::serve_pull(sim.engine(j)?, &req).await?;
                     println!(

@@ -12,6 +12,7 @@ use crate::error::EngineError;
 use crate::protocol::{Batch, ErrorCode, ErrorMessage, PullRequest, PullResponse};
 use crate::store;
 use crate::trust::seal::{Husk, SealProof};
+use crate::vector::Received;
 
 /// The largest page a peer may ask for.
 pub const MAX_PULL_LIMIT: u32 = 10_000;
@@ -21,6 +22,22 @@ pub const MAX_PULL_LIMIT: u32 = 10_000;
 pub const PAGE_BYTES: usize = crate::protocol::MAX_MESSAGE_BYTES / 4;
 
 impl Engine {
+    /// A request for what a peer holds that this device lacks: its vector,
+    /// and the numbers it holds beyond (at most
+    /// [`MAX_AHEAD`](crate::MAX_AHEAD) ranges).
+    pub fn pull_request(&self, limit: u32) -> PullRequest {
+        let m = self.memory();
+        PullRequest {
+            vector: m.received.vector.clone(),
+            limit,
+            ahead: m
+                .received
+                .ahead_ranges()
+                .take(crate::protocol::MAX_AHEAD)
+                .collect(),
+        }
+    }
+
     /// What a peer with vector `request.vector` lacks, one page of it. A
     /// peer that lacks changes this device no longer holds as changes (its
     /// log was pruned, or it loaded them as a snapshot's states) is told to
@@ -39,6 +56,22 @@ impl Engine {
                 m.origins.clone(),
             )
         };
+        let requester = Received::stated(&request.vector, &request.ahead);
+        // Ranges pruned above a gap (every peer held them once) that the
+        // requester lacks: it lost them since (a power loss, a restored
+        // backup), and no change can bring them back.
+        if let Some((origin, start, end)) = pruned
+            .ahead_ranges()
+            .find(|(o, s, e)| !requester.holds_range(*o, *s, *e))
+        {
+            return Ok(Err(ErrorMessage {
+                code: ErrorCode::ResyncRequired,
+                message: format!(
+                    "changes {start}..={end} of {origin} are no longer kept here as changes; \
+                     resync from a snapshot"
+                ),
+            }));
+        }
         // The vector was read first: everything it names is in what the
         // read below sees.
         let tx = self.db().begin().await?;
@@ -52,14 +85,14 @@ impl Engine {
             if upto <= after {
                 continue;
             }
-            if pruned.get(origin) > after {
+            if pruned.vector.get(origin) > after {
                 tx.commit().await?;
                 return Ok(Err(ErrorMessage {
                     code: ErrorCode::ResyncRequired,
                     message: format!(
                         "changes of {origin} after {after} are no longer kept here as changes \
                          (up to {}); resync from a snapshot",
-                        pruned.get(origin)
+                        pruned.vector.get(origin)
                     ),
                 }));
             }
@@ -140,16 +173,20 @@ impl Engine {
         // Numbers held beyond a gap (received out of order) that the
         // requester lacks. A gap usually fills soon; but if the only device
         // that held its numbers lost them (a power loss, a restored backup),
-        // what lies beyond reaches other devices only this way. Never a
-        // reason for `has_more`: the requester's vector does not pass a gap,
-        // so it would ask for the same again at once.
+        // what lies beyond reaches other devices only this way. Only the
+        // parts the requester does not hold are sent. Never a reason for
+        // `has_more`: the requester's vector does not pass a gap, so it
+        // would ask for the same again at once.
         for (origin, ranges) in &ahead {
             let Some(device) = origins.get(origin).copied() else {
                 continue;
             };
-            for (&start, &end) in ranges {
-                let after = start.saturating_sub(1).max(request.vector.get(*origin));
-                if end <= after || remaining == 0 || bytes >= PAGE_BYTES {
+            let missing = ranges
+                .iter()
+                .flat_map(|(&s, &e)| requester.missing_within(*origin, s, e));
+            for (start, end) in missing {
+                let after = start.saturating_sub(1);
+                if remaining == 0 || bytes >= PAGE_BYTES {
                     continue;
                 }
                 let Page {

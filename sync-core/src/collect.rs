@@ -279,7 +279,7 @@ impl Engine {
         w.tx.commit().await?;
         {
             let mut m = self.memory();
-            m.pruned.merge(&floors);
+            m.pruned.raise(&floors);
             m.log_len = log_len;
             for (model, ids) in &gone {
                 if let Some(n) = m.rows.get_mut(*model) {
@@ -616,8 +616,8 @@ impl Engine {
             .filter_map(|(settle, state)| match state {
                 RecordState::Owned(o)
                     if *settle == Settle::Drop
-                        && o.change.seq
-                            > vector.get(o.change.origin).max(pruned.get(o.change.origin)) =>
+                        && o.change.seq > vector.get(o.change.origin)
+                        && !pruned.contains(o.change.origin, o.change.seq) =>
                 {
                     Some((o.change.origin, o.change.seq, o.bytes.clone()))
                 }

@@ -157,7 +157,10 @@ pub(crate) struct Counters {
 #[derive(Debug, Default)]
 pub(crate) struct Memory {
     pub(crate) received: Received,
-    pub(crate) pruned: VersionVector,
+    /// What can no longer be served as changes: per origin, the floor up to
+    /// which the log was pruned (or came as a snapshot's states), and the
+    /// ranges above it pruned too.
+    pub(crate) pruned: Received,
     /// Origin -> device.
     pub(crate) origins: HashMap<Uuid, Uuid>,
     /// The next change number of this incarnation.

@@ -660,41 +660,97 @@ impl Engine {
     /// this device holds). A paired peer that never acknowledged blocks all
     /// pruning; with no paired peer nothing is pruned. Returns the entries
     /// dropped.
+    ///
+    /// Entries held beyond a gap go too once every such peer holds them
+    /// (by its acknowledgement, or its latest report of what it holds): if
+    /// the only holder of a gap's numbers lost them (a power loss, a
+    /// restored backup), no vector ever passes the gap, and they would be
+    /// kept, and sent with every pull, for ever. The ranges are recorded:
+    /// a peer that asks without holding one resyncs.
     pub async fn prune(&self) -> Result<u64, EngineError> {
-        let floors: Vec<(Uuid, u64)> = {
+        let (floors, ranges) = {
             let m = self.memory();
-            let peers: Vec<&PeerMemory> = m.peers.values().filter(|p| !p.expired).collect();
-            if peers.is_empty() || peers.iter().any(|p| p.acked.is_none()) {
+            let peers: Vec<(&Uuid, &PeerMemory)> =
+                m.peers.iter().filter(|(_, p)| !p.expired).collect();
+            if peers.is_empty() || peers.iter().any(|(_, p)| p.acked.is_none()) {
                 return Ok(0);
             }
-            m.received
+            let floors: Vec<(Uuid, u64)> = m
+                .received
                 .vector
                 .iter()
                 .filter_map(|(origin, mine)| {
                     let floor = peers
                         .iter()
-                        .map(|p| p.acked.as_ref().map_or(0, |a| a.get(origin)))
+                        .map(|(_, p)| p.acked.as_ref().map_or(0, |a| a.get(origin)))
                         .min()
                         .unwrap_or(0)
                         .min(mine);
-                    (floor > m.pruned.get(origin)).then_some((origin, floor))
+                    (floor > m.pruned.vector.get(origin)).then_some((origin, floor))
                 })
-                .collect()
+                .collect();
+            let mut ranges: Vec<(Uuid, u64, u64)> = Vec::new();
+            if !m.received.ahead.is_empty() {
+                let holdings: Vec<Received> = peers
+                    .iter()
+                    .map(|(id, p)| {
+                        let mut held = m
+                            .heard
+                            .get(*id)
+                            .map(|h| h.holding().received)
+                            .unwrap_or_default();
+                        if let Some(acked) = &p.acked {
+                            held.raise(acked);
+                        }
+                        held
+                    })
+                    .collect();
+                for (origin, start, end) in m.received.ahead_ranges() {
+                    let mut parts = m.pruned.missing_within(origin, start, end);
+                    for held in &holdings {
+                        parts = parts
+                            .into_iter()
+                            .flat_map(|(s, e)| held.held_within(origin, s, e))
+                            .collect();
+                    }
+                    ranges.extend(parts.into_iter().map(|(s, e)| (origin, s, e)));
+                }
+            }
+            (floors, ranges)
         };
-        if floors.is_empty() {
+        if floors.is_empty() && ranges.is_empty() {
             return Ok(0);
         }
         let w = self.write_tx().await?;
         let mut dropped = 0;
+        let mut after = self.memory().pruned.clone();
         for (origin, floor) in &floors {
             dropped += store::prune_log(&w.tx, *origin, *floor).await?;
             store::prune_proofs(&w.tx, *origin, *floor).await?;
+            after.insert(*origin, 1, *floor);
         }
+        for (origin, start, end) in &ranges {
+            dropped += store::prune_log_range(&w.tx, *origin, *start, *end).await?;
+            after.insert(*origin, *start, *end);
+        }
+        let origins: BTreeSet<Uuid> = floors
+            .iter()
+            .map(|(o, _)| *o)
+            .chain(ranges.iter().map(|(o, _, _)| *o))
+            .collect();
+        let mut script = store::Script::default();
+        for origin in origins {
+            store::save_pruned_ahead(&mut script, origin, &after)?;
+        }
+        script.run(&w.tx).await?;
         w.tx.commit().await?;
         {
             let mut m = self.memory();
-            for (origin, floor) in floors {
-                m.pruned.advance(origin, floor);
+            for (origin, floor) in &floors {
+                m.pruned.insert(*origin, 1, *floor);
+            }
+            for (origin, start, end) in &ranges {
+                m.pruned.insert(*origin, *start, *end);
             }
             m.log_len = m.log_len.saturating_sub(dropped);
         }

@@ -12,9 +12,9 @@ use crate::trust::{Hash, MemberRecord, SealProof};
 use crate::vector::VersionVector;
 
 /// The protocol version this engine speaks.
-pub const PROTOCOL_VERSION: u16 = 12;
+pub const PROTOCOL_VERSION: u16 = 13;
 /// The oldest protocol version this engine still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 12;
+pub const MIN_PROTOCOL_VERSION: u16 = 13;
 /// The largest encoded message accepted. Larger payloads are paged.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -133,6 +133,12 @@ pub struct PullRequest {
     pub vector: VersionVector,
     /// The most changes to send in one response.
     pub limit: u32,
+    /// Numbers the requester holds above its vector, as `(origin, first,
+    /// last)`: received beyond a gap that has not filled. What it holds
+    /// there is not sent again; a range the server pruned that it lacks
+    /// sends it to a snapshot. At most [`MAX_AHEAD`] are read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ahead: Vec<(Uuid, u64, u64)>,
 }
 
 /// A page of changes.
@@ -177,6 +183,12 @@ pub struct SnapshotCursor {
     /// from it) still decodes, and its server starts over.
     #[serde(default)]
     pub origin: Uuid,
+    /// Ranges above the vector, as `(origin, first, last)`, whose changes
+    /// the serving device had pruned when the snapshot started (held beyond
+    /// a gap that never filled): the rows carry them, no change can bring
+    /// them. At most [`MAX_AHEAD`] are kept.
+    #[serde(default)]
+    pub pruned: Vec<(Uuid, u64, u64)>,
 }
 
 /// A request for a page of the whole library.
@@ -226,9 +238,16 @@ pub struct SnapshotResponse {
     /// worth). The snapshot's rows may carry them, read after the vector
     /// was; taken with the page, they are held as changes, which the new
     /// device can pass on, even if the serving device loses them right
-    /// after (a power loss). Empty elsewhere.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// after (a power loss). Empty elsewhere. (Always written: messages
+    /// are positional, and a field after it follows.)
+    #[serde(default)]
     pub changes: Vec<Batch>,
+    /// The ranges above the vector that the snapshot's rows carry and no
+    /// change can bring (see [`SnapshotCursor::pruned`]): held, once the
+    /// last page is applied, as the vector is. At most [`MAX_AHEAD`] are
+    /// read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<(Uuid, u64, u64)>,
 }
 
 /// Changes a receiver holds back for now (their clock is too far ahead,
@@ -508,6 +527,35 @@ mod tests {
         assert_eq!(decode(&encode(&m).unwrap()).unwrap(), m);
     }
 
+    /// Messages are positional: a field left out when empty must be the
+    /// last, or the one after it is read in its place. Each such field,
+    /// empty and not, beside the fields around it.
+    #[test]
+    fn fields_left_out_when_empty_keep_the_others_in_place() {
+        let o = Uuid::from_u128(4);
+        let vector: VersionVector = [(o, 2)].into_iter().collect();
+        for ahead in [Vec::new(), vec![(o, 4, 6)]] {
+            let pull = Message::PullRequest(PullRequest {
+                vector: vector.clone(),
+                limit: 7,
+                ahead,
+            });
+            assert_eq!(decode(&encode(&pull).unwrap()).unwrap(), pull);
+        }
+        for pruned in [Vec::new(), vec![(o, 4, 6)]] {
+            let page = Message::SnapshotResponse(SnapshotResponse {
+                rows: Vec::new(),
+                next: None,
+                vector: vector.clone(),
+                total: 3,
+                done: 3,
+                changes: Vec::new(),
+                pruned,
+            });
+            assert_eq!(decode(&encode(&page).unwrap()).unwrap(), page);
+        }
+    }
+
     #[test]
     fn another_protocol_version_is_named_with_the_supported_range() {
         #[derive(Serialize)]
@@ -552,6 +600,25 @@ mod tests {
         let back: SnapshotCursor =
             rmp_serde::from_slice(&rmp_serde::to_vec(&new).unwrap()).unwrap();
         assert_eq!(back, new);
+
+        // One stored by protocol 12: held rows and an origin, no pruned
+        // ranges.
+        let twelve = rmp_serde::to_vec(&(
+            source,
+            2u32,
+            None::<Uuid>,
+            &vector,
+            10u64,
+            4u64,
+            vec![("tags".to_owned(), Uuid::from_u128(5))],
+            Uuid::from_u128(9),
+        ))
+        .unwrap();
+        let cursor: SnapshotCursor = rmp_serde::from_slice(&twelve).unwrap();
+        assert_eq!(
+            (cursor.origin, cursor.held.len(), cursor.pruned.len()),
+            (Uuid::from_u128(9), 1, 0)
+        );
     }
 
     #[test]

@@ -231,6 +231,9 @@ pub(crate) struct SnapshotStep {
     pub(crate) next: Option<SnapshotCursor>,
     /// The vector the snapshot reflects, adopted after the last page.
     pub(crate) vector: VersionVector,
+    /// Ranges above it the snapshot's rows carry and no change can bring
+    /// (pruned by its server), adopted with it.
+    pub(crate) pruned: Vec<(Uuid, u64, u64)>,
 }
 
 /// What to receive.
@@ -920,10 +923,11 @@ impl Engine {
                 };
             report.count(&outcome);
             if let Item::Change { change, bytes, .. } = &items[*ix] {
-                // Numbers at or below the pruned floor are never served
-                // again (a peer that needs them resyncs): not logged.
+                // Numbers pruned here (at or below the floor, or in a
+                // range pruned above it) are never served again (a peer
+                // that needs them resyncs): not logged.
                 if registry.at(key.rank).map(|d| d.meta().ownership) == Some(Ownership::Shared)
-                    && change.seq > pruned.get(change.origin)
+                    && !pruned.contains(change.origin, change.seq)
                 {
                     writes.log.push((change.origin, change.seq, bytes.clone()));
                 }
@@ -979,6 +983,12 @@ impl Engine {
                 if origin != self.inner.origin {
                     received.insert(origin, 1, seq);
                     touched_origins.insert(origin);
+                }
+            }
+            for (origin, start, end) in step.pruned.iter().take(crate::protocol::MAX_AHEAD) {
+                if *origin != self.inner.origin {
+                    received.insert(*origin, *start, *end);
+                    touched_origins.insert(*origin);
                 }
             }
         }
@@ -1037,6 +1047,7 @@ impl Engine {
             .collect();
         store::release_held(&mut script, &released);
         let mut pruned_floor = VersionVector::new();
+        let mut pruned_ranges: Vec<(Uuid, u64, u64)> = Vec::new();
         if let Some(step) = &incoming.snapshot {
             crate::snapshot::save_backfill_step(&mut script, step)?;
             if step.next.is_none() {
@@ -1046,6 +1057,26 @@ impl Engine {
                     }
                 }
                 store::raise_pruned(&mut script, &pruned_floor)?;
+                // The ranges beyond the vector the rows carry cannot be
+                // served as changes from here either.
+                pruned_ranges = step
+                    .pruned
+                    .iter()
+                    .take(crate::protocol::MAX_AHEAD)
+                    .filter(|(o, s, e)| *o != self.inner.origin && s <= e)
+                    .copied()
+                    .collect();
+                let mut after = pruned.clone();
+                after.raise(&pruned_floor);
+                let mut origins: BTreeSet<Uuid> = pruned_floor.iter().map(|(o, _)| o).collect();
+                for (origin, start, end) in &pruned_ranges {
+                    after.insert(*origin, *start, *end);
+                    origins.insert(*origin);
+                    store::drop_log_range(&mut script, *origin, *start, *end)?;
+                }
+                for origin in origins {
+                    store::save_pruned_ahead(&mut script, origin, &after)?;
+                }
             }
         }
         let last = self.clock_time().0;
@@ -1061,7 +1092,7 @@ impl Engine {
             Some((held.len() as u64, crate::collect::held_floors(&held)))
         };
         // A completed snapshot dropped the log entries below its floor.
-        let log_len = if pruned_floor.is_empty() {
+        let log_len = if pruned_floor.is_empty() && pruned_ranges.is_empty() {
             None
         } else {
             Some(store::log_len(&w.tx).await?)
@@ -1085,7 +1116,10 @@ impl Engine {
             for (model, n) in &writes.new_rows {
                 *m.rows.entry((*model).to_owned()).or_default() += n;
             }
-            m.pruned.merge(&pruned_floor);
+            m.pruned.raise(&pruned_floor);
+            for (origin, start, end) in &pruned_ranges {
+                m.pruned.insert(*origin, *start, *end);
+            }
             if let Some((n, floors)) = held_now {
                 m.held_rows = n;
                 m.held_floors = floors;

@@ -9,8 +9,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::protocol::{
     Ack, Batch, ErrorCode, ErrorMessage, Heartbeat, Hello, MIN_PROTOCOL_VERSION, Message,
-    PROTOCOL_VERSION, PullRequest, PullResponse, Push, SnapshotResponse, VectorSince,
-    vector_digest,
+    PROTOCOL_VERSION, PullResponse, Push, SnapshotResponse, VectorSince, vector_digest,
 };
 use crate::receive::{InBatch, Incoming, Outcome};
 use crate::vector::VersionVector;
@@ -406,13 +405,10 @@ impl Session {
     }
 
     fn pull(&mut self) -> Message {
-        let vector = self.engine.vector();
-        self.pulled_from = Some(vector.clone());
+        let request = self.engine.pull_request(self.config.pull_limit);
+        self.pulled_from = Some(request.vector.clone());
         self.state = SessionState::CatchingUp;
-        Message::PullRequest(PullRequest {
-            vector,
-            limit: self.config.pull_limit,
-        })
+        Message::PullRequest(request)
     }
 
     /// A pull to run now and then even when ready: anything a lost push or

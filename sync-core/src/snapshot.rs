@@ -146,10 +146,14 @@ impl Engine {
                 cursor.clone()
             }
             _ => {
-                let (vector, total, any_held) = {
+                let (vector, pruned, total, any_held) = {
                     let m = self.memory();
                     (
                         m.received.vector.clone(),
+                        m.pruned
+                            .ahead_ranges()
+                            .take(crate::protocol::MAX_AHEAD)
+                            .collect(),
                         m.rows.values().sum::<u64>() + m.held_rows,
                         m.held_rows > 0,
                     )
@@ -174,6 +178,7 @@ impl Engine {
                     total,
                     done: 0,
                     held,
+                    pruned,
                 }
             }
         };
@@ -231,6 +236,7 @@ impl Engine {
         tx.commit().await?;
         cursor.done = cursor.done.saturating_add(rows.len() as u64);
         let (vector, total, done) = (cursor.vector.clone(), cursor.total, cursor.done);
+        let pruned = cursor.pruned.clone();
         // The last page carries what was received since the vector: rows
         // read after it may hold those changes' effects, and the requester
         // keeps them as changes even if this device loses them next.
@@ -238,6 +244,7 @@ impl Engine {
             let since = PullRequest {
                 vector: vector.clone(),
                 limit: crate::catchup::MAX_PULL_LIMIT,
+                ahead: pruned.clone(),
             };
             self.serve_pull(&since)
                 .await?
@@ -254,6 +261,7 @@ impl Engine {
             total,
             done,
             changes,
+            pruned,
         }))
     }
 
@@ -339,6 +347,7 @@ impl Engine {
         let step = SnapshotStep {
             next: page.next,
             vector: page.vector,
+            pruned: page.pruned,
         };
         let complete = step.next.is_none();
         let first = page.done == page.rows.len() as u64;

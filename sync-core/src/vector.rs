@@ -209,6 +209,69 @@ impl Received {
         ranges_of(&self.ahead)
     }
 
+    /// A vector and ranges as a peer states them (a pull request, a
+    /// snapshot's claim): at most [`MAX_AHEAD`](crate::MAX_AHEAD) ranges
+    /// read, each folded into the vector or into the others as
+    /// [`insert`](Received::insert) does, never trusted as given.
+    pub(crate) fn stated(vector: &VersionVector, ahead: &[(Uuid, u64, u64)]) -> Self {
+        let mut r = Received {
+            vector: vector.clone(),
+            ahead: BTreeMap::new(),
+        };
+        for (origin, start, end) in ahead.iter().take(crate::protocol::MAX_AHEAD) {
+            r.insert(*origin, *start, *end);
+        }
+        r
+    }
+
+    /// Raises the vector to `floors` (origin by origin), folding the ranges
+    /// that now touch it. Returns whether anything changed.
+    pub(crate) fn raise(&mut self, floors: &VersionVector) -> bool {
+        let mut moved = false;
+        for (origin, seq) in floors.iter() {
+            moved |= self.insert(origin, 1, seq);
+        }
+        moved
+    }
+
+    /// The parts of `start..=end` of `origin` held here, as `(first, last)`
+    /// ranges in order.
+    pub(crate) fn held_within(&self, origin: Uuid, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let floor = self.vector.get(origin);
+        if start <= floor {
+            out.push((start, end.min(floor)));
+        }
+        if let Some(ranges) = self.ahead.get(&origin) {
+            // The range that starts at or before `start` may reach into it.
+            let first = ranges.range(..=start).next_back().map(|(s, _)| *s);
+            let from = first.unwrap_or(start);
+            for (&s, &e) in ranges.range(from..=end) {
+                let (lo, hi) = (s.max(start), e.min(end));
+                if lo <= hi {
+                    out.push((lo, hi));
+                }
+            }
+        }
+        out
+    }
+
+    /// The parts of `start..=end` of `origin` not held here, in order.
+    pub(crate) fn missing_within(&self, origin: Uuid, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut next = start;
+        for (lo, hi) in self.held_within(origin, start, end) {
+            if lo > next {
+                out.push((next, lo - 1));
+            }
+            next = hi.saturating_add(1);
+        }
+        if next <= end && start <= end {
+            out.push((next, end));
+        }
+        out
+    }
+
     /// Records numbers `start..=end` of `origin` as received. Returns whether
     /// anything changed.
     pub(crate) fn insert(&mut self, origin: Uuid, start: u64, end: u64) -> bool {
@@ -326,6 +389,45 @@ mod tests {
             prop_assert_eq!(ra.holds_all(&rb), tb.is_subset(&ta));
             let listed: usize = ra.ahead_ranges().map(|(_, s, e)| (e - s + 1) as usize).sum();
             prop_assert_eq!(listed as u64 + ra.vector.get(O), ta.len() as u64);
+        }
+
+        /// The held and the missing parts of a range are its numbers held
+        /// and not held, in order, each part as large as it can be; a
+        /// floor raised folds the ranges it reaches.
+        #[test]
+        fn a_range_splits_into_its_held_and_missing_parts(
+            ranges in prop::collection::vec((1u64..40, 0u64..5), 0..10),
+            probe in (1u64..50, 0u64..12),
+            floor in 0u64..45,
+        ) {
+            let mut r = Received::default();
+            let mut truth = std::collections::BTreeSet::new();
+            for (s, len) in &ranges {
+                r.insert(O, *s, s + len);
+                truth.extend(*s..=s + len);
+            }
+            let (s, len) = probe;
+            let numbers = |parts: &[(u64, u64)]| -> Vec<u64> {
+                parts.iter().flat_map(|(a, b)| *a..=*b).collect()
+            };
+            let held = r.held_within(O, s, s + len);
+            let missing = r.missing_within(O, s, s + len);
+            let expect_held: Vec<u64> = (s..=s + len).filter(|n| truth.contains(n)).collect();
+            let expect_missing: Vec<u64> = (s..=s + len).filter(|n| !truth.contains(n)).collect();
+            prop_assert_eq!(numbers(&held), expect_held);
+            prop_assert_eq!(numbers(&missing), expect_missing);
+            for parts in [&held, &missing] {
+                for w in parts.windows(2) {
+                    prop_assert!(w[0].1 + 1 < w[1].0, "parts touch: {:?}", parts);
+                }
+            }
+            r.raise(&[(O, floor)].into_iter().collect());
+            truth.extend(1..=floor);
+            for seq in 1..60 {
+                prop_assert_eq!(r.contains(O, seq), truth.contains(&seq));
+            }
+            let contiguous = (1..).take_while(|s| truth.contains(s)).last().unwrap_or(0);
+            prop_assert_eq!(r.vector.get(O), contiguous);
         }
 
         /// A vector is its base with the entries it differs in set, and

@@ -1347,6 +1347,7 @@ async fn a_pool_of_connections_never_meets_a_busy_database() {
             let request = sync_core::PullRequest {
                 vector: Default::default(),
                 limit: 50,
+                ahead: Vec::new(),
             };
             // A page, or "resync" once the log was pruned: both are
             // answers; only an engine error is a failure.
@@ -1450,10 +1451,17 @@ async fn a_write_a_snapshot_row_replaces_is_kept_as_a_husk() {
     // A peer that lacks that number is served its husk.
     let mut vector = a.engine.vector();
     vector.set(origin, 0);
-    let response = steps::serve_pull(&a.engine, &sync_core::PullRequest { vector, limit: 100 })
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    let response = steps::serve_pull(
+        &a.engine,
+        &sync_core::PullRequest {
+            vector,
+            limit: 100,
+            ahead: Vec::new(),
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{e:?}"));
     let batch = response
         .batches
         .iter()

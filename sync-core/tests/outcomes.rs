@@ -138,6 +138,7 @@ async fn a_reference_waiting_at_a_relay_reaches_every_device() {
         &sync_core::PullRequest {
             vector: request_vector,
             limit: 2,
+            ahead: Vec::new(),
         },
     )
     .await
@@ -676,6 +677,7 @@ async fn an_origin_received_only_as_husks_is_served_on() {
         let request = PullRequest {
             vector: to.engine.vector(),
             limit: 100,
+            ahead: Vec::new(),
         };
         let page = steps::serve_pull(&from.engine, &request)
             .await
@@ -735,6 +737,7 @@ async fn numbers_beyond_a_gap_are_served_on() {
     let request = PullRequest {
         vector: c.engine.vector(),
         limit: 100,
+        ahead: Vec::new(),
     };
     let page = steps::serve_pull(&b.engine, &request)
         .await
@@ -743,6 +746,75 @@ async fn numbers_beyond_a_gap_are_served_on() {
     assert!(!page.has_more);
     steps::apply_batches(&c.engine, page.batches).await.unwrap();
     assert_eq!(c.content().await, b.content().await, "the third reached c");
+}
+
+/// Log entries held beyond a gap no one can fill are pruned once every
+/// peer holds them: no vector passes the gap, so pruning by acknowledged
+/// vectors kept them for ever, and every pull sent them again (the
+/// simulation, 3 devices, every fault: seeds 32, 35, 81, 368, 442, 510 and
+/// 547). The range is recorded: a peer that asks without holding it is sent
+/// to a snapshot, and a snapshot carries it.
+#[tokio::test]
+async fn numbers_beyond_a_gap_are_pruned_once_every_peer_holds_them() {
+    use sync_core::{ErrorCode, PullRequest};
+    let (a, b, c) = (device(1).await, device(2).await, device(3).await);
+    common::pair_each(&[&a, &b, &c]).await;
+    // b and c receive the first and the third; the second is lost with a.
+    let pushes = three_pushed_commits(&a).await;
+    for d in [&b, &c] {
+        for i in [0, 2] {
+            steps::apply_batches(&d.engine, pushes[i].clone())
+                .await
+                .unwrap();
+        }
+    }
+    let origin = a.engine.origin();
+    assert_eq!(b.engine.vector().get(origin), 1, "a gap at 2");
+    assert_eq!(b.engine.status().log_len, 2);
+
+    // Every peer of b holds the third: a by its vector, c beyond its own.
+    steps::acknowledge(&b.engine, a.id, &a.engine.vector());
+    steps::acknowledge(&b.engine, c.id, &c.engine.vector());
+    steps::hear(&b.engine, &c.engine);
+    assert_eq!(b.engine.prune().await.unwrap(), 2);
+    assert_eq!(b.engine.status().log_len, 0, "nothing kept beyond the gap");
+
+    // A peer that holds it is served nothing of it; one that lost it
+    // resyncs.
+    let holds = steps::serve_pull(&b.engine, &c.engine.pull_request(100))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        holds.batches.iter().all(|x| x.origin != origin),
+        "{holds:?}"
+    );
+    let lost = PullRequest {
+        vector: c.engine.vector(),
+        limit: 100,
+        ahead: Vec::new(),
+    };
+    let refused = steps::serve_pull(&b.engine, &lost).await.unwrap();
+    assert!(
+        matches!(&refused, Err(e) if e.code == ErrorCode::ResyncRequired),
+        "{refused:?}"
+    );
+
+    // A new device that takes b's snapshot holds the range (the rows carry
+    // it) and is a peer like any other.
+    let d = device(4).await;
+    common::pair_each(&[&b, &d]).await;
+    backfill(&d, &b).await;
+    assert_eq!(d.content().await, b.content().await);
+    let request = d.engine.pull_request(100);
+    assert_eq!(request.ahead, vec![(origin, 3, 3)]);
+    let served = steps::serve_pull(&b.engine, &request).await.unwrap();
+    assert!(served.is_ok(), "{served:?}");
+    let page = steps::serve_pull(&d.engine, &lost).await.unwrap();
+    assert!(
+        matches!(&page, Err(e) if e.code == ErrorCode::ResyncRequired),
+        "the new device cannot serve the range as changes either: {page:?}"
+    );
 }
 
 /// A push that arrives before the numbers of its origin that precede it (a
@@ -777,6 +849,7 @@ async fn a_push_beyond_a_gap_waits_for_the_numbers_before_it() {
         &PullRequest {
             vector: c.engine.vector(),
             limit: 100,
+            ahead: Vec::new(),
         },
     )
     .await
@@ -790,6 +863,7 @@ async fn a_push_beyond_a_gap_waits_for_the_numbers_before_it() {
         &PullRequest {
             vector: b.engine.vector(),
             limit: 100,
+            ahead: Vec::new(),
         },
     )
     .await

@@ -398,6 +398,7 @@ async fn unpaired_devices_other_libraries_and_other_versions_are_refused() {
         .handle(Message::PullRequest(sync_core::PullRequest {
             vector: Default::default(),
             limit: 10,
+            ahead: Vec::new(),
         }))
         .await
         .unwrap();
@@ -1045,6 +1046,7 @@ async fn numbers_held_without_proof_send_the_peer_to_a_snapshot() {
         .handle(Message::PullRequest(sync_core::PullRequest {
             vector,
             limit: 100,
+            ahead: Vec::new(),
         }))
         .await
         .unwrap();

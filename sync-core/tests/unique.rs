@@ -123,6 +123,7 @@ async fn a_catch_up_that_skips_an_owners_swap_still_reaches_its_final_state() {
     let request = PullRequest {
         vector: peer.engine.vector(),
         limit: 100,
+        ahead: Vec::new(),
     };
     let response = sync_core::__private::steps::serve_pull(&owner.engine, &request)
         .await

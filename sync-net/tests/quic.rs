@@ -225,6 +225,7 @@ async fn hostile_frames_get_errors_while_the_node_keeps_serving() {
     let pull = Message::PullRequest(sync_core::PullRequest {
         vector: Default::default(),
         limit: 10,
+        ahead: Vec::new(),
     });
     sync_net::write_message(&mut main_send, &pull)
         .await

@@ -72,6 +72,37 @@ pub(crate) async fn log_len<C: ConnectionTrait>(db: &C) -> Result<u64, StoreErro
     count(db, "SELECT COUNT(*) AS n FROM _sync_log", vec![]).await
 }
 
+/// Drops the log entries of `origin` numbered `start..=end` (held beyond a
+/// gap; the caller records the range).
+pub(crate) async fn prune_log_range<C: ConnectionTrait>(
+    db: &C,
+    origin: Uuid,
+    start: u64,
+    end: u64,
+) -> Result<u64, StoreError> {
+    let result = db
+        .execute_raw(stmt(
+            "DELETE FROM _sync_log WHERE origin = ? AND seq >= ? AND seq <= ?",
+            vec![uuid_value(origin), int(start)?, int(end)?],
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}
+
+/// Drops the log entries of `origin` numbered `start..=end`, in a script.
+pub(crate) fn drop_log_range(
+    script: &mut Script,
+    origin: Uuid,
+    start: u64,
+    end: u64,
+) -> Result<(), StoreError> {
+    script.push(
+        "DELETE FROM _sync_log WHERE origin = ? AND seq >= ? AND seq <= ?".into(),
+        vec![uuid_value(origin), int(start)?, int(end)?],
+    );
+    Ok(())
+}
+
 /// Drops the log entries of `origin` up to `seq`, and records the floor.
 pub(crate) async fn prune_log<C: ConnectionTrait>(
     db: &C,

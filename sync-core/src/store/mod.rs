@@ -356,6 +356,15 @@ const TABLES: &[&str] = &[
         origin BLOB PRIMARY KEY NOT NULL,
         seq INTEGER NOT NULL
     ) WITHOUT ROWID",
+    // Per origin, ranges above its prune floor whose log entries were
+    // pruned too: held beyond a gap that never filled (the only holder of
+    // the gap's numbers lost them), acknowledged by every peer.
+    "CREATE TABLE IF NOT EXISTS _sync_pruned_ahead (
+        origin BLOB NOT NULL,
+        start INTEGER NOT NULL,
+        end INTEGER NOT NULL,
+        PRIMARY KEY (origin, start)
+    ) WITHOUT ROWID",
     // Which device each origin is an incarnation of.
     "CREATE TABLE IF NOT EXISTS _sync_origins (
         origin BLOB PRIMARY KEY NOT NULL,

@@ -87,19 +87,60 @@ pub(crate) fn save_received(
     Ok(())
 }
 
-/// Per origin, the number up to which the log was pruned.
-pub(crate) async fn load_pruned<C: ConnectionTrait>(db: &C) -> Result<VersionVector, StoreError> {
+/// Per origin, the number up to which the log was pruned, and the ranges
+/// above it pruned too (held beyond a gap that never filled).
+pub(crate) async fn load_pruned<C: ConnectionTrait>(db: &C) -> Result<Received, StoreError> {
     let rows = db
         .query_all_raw(stmt("SELECT origin, seq FROM _sync_pruned", vec![]))
         .await?;
-    let mut vector = VersionVector::new();
+    let mut pruned = Received::default();
     for row in &rows {
-        vector.advance(
+        pruned.vector.advance(
             get_uuid(row, "origin", "_sync_pruned")?,
             get_u64(row, "seq", "_sync_pruned")?,
         );
     }
-    Ok(vector)
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT origin, start, end FROM _sync_pruned_ahead",
+            vec![],
+        ))
+        .await?;
+    for row in &rows {
+        // Inserted, not trusted as stored: a range a later floor reached
+        // folds into it.
+        pruned.insert(
+            get_uuid(row, "origin", "_sync_pruned_ahead")?,
+            get_u64(row, "start", "_sync_pruned_ahead")?,
+            get_u64(row, "end", "_sync_pruned_ahead")?,
+        );
+    }
+    Ok(pruned)
+}
+
+/// Stores the pruned ranges of `origin` above its floor as they now stand.
+pub(crate) fn save_pruned_ahead(
+    script: &mut Script,
+    origin: Uuid,
+    pruned: &Received,
+) -> Result<(), StoreError> {
+    script.push(
+        "DELETE FROM _sync_pruned_ahead WHERE origin = ?".into(),
+        vec![uuid_value(origin)],
+    );
+    let mut values = Vec::new();
+    for (s, e) in pruned.ahead.get(&origin).into_iter().flatten() {
+        values.push(uuid_value(origin));
+        values.push(int(*s)?);
+        values.push(int(*e)?);
+    }
+    script.insert_many(
+        "INSERT INTO _sync_pruned_ahead (origin, start, end)",
+        3,
+        "",
+        values,
+    );
+    Ok(())
 }
 
 /// Raises prune floors without dropping anything (a snapshot's states).
@@ -121,6 +162,10 @@ pub(crate) fn raise_pruned(script: &mut Script, floors: &VersionVector) -> Resul
     for (o, s) in floors.iter() {
         script.push(
             "DELETE FROM _sync_log WHERE origin = ? AND seq <= ?".into(),
+            vec![uuid_value(o), int(s)?],
+        );
+        script.push(
+            "DELETE FROM _sync_pruned_ahead WHERE origin = ? AND end <= ?".into(),
             vec![uuid_value(o), int(s)?],
         );
     }
