@@ -725,10 +725,19 @@ impl Engine {
     /// come again, in the new snapshot or as changes. Returns how many
     /// records were forgotten.
     pub(crate) async fn forget_given_up(&self, next: &VersionVector) -> Result<usize, EngineError> {
+        let (forgotten, again) = self.forget_unheld(next).await?;
+        // Once the writer the forgetting took is free again.
+        self.write_fields_again(again).await?;
+        Ok(forgotten)
+    }
+
+    /// What `forget_given_up` forgets, done; and the fields it writes again.
+    async fn forget_unheld(&self, next: &VersionVector) -> Result<Forgotten, EngineError> {
         let registry = self.registry();
         let received = self.received();
         let w = self.write_tx().await?;
         let mut input = Input::default();
+        let mut again: Vec<(RecordKey, Vec<(String, WireValue)>)> = Vec::new();
         for (desc, id, state) in stored_with(&w.tx, registry, None, &BTreeSet::new()).await? {
             let Some(rank) = registry.rank(desc.name()) else {
                 continue;
@@ -736,7 +745,34 @@ impl Engine {
             let key = RecordKey { rank, id };
             if given_up(&state, &received, next) {
                 input.forgotten.insert(key);
+            } else if let RecordState::Shared(SharedState {
+                fields,
+                tombstone: None,
+            }) = &state
+            {
+                // Field writes of a record kept that no device may hold
+                // (an update whose writer lost it, taken here from pages
+                // given up): nothing would ever bring them elsewhere, and
+                // they win here, by their clocks, over what the new
+                // snapshot brings. Written again, they reach every device.
+                let unheld: Vec<(String, WireValue)> = fields
+                    .iter()
+                    .filter(|(_, f)| {
+                        let origin = timestamp_origin(&f.hlc);
+                        f.seq > 0 && f.seq > next.get(origin) && !received.contains(origin, f.seq)
+                    })
+                    .map(|(name, f)| (name.clone(), f.value.clone()))
+                    .collect();
+                if !unheld.is_empty() {
+                    again.push((key, unheld));
+                }
             }
+        }
+        if !again.is_empty() {
+            tracing::warn!(
+                records = again.len(),
+                "field writes a snapshot given up brought, whose numbers no device holds: written again"
+            );
         }
         let (dropped_held, held): (Vec<store::HeldRow>, Vec<store::HeldRow>) =
             store::held_rows(&w.tx).await?.into_iter().partition(|h| {
@@ -745,7 +781,7 @@ impl Engine {
         let changed = input.forgotten.len();
         if changed == 0 && dropped_held.is_empty() {
             w.tx.rollback().await?;
-            return Ok(0);
+            return Ok((0, again));
         }
         let mut script = store::Script::default();
         let mut writes = write::Writes::default();
@@ -773,7 +809,85 @@ impl Engine {
             held = dropped_held.len(),
             "a snapshot started over: what its pages brought that no device may hold is forgotten"
         );
-        Ok(changed)
+        Ok((changed, again))
+    }
+
+    /// Writes fields of shared records again as they stand, in one commit.
+    async fn write_fields_again(
+        &self,
+        again: Vec<(RecordKey, Vec<(String, WireValue)>)>,
+    ) -> Result<(), EngineError> {
+        if again.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for (key, fields) in again {
+            tx.write_again(key.rank, key.id, fields)?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes again, as this device's own, every delete that stands here
+    /// but whose number this device does not hold, after a snapshot
+    /// completed: a shared record's tombstone, or the delete of a record
+    /// this device owns. Such a delete came as a snapshot's row, from a
+    /// server that had it as a state only (itself from a snapshot given up,
+    /// whose server lost the delete to a power loss), or from pages of a
+    /// snapshot given up since; its writer and every device that took it as
+    /// a change lost it. No device can serve it as a change, so the record
+    /// stayed deleted here and came back nowhere else (the simulation, 3
+    /// devices, seeds 71 and 532 of every fault), or stayed deleted
+    /// everywhere with a tombstone that waits for a number no one holds,
+    /// never collected (seed 217). Written again, it has a number, reaches
+    /// every device, and is collected as any delete. A delete this device
+    /// merely received early (its number on the way from another peer)
+    /// is written twice: the two tombstones merge. Returns how many were
+    /// written.
+    pub(crate) async fn republish_unheld_deletes(&self) -> Result<usize, EngineError> {
+        let registry = self.registry();
+        let received = self.received();
+        let me = self.device();
+        let stored = stored_with(
+            self.db(),
+            registry,
+            Some(Presence::Deleted),
+            &BTreeSet::new(),
+        )
+        .await?;
+        let unheld: Vec<RecordKey> = stored
+            .into_iter()
+            .filter(|(_, _, state)| match state {
+                RecordState::Shared(SharedState {
+                    tombstone: Some(t), ..
+                }) => t.delete.is_some_and(|(o, s)| !received.contains(o, s)),
+                RecordState::Owned(o) => {
+                    o.is_delete()
+                        && o.change.device == me
+                        && !received.contains(o.change.origin, o.change.seq)
+                }
+                _ => false,
+            })
+            .filter_map(|(desc, id, _)| {
+                Some(RecordKey {
+                    rank: registry.rank(desc.name())?,
+                    id,
+                })
+            })
+            .collect();
+        if unheld.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin().await?;
+        for key in &unheld {
+            tx.delete_again(key.rank, key.id)?;
+        }
+        tx.commit().await?;
+        tracing::warn!(
+            records = unheld.len(),
+            "deletes no device can serve as changes (their numbers lost) written again"
+        );
+        Ok(unheld.len())
     }
 
     /// Settles a resync a crash interrupted after its snapshot completed.
@@ -832,6 +946,9 @@ fn held_records(
 
 /// A record: its model's wire name and its id.
 type RecordId = (&'static str, Uuid);
+
+/// Records forgotten, and fields of others to write again.
+type Forgotten = (usize, Vec<(RecordKey, Vec<(String, WireValue)>)>);
 
 /// Whether a state is the creation of a record that pages of a snapshot
 /// given up brought and no device may hold: its writes are ones this

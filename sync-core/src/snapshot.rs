@@ -376,6 +376,7 @@ impl Engine {
                     .await?;
                 report.held_back.extend(tail.held_back);
             }
+            self.republish_unheld_deletes().await?;
         }
         Ok((report, complete))
     }

@@ -66,7 +66,12 @@ enum PendingWrite {
         values: Vec<WireValue>,
         fields: Vec<usize>,
     },
-    Delete,
+    /// `again`: the record is deleted here already, and its delete is
+    /// written once more (see `Engine::republish_unheld_deletes`).
+    Delete { again: bool },
+    /// Fields of a shared record written again as they stand (the row
+    /// shows them already; see `Engine::forget_given_up`).
+    Again(Vec<(String, WireValue)>),
 }
 
 impl std::fmt::Debug for SyncTransaction<'_> {
@@ -413,7 +418,7 @@ impl<'e> SyncTransaction<'e> {
         let mut script = store::Script::default();
         store::delete_rows(&mut script, desc, &[row.local_key()]);
         script.run(&self.w.tx).await?;
-        self.stamp(rank, id, PendingWrite::Delete);
+        self.stamp(rank, id, PendingWrite::Delete { again: false });
         Ok(true)
     }
 
@@ -473,7 +478,30 @@ impl<'e> SyncTransaction<'e> {
             store::delete_rows(&mut script, desc, &[k]);
             script.run(&self.w.tx).await?;
         }
-        self.stamp(rank, id, PendingWrite::Delete);
+        self.stamp(rank, id, PendingWrite::Delete { again: false });
+        Ok(())
+    }
+
+    /// Writes the delete of a record deleted here already once more, under
+    /// this incarnation: a delete whose number no device holds gets one. A
+    /// device-owned record must be this device's.
+    pub(crate) fn delete_again(&mut self, rank: Rank, id: Uuid) -> Result<(), EngineError> {
+        self.check()?;
+        self.stamp(rank, id, PendingWrite::Delete { again: true });
+        Ok(())
+    }
+
+    /// Writes fields of a shared record once more, as they stand here,
+    /// under this incarnation: field writes whose numbers no device holds
+    /// get one.
+    pub(crate) fn write_again(
+        &mut self,
+        rank: Rank,
+        id: Uuid,
+        fields: Vec<(String, WireValue)>,
+    ) -> Result<(), EngineError> {
+        self.check()?;
+        self.stamp(rank, id, PendingWrite::Again(fields));
         Ok(())
     }
 
@@ -571,14 +599,29 @@ impl<'e> SyncTransaction<'e> {
                 id: p.id,
             };
             let slot = working.entry(key).or_default();
-            if slot.as_ref().is_some_and(RecordState::is_deleted) {
+            if slot.as_ref().is_some_and(RecordState::is_deleted)
+                && !matches!(p.write, PendingWrite::Delete { again: true })
+            {
                 return Err(EngineError::Deleted {
                     model: meta.name,
                     record: p.id,
                 });
             }
             let op = match &p.write {
-                PendingWrite::Delete => Op::Delete {
+                PendingWrite::Again(fields) => Op::Upsert(
+                    fields
+                        .iter()
+                        .map(|(name, value)| FieldChange {
+                            name: name.clone(),
+                            value: value.clone(),
+                            base: match (meta.ownership, slot.as_ref()) {
+                                (Ownership::Shared, Some(state)) => state.field_clock(name),
+                                _ => None,
+                            },
+                        })
+                        .collect(),
+                ),
+                PendingWrite::Delete { .. } => Op::Delete {
                     seen: slot.as_ref().and_then(RecordState::latest),
                 },
                 PendingWrite::Upsert {

@@ -432,6 +432,168 @@ async fn a_snapshot_whose_server_opened_again_is_started_over() {
     assert_eq!(b.engine.vector(), a.engine.vector());
 }
 
+/// A delete that a snapshot given up brought, whose server lost it (a
+/// power loss) and which no other device took, is written again by the
+/// device that holds it once its next snapshot completes: no device could
+/// serve it as a change, so the record stayed deleted there and present
+/// everywhere else (the simulation, 3 devices, seeds 71 and 532 of every
+/// fault; or, held as a tombstone everywhere, never collected: seed 217).
+#[tokio::test]
+async fn a_delete_only_a_given_up_snapshot_brought_is_written_again() {
+    let (r, mut net) = net_with_restorable(1, 121).await;
+    net.pair_all().await;
+    write_tags(&mut net, 0, 2, "kept").await;
+    // The greatest id: its row comes after the cursor.
+    let doomed = Uuid::from_u128(u128::MAX);
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    tx.insert(tag::ActiveModel {
+        gid: Set(doomed),
+        ..new_tag("doomed")
+    })
+    .await
+    .unwrap();
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    // b's first page fixes the vector; a's files are copied then; a
+    // deletes the tag, and a page brings the tombstone to b.
+    assert!(!next_page(&net, 0, 1).await);
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    assert!(tx.delete::<tag::Model>(doomed).await.unwrap());
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    for _ in 0..100 {
+        assert!(!next_page(&net, 0, 1).await, "more pages follow the tag's");
+        if !tag_names(&net.nodes[1].dev).await.contains("doomed") && {
+            let s = steps::describe_record(&net.nodes[1].dev.engine, "tags", doomed)
+                .await
+                .unwrap();
+            s.starts_with("Deleted")
+        } {
+            break;
+        }
+    }
+
+    // a goes back to the copy: the delete is lost there, and the snapshot
+    // starts over; its rows bring the tag as a's copy holds it.
+    restore(&mut net, 0, &r, 1).await;
+    assert!(tag_names(&net.nodes[0].dev).await.contains("doomed"));
+    while !next_page(&net, 0, 1).await {}
+    let b = &net.nodes[1].dev;
+    assert!(
+        !tag_names(b).await.contains("doomed"),
+        "the tombstone beats the older row"
+    );
+    // b wrote the delete again, under its own number.
+    assert!(
+        b.engine.vector().get(b.engine.origin()) > 0,
+        "b wrote: {:?}",
+        b.engine.vector()
+    );
+    net.connect_all().await;
+    assert!(net.settle(10).await, "the two converge");
+    for n in &net.nodes {
+        assert!(
+            !tag_names(&n.dev).await.contains("doomed"),
+            "the delete stands everywhere"
+        );
+    }
+    let (a, b) = (&net.nodes[0].dev, &net.nodes[1].dev);
+    assert_eq!(tag_names(a).await, tag_names(b).await);
+    assert_eq!(a.engine.vector(), b.engine.vector());
+    for n in &net.nodes {
+        n.dev.time.advance(Duration::from_secs(60));
+    }
+    net.gossip(4).await;
+    for (i, n) in net.nodes.iter().enumerate() {
+        let collected = n
+            .dev
+            .engine
+            .collect_tombstones(Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(collected.shared, 1, "device {i} collects the tombstone");
+    }
+}
+
+/// The colour of the tag `gid` on device `d`, if the tag is there.
+async fn tag_color(d: &Device, gid: Uuid) -> Option<Option<String>> {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    tag::Entity::find()
+        .filter(tag::Column::Gid.eq(gid))
+        .one(d.engine.database())
+        .await
+        .unwrap()
+        .map(|t| t.color)
+}
+
+/// An update that a snapshot given up brought, whose server lost it and
+/// which no other device took, is written again by the device that holds
+/// it when the snapshot starts over: its field's clock beats the older
+/// state the new snapshot brings, so that device alone showed it (the
+/// simulation, 3 devices, seed 532 of every fault: a tag's colour).
+#[tokio::test]
+async fn an_update_only_a_given_up_snapshot_brought_is_written_again() {
+    let (r, mut net) = net_with_restorable(1, 122).await;
+    net.pair_all().await;
+    write_tags(&mut net, 0, 2, "kept").await;
+    let painted = Uuid::from_u128(u128::MAX);
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    let tag = tx
+        .insert(tag::ActiveModel {
+            gid: Set(painted),
+            ..new_tag("painted")
+        })
+        .await
+        .unwrap();
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    assert!(!next_page(&net, 0, 1).await);
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    tx.update(tag::Model {
+        color: Some("red".into()),
+        ..tag
+    })
+    .await
+    .unwrap();
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    for _ in 0..100 {
+        assert!(!next_page(&net, 0, 1).await, "more pages follow the tag's");
+        if tag_color(&net.nodes[1].dev, painted).await == Some(Some("red".into())) {
+            break;
+        }
+    }
+    assert_eq!(
+        tag_color(&net.nodes[1].dev, painted).await,
+        Some(Some("red".into()))
+    );
+
+    // a goes back to the copy: the update is lost there; the snapshot
+    // starts over, and b writes the colour again.
+    restore(&mut net, 0, &r, 1).await;
+    assert_eq!(tag_color(&net.nodes[0].dev, painted).await, Some(None));
+    while !next_page(&net, 0, 1).await {}
+    let b = &net.nodes[1].dev;
+    assert!(
+        b.engine.vector().get(b.engine.origin()) > 0,
+        "b wrote: {:?}",
+        b.engine.vector()
+    );
+    net.connect_all().await;
+    assert!(net.settle(10).await, "the two converge");
+    for n in &net.nodes {
+        assert_eq!(
+            tag_color(&n.dev, painted).await,
+            Some(Some("red".into())),
+            "the colour stands everywhere"
+        );
+    }
+    let (a, b) = (&net.nodes[0].dev, &net.nodes[1].dev);
+    assert_eq!(a.engine.vector(), b.engine.vector());
+}
+
 /// One page (of one row) of device `to`'s backfill, served by device
 /// `from` and applied; whether the backfill is complete.
 async fn next_page(net: &Net, from: usize, to: usize) -> bool {
