@@ -23,7 +23,7 @@ pub(crate) use trust::*;
 
 /// The schema this engine writes. Bumped by every change to the `_sync_*`
 /// tables.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// The engine's storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -448,6 +448,10 @@ async fn upgrade<C: ConnectionTrait>(db: &C, from: u32) -> Result<(), StoreError
             db.execute_unprepared("DROP TABLE _sync_held_v3").await?;
             Ok(())
         }
+        // Version 5 adds `_sync_pruned_ahead`, created with the other
+        // tables; an engine of version 4 would not know of the ranges it
+        // holds, and would serve a peer that lacks one nothing.
+        4 => Ok(()),
         found => Err(StoreError::OlderSchema { found }),
     }
 }
