@@ -432,6 +432,27 @@ async fn a_snapshot_whose_server_opened_again_is_started_over() {
     assert_eq!(b.engine.vector(), a.engine.vector());
 }
 
+/// a and b paired, a holding two tags and `name`, whose id is the
+/// greatest (its row comes after the cursor); b's backfill from a past its
+/// first page, which fixed the snapshot's vector; a's files copied then.
+async fn tag_after_the_cursor(net: &mut Net, r: &Restorable, name: &str) -> tag::Model {
+    net.pair_all().await;
+    write_tags(net, 0, 2, "kept").await;
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    let tag = tx
+        .insert(tag::ActiveModel {
+            gid: Set(Uuid::from_u128(u128::MAX)),
+            ..new_tag(name)
+        })
+        .await
+        .unwrap();
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    assert!(!next_page(net, 0, 1).await);
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+    tag
+}
+
 /// A delete that a snapshot given up brought, whose server lost it (a
 /// power loss) and which no other device took, is written again by the
 /// device that holds it once its next snapshot completes: no device could
@@ -441,23 +462,8 @@ async fn a_snapshot_whose_server_opened_again_is_started_over() {
 #[tokio::test]
 async fn a_delete_only_a_given_up_snapshot_brought_is_written_again() {
     let (r, mut net) = net_with_restorable(1, 121).await;
-    net.pair_all().await;
-    write_tags(&mut net, 0, 2, "kept").await;
-    // The greatest id: its row comes after the cursor.
-    let doomed = Uuid::from_u128(u128::MAX);
-    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
-    tx.insert(tag::ActiveModel {
-        gid: Set(doomed),
-        ..new_tag("doomed")
-    })
-    .await
-    .unwrap();
-    let c = tx.commit().await.unwrap();
-    net.committed(0, c);
-    // b's first page fixes the vector; a's files are copied then; a
-    // deletes the tag, and a page brings the tombstone to b.
-    assert!(!next_page(&net, 0, 1).await);
-    snapshot(&net.nodes[0].dev, &r.copy).await;
+    let doomed = tag_after_the_cursor(&mut net, &r, "doomed").await.gid;
+    // a deletes the tag, and a page brings the tombstone to b.
     let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
     assert!(tx.delete::<tag::Model>(doomed).await.unwrap());
     let c = tx.commit().await.unwrap();
@@ -535,21 +541,9 @@ async fn tag_color(d: &Device, gid: Uuid) -> Option<Option<String>> {
 #[tokio::test]
 async fn an_update_only_a_given_up_snapshot_brought_is_written_again() {
     let (r, mut net) = net_with_restorable(1, 122).await;
-    net.pair_all().await;
-    write_tags(&mut net, 0, 2, "kept").await;
-    let painted = Uuid::from_u128(u128::MAX);
-    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
-    let tag = tx
-        .insert(tag::ActiveModel {
-            gid: Set(painted),
-            ..new_tag("painted")
-        })
-        .await
-        .unwrap();
-    let c = tx.commit().await.unwrap();
-    net.committed(0, c);
-    assert!(!next_page(&net, 0, 1).await);
-    snapshot(&net.nodes[0].dev, &r.copy).await;
+    let tag = tag_after_the_cursor(&mut net, &r, "painted").await;
+    let painted = tag.gid;
+    // a colours the tag, and a page brings the colour to b.
     let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
     tx.update(tag::Model {
         color: Some("red".into()),

@@ -1,7 +1,7 @@
 //! `_sync_log`: shared changes as their origin encoded them, kept until
 //! every peer has them.
 
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, Value};
 use uuid::Uuid;
 
 use super::{Script, StoreError, blob, count, get_u64, int, stmt, uuid_value};
@@ -72,6 +72,14 @@ pub(crate) async fn log_len<C: ConnectionTrait>(db: &C) -> Result<u64, StoreErro
     count(db, "SELECT COUNT(*) AS n FROM _sync_log", vec![]).await
 }
 
+/// Drops the log entries of an origin numbered `start..=end`; bound to
+/// [`range_values`].
+const DELETE_RANGE: &str = "DELETE FROM _sync_log WHERE origin = ? AND seq >= ? AND seq <= ?";
+
+fn range_values(origin: Uuid, start: u64, end: u64) -> Result<Vec<Value>, StoreError> {
+    Ok(vec![uuid_value(origin), int(start)?, int(end)?])
+}
+
 /// Drops the log entries of `origin` numbered `start..=end` (held beyond a
 /// gap; the caller records the range).
 pub(crate) async fn prune_log_range<C: ConnectionTrait>(
@@ -81,10 +89,7 @@ pub(crate) async fn prune_log_range<C: ConnectionTrait>(
     end: u64,
 ) -> Result<u64, StoreError> {
     let result = db
-        .execute_raw(stmt(
-            "DELETE FROM _sync_log WHERE origin = ? AND seq >= ? AND seq <= ?",
-            vec![uuid_value(origin), int(start)?, int(end)?],
-        ))
+        .execute_raw(stmt(DELETE_RANGE, range_values(origin, start, end)?))
         .await?;
     Ok(result.rows_affected())
 }
@@ -96,10 +101,7 @@ pub(crate) fn drop_log_range(
     start: u64,
     end: u64,
 ) -> Result<(), StoreError> {
-    script.push(
-        "DELETE FROM _sync_log WHERE origin = ? AND seq >= ? AND seq <= ?".into(),
-        vec![uuid_value(origin), int(start)?, int(end)?],
-    );
+    script.push(DELETE_RANGE.into(), range_values(origin, start, end)?);
     Ok(())
 }
 
