@@ -453,6 +453,19 @@ async fn tag_after_the_cursor(net: &mut Net, r: &Restorable, name: &str) -> tag:
     tag
 }
 
+/// b wrote under its own incarnation (what it held that no device could
+/// serve); then a and b, connected, converge.
+async fn wrote_again_then_converged(net: &mut Net) {
+    let b = &net.nodes[1].dev;
+    assert!(
+        b.engine.vector().get(b.engine.origin()) > 0,
+        "b wrote: {:?}",
+        b.engine.vector()
+    );
+    net.connect_all().await;
+    assert!(net.settle(10).await, "the two converge");
+}
+
 /// A delete that a snapshot given up brought, whose server lost it (a
 /// power loss) and which no other device took, is written again by the
 /// device that holds it once its next snapshot completes: no device could
@@ -491,13 +504,7 @@ async fn a_delete_only_a_given_up_snapshot_brought_is_written_again() {
         "the tombstone beats the older row"
     );
     // b wrote the delete again, under its own number.
-    assert!(
-        b.engine.vector().get(b.engine.origin()) > 0,
-        "b wrote: {:?}",
-        b.engine.vector()
-    );
-    net.connect_all().await;
-    assert!(net.settle(10).await, "the two converge");
+    wrote_again_then_converged(&mut net).await;
     for n in &net.nodes {
         assert!(
             !tag_names(&n.dev).await.contains("doomed"),
@@ -569,14 +576,7 @@ async fn an_update_only_a_given_up_snapshot_brought_is_written_again() {
     restore(&mut net, 0, &r, 1).await;
     assert_eq!(tag_color(&net.nodes[0].dev, painted).await, Some(None));
     while !next_page(&net, 0, 1).await {}
-    let b = &net.nodes[1].dev;
-    assert!(
-        b.engine.vector().get(b.engine.origin()) > 0,
-        "b wrote: {:?}",
-        b.engine.vector()
-    );
-    net.connect_all().await;
-    assert!(net.settle(10).await, "the two converge");
+    wrote_again_then_converged(&mut net).await;
     for n in &net.nodes {
         assert_eq!(
             tag_color(&n.dev, painted).await,
