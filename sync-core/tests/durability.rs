@@ -36,6 +36,11 @@ async fn write_tags(net: &mut Net, i: usize, n: usize, prefix: &str) {
     net.committed(i, changes);
 }
 
+/// Whether the volume `vol` is shown in `db`.
+async fn has_volume(db: &sea_orm::DatabaseConnection, vol: Uuid) -> bool {
+    volume::Model::find_by_id(db, vol).await.unwrap().is_some()
+}
+
 /// A volume owned by device `i`, committed and pushed; its id.
 async fn write_volume(net: &mut Net, i: usize) -> Uuid {
     let mut tx = net.nodes[i].dev.engine.begin().await.unwrap();
@@ -183,10 +188,7 @@ async fn volume_deleted_and_collected(seed: u64) -> (Restorable, Net, Uuid) {
 async fn assert_volume_stays_deleted(net: &Net, vol: Uuid) {
     for n in &net.nodes {
         assert!(
-            volume::Model::find_by_id(n.dev.engine.database(), vol)
-                .await
-                .unwrap()
-                .is_none(),
+            !has_volume(n.dev.engine.database(), vol).await,
             "the volume stays deleted"
         );
     }
@@ -514,17 +516,8 @@ async fn a_delete_only_a_given_up_snapshot_brought_is_written_again() {
     let (a, b) = (&net.nodes[0].dev, &net.nodes[1].dev);
     assert_eq!(tag_names(a).await, tag_names(b).await);
     assert_eq!(a.engine.vector(), b.engine.vector());
-    for n in &net.nodes {
-        n.dev.time.advance(Duration::from_secs(60));
-    }
     net.gossip(4).await;
-    for (i, n) in net.nodes.iter().enumerate() {
-        let collected = n
-            .dev
-            .engine
-            .collect_tombstones(Duration::ZERO)
-            .await
-            .unwrap();
+    for (i, collected) in collect_everywhere(&net).await.iter().enumerate() {
         assert_eq!(collected.shared, 1, "device {i} collects the tombstone");
     }
 }
@@ -662,8 +655,9 @@ async fn rows_of_a_snapshot_its_server_lost_are_forgotten() {
             !next_page(&net, 0, 1).await,
             "a goes back before the last page"
         );
-        let vol_here = volume::Model::find_by_id(b.database(), vol).await.unwrap();
-        if vol_here.is_some() && tag_names(&net.nodes[1].dev).await.contains("lost0") {
+        if has_volume(b.database(), vol).await
+            && tag_names(&net.nodes[1].dev).await.contains("lost0")
+        {
             break;
         }
     }
@@ -673,10 +667,7 @@ async fn rows_of_a_snapshot_its_server_lost_are_forgotten() {
     restore(&mut net, 0, &r, 1).await;
     while !next_page(&net, 0, 1).await {}
     assert!(
-        volume::Model::find_by_id(b.database(), vol)
-            .await
-            .unwrap()
-            .is_none(),
+        !has_volume(b.database(), vol).await,
         "the lost volume is forgotten"
     );
     let names = tag_names(&net.nodes[1].dev).await;
@@ -897,10 +888,7 @@ async fn a_write_superseded_by_an_older_delete_is_passed_as_a_husk() {
             "every device passes the rename's number"
         );
         assert!(
-            volume::Model::find_by_id(n.dev.engine.database(), vol)
-                .await
-                .unwrap()
-                .is_none(),
+            !has_volume(n.dev.engine.database(), vol).await,
             "the volume is deleted everywhere"
         );
     }
@@ -923,12 +911,7 @@ async fn a_device_that_went_back_past_a_collected_delete_drops_the_record_on_res
     // a goes back to before the delete: the volume is there again, and no
     // device can serve the delete as a change.
     restore(&mut net, 0, &r, 1).await;
-    assert!(
-        volume::Model::find_by_id(net.nodes[0].dev.engine.database(), vol)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(has_volume(net.nodes[0].dev.engine.database(), vol).await);
     net.connect_all().await;
     assert!(net.settle(5).await);
     assert_volume_stays_deleted(&net, vol).await;
@@ -977,10 +960,7 @@ async fn a_write_past_a_collected_delete_is_dropped_by_its_writers_resync() {
     steps::restart_backfill(&a, false).await.unwrap();
     while !next_page(&net, 1, 0).await {}
     assert!(
-        volume::Model::find_by_id(a.database(), vol)
-            .await
-            .unwrap()
-            .is_none(),
+        !has_volume(a.database(), vol).await,
         "a drops the volume it renamed"
     );
     net.connect_all().await;
@@ -1239,10 +1219,7 @@ async fn a_snapshot_from_a_device_that_went_back_brings_no_collected_record_back
         .unwrap();
     steps::apply_snapshot(&b.engine, page).await.unwrap();
     assert!(
-        volume::Model::find_by_id(b.engine.database(), vol)
-            .await
-            .unwrap()
-            .is_none(),
+        !has_volume(b.engine.database(), vol).await,
         "the volume stays deleted"
     );
     assert!(
@@ -1324,12 +1301,7 @@ async fn a_husk_is_believed_beside_a_delete_whose_tombstone_was_collected() {
                 .iter()
                 .all(|p| p.held_back.is_empty())
         );
-        assert!(
-            volume::Model::find_by_id(n.dev.engine.database(), vol)
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(!has_volume(n.dev.engine.database(), vol).await);
     }
 }
 
@@ -1386,10 +1358,7 @@ async fn a_delete_beyond_a_gap_no_one_can_fill_is_collected() {
             "{names:?}"
         );
         assert!(
-            volume::Model::find_by_id(n.dev.engine.database(), vol)
-                .await
-                .unwrap()
-                .is_none(),
+            !has_volume(n.dev.engine.database(), vol).await,
             "the volume is deleted everywhere"
         );
         assert_eq!(
@@ -1399,13 +1368,7 @@ async fn a_delete_beyond_a_gap_no_one_can_fill_is_collected() {
         );
         n.dev.time.advance(Duration::from_secs(60));
     }
-    for (i, n) in net.nodes.iter().enumerate() {
-        let collected = n
-            .dev
-            .engine
-            .collect_tombstones(Duration::ZERO)
-            .await
-            .unwrap();
+    for (i, collected) in collect_everywhere(&net).await.iter().enumerate() {
         assert_eq!(
             collected.owned, 1,
             "device {i}: every member holds the delete above the gap"
@@ -1592,10 +1555,7 @@ async fn a_write_a_snapshot_row_replaces_is_kept_as_a_husk() {
         }
     }
     assert!(
-        volume::Model::find_by_id(a.engine.database(), vol)
-            .await
-            .unwrap()
-            .is_none(),
+        !has_volume(a.engine.database(), vol).await,
         "the delete stands on a"
     );
     assert_eq!(
