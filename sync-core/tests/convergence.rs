@@ -15,7 +15,7 @@ mod common;
 use std::time::Duration;
 
 use common::device;
-use common::workload::{Action, action, perform};
+use common::workload::{Action, action, perform, seed_ids};
 use proptest::prelude::*;
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
@@ -23,6 +23,7 @@ use sync_core::Change;
 use uuid::Uuid;
 
 async fn run(steps: Vec<(usize, Action, u8)>, writers_n: usize, seed: u64) {
+    seed_ids(seed);
     let mut writers = Vec::new();
     for n in 0..writers_n {
         writers.push(device(n as u128 + 1).await);

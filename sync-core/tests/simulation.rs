@@ -14,7 +14,7 @@
 mod common;
 
 use common::sim::{Faults, Net};
-use common::workload::{Action, action, perform};
+use common::workload::{Action, action, perform, seed_ids};
 use common::{device, open_device};
 use proptest::prelude::*;
 
@@ -59,6 +59,7 @@ async fn restart(net: &mut Net, i: usize) {
 }
 
 async fn run(n: usize, seed: u64, steps: Vec<Step>, faults: Faults) {
+    seed_ids(seed);
     let mut devices = Vec::new();
     for i in 0..n {
         devices.push(device(i as u128 + 1).await);

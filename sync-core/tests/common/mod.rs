@@ -452,7 +452,8 @@ pub async fn open_device(db: DatabaseConnection, n: u128, time: ManualTime) -> D
     let id = key.device();
     let config = EngineConfig::new()
         .time(Arc::new(time.clone()))
-        .max_drift(Duration::from_secs(5));
+        .max_drift(Duration::from_secs(5))
+        .origin(workload::fresh_id());
     let engine = Engine::open(db, key, config).await.unwrap();
     Device { engine, time, id }
 }

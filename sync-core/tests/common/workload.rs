@@ -2,11 +2,32 @@
 //! takes, chosen by proptest, performed through the engine.
 
 use proptest::prelude::*;
+use rand::{SeedableRng, rngs::StdRng};
 use sea_orm::{ActiveValue::Set, EntityTrait};
 use sync_core::{Change, SyncModel};
 use uuid::Uuid;
 
 use super::{Device, collection, entry, label, location, membership, tag, volume};
+
+thread_local! {
+    /// Where new records' ids and devices' incarnations come from once a
+    /// case has seeded it, so that the case replays with the same ids (and
+    /// so picks the same records and breaks clock ties the same way).
+    static IDS: std::cell::RefCell<Option<StdRng>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Seeds the ids this thread hands out; a case calls it first.
+pub fn seed_ids(seed: u64) {
+    IDS.with(|ids| *ids.borrow_mut() = Some(StdRng::seed_from_u64(seed)));
+}
+
+/// A new id: from the seeded ids if this thread has them, else random.
+pub fn fresh_id() -> Uuid {
+    IDS.with(|ids| match ids.borrow_mut().as_mut() {
+        Some(rng) => uuid::Builder::from_random_bytes(rng.random()).into_uuid(),
+        None => Uuid::new_v4(),
+    })
+}
 
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -113,7 +134,7 @@ pub async fn perform(d: &Device, action: &Action) -> Vec<Change> {
         Action::CreateLabel(n) => {
             if let Some(slug) = free(n) {
                 tx.insert(label::ActiveModel {
-                    gid: Set(Uuid::new_v4()),
+                    gid: Set(fresh_id()),
                     slug: Set(slug),
                     title: Set(String::new()),
                     ..Default::default()
@@ -131,7 +152,7 @@ pub async fn perform(d: &Device, action: &Action) -> Vec<Change> {
         Action::CreateLocation(v) => {
             let loc = tx
                 .insert(location::ActiveModel {
-                    gid: Set(Uuid::new_v4()),
+                    gid: Set(fresh_id()),
                     device: Set(d.id),
                     volume_id: Set(v.and_then(|v| pick(&vols, v)).map(|v| v.id)),
                     root_entry_id: Set(None),
@@ -143,7 +164,7 @@ pub async fn perform(d: &Device, action: &Action) -> Vec<Change> {
             // Close the location <-> entry cycle through its root entry.
             let root = tx
                 .insert(entry::ActiveModel {
-                    gid: Set(Uuid::new_v4()),
+                    gid: Set(fresh_id()),
                     device: Set(d.id),
                     location_id: Set(loc.id),
                     parent_id: Set(None),
@@ -169,7 +190,7 @@ pub async fn perform(d: &Device, action: &Action) -> Vec<Change> {
                     .filter(|e| e.location_id == l.id)
                     .map(|e| e.id);
                 tx.insert(entry::ActiveModel {
-                    gid: Set(Uuid::new_v4()),
+                    gid: Set(fresh_id()),
                     device: Set(d.id),
                     location_id: Set(l.id),
                     parent_id: Set(parent),
@@ -194,7 +215,7 @@ pub async fn perform(d: &Device, action: &Action) -> Vec<Change> {
         }
         Action::CreateTag(n) => {
             tx.insert(tag::ActiveModel {
-                gid: Set(Uuid::new_v4()),
+                gid: Set(fresh_id()),
                 name: Set(format!("t{n}")),
                 color: Set(None),
                 weight: Set(0),
@@ -235,7 +256,7 @@ pub async fn perform(d: &Device, action: &Action) -> Vec<Change> {
         }
         Action::CreateCollection(n) => {
             tx.insert(collection::ActiveModel {
-                gid: Set(Uuid::new_v4()),
+                gid: Set(fresh_id()),
                 name: Set(format!("c{n}")),
                 ..Default::default()
             })
@@ -250,7 +271,7 @@ pub async fn perform(d: &Device, action: &Action) -> Vec<Change> {
         Action::CreateMembership(c, t) => {
             if let Some(c) = pick(&colls, c) {
                 tx.insert(membership::ActiveModel {
-                    gid: Set(Uuid::new_v4()),
+                    gid: Set(fresh_id()),
                     collection_id: Set(c.id),
                     tag_id: Set(t.and_then(|t| pick(&tags, t)).map(|t| t.id)),
                     note: Set(String::new()),
@@ -268,7 +289,7 @@ pub async fn perform(d: &Device, action: &Action) -> Vec<Change> {
         }
         Action::CreateVolume(n) => {
             tx.insert(volume::ActiveModel {
-                gid: Set(Uuid::new_v4()),
+                gid: Set(fresh_id()),
                 device: Set(d.id),
                 name: Set(format!("v{n}")),
                 capacity: Set(Some(i64::from(n))),
