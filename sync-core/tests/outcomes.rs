@@ -1335,3 +1335,54 @@ async fn changes_held_back_for_now_are_counted_once_and_reported_to_both_sides()
     assert_eq!(a.content().await, b.content().await);
     assert!(b.engine.status().peers[0].held_back.is_empty());
 }
+
+/// A membership whose tag has not arrived shows no tag; its note edited
+/// there, then the tag arriving, it shows the tag like everywhere else: the
+/// edit writes the note only, and the reference still waits for its tag
+/// (the convergence property, 3 writers: a writer's own edit of such a row
+/// left it without its tag for good).
+#[tokio::test]
+async fn an_edit_of_a_row_whose_reference_has_not_arrived_keeps_the_reference() {
+    let (a, b, c) = (device(1).await, device(2).await, device(3).await);
+    let mut tx = a.engine.begin().await.unwrap();
+    tx.insert(new_tag("far")).await.unwrap();
+    let tag_made = tx.commit().await.unwrap();
+    b.receive(&tag_made).await;
+    let b_tag = rows::<tag::Model>(&b).await[0].id;
+    let mut tx = b.engine.begin().await.unwrap();
+    let coll = tx.insert(common::new_collection("trip")).await.unwrap();
+    tx.insert(membership::ActiveModel {
+        gid: Set(Uuid::new_v4()),
+        collection_id: Set(coll.id),
+        tag_id: Set(Some(b_tag)),
+        note: Set(String::new()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let made = tx.commit().await.unwrap();
+    // c hears b, not a: the member's tag is not here, so it shows none.
+    c.receive(&made).await;
+    let shown = rows::<membership::Model>(&c).await;
+    assert_eq!(shown.len(), 1);
+    assert_eq!(shown[0].tag_id, None);
+    let mut tx = c.engine.begin().await.unwrap();
+    tx.update(membership::Model {
+        note: "edited".into(),
+        ..shown[0].clone()
+    })
+    .await
+    .unwrap();
+    let edit = tx.commit().await.unwrap();
+    assert!(
+        edit.iter().all(|ch| ch.field("tag_id").is_none()),
+        "the edit wrote the reference it never changed: {edit:?}"
+    );
+    c.receive(&tag_made).await;
+    b.receive(&edit).await;
+    let c_tag = rows::<tag::Model>(&c).await[0].id;
+    let shown = rows::<membership::Model>(&c).await;
+    assert_eq!(shown[0].tag_id, Some(c_tag), "c shows the member's tag");
+    assert_eq!(shown[0].note, "edited");
+    assert_eq!(c.content().await, b.content().await);
+}

@@ -438,6 +438,13 @@ impl<'a> Planner<'a> {
         };
         if let Some(k) = self.input.fixed.get(&key) {
             decision.key = Some(*k);
+            // The application wrote this row as it stands; a reference it
+            // shows null because its record has not arrived keeps waiting
+            // for that record, so that the row shows it once it does.
+            decision.waits = self.fixed_waits(key)?;
+            for target in &decision.waits {
+                self.waiting_on.entry(*target).or_default().insert(key);
+            }
             return Some(decision);
         }
         let desc = self.registry.at(key.rank)?;
@@ -568,6 +575,43 @@ impl<'a> Planner<'a> {
         if let Some(d) = self.decisions.get_mut(&key) {
             d.key = Some(next);
         }
+    }
+
+    /// The records a row the application wrote waits for: those its state
+    /// refers to that are not shown here yet (its row shows them null).
+    /// `None` until the plan knows where each of them stands.
+    fn fixed_waits(&mut self, key: RecordKey) -> Option<Vec<RecordKey>> {
+        let meta = self.registry.at(key.rank)?.meta();
+        let Some(state) = self.state(key)? else {
+            return Some(Vec::new());
+        };
+        let mut targets = Vec::new();
+        for field in meta.fields {
+            let FieldRole::Reference { target } = field.role else {
+                continue;
+            };
+            let (Some(WireValue::Uuid(Some(parent))), Some(rank)) =
+                (state.value(field.name), self.registry.rank(target))
+            else {
+                continue;
+            };
+            targets.push(RecordKey { rank, id: *parent });
+        }
+        let mut waits = Vec::new();
+        let mut missing = false;
+        for target in targets {
+            match self.resolve(target) {
+                None => missing = true,
+                Some(Target::Shown(_)) => {}
+                Some(Target::Gone) => {
+                    if self.presence(target).map(|p| p.0) != Some(Presence::Deleted) {
+                        waits.push(target);
+                    }
+                }
+                Some(Target::Pending) => waits.push(target),
+            }
+        }
+        (!missing).then_some(waits)
     }
 
     /// The values of a shown row: data as held, references as local keys.
