@@ -12,7 +12,9 @@
 //! `apply` (received shared inserts and one-field updates), `trust` (the
 //! same inserts signed by their origin and verified on receipt, beside the
 //! trusted apply), `catchup` (a device that missed changes catches up
-//! through the protocol, in memory). Over loopback QUIC, with real nodes on
+//! through the protocol, in memory), `collect` (a tombstone collection pass
+//! over the inserts' records, 1% of them deleted, beside a plain read of
+//! them). Over loopback QUIC, with real nodes on
 //! a two-worker runtime: `latency` (one write to 2 and 10 devices, beside a
 //! raw quinn round trip of the same bytes), `transfer` (a 1,000-write
 //! transaction; a restarted device catching up 1,000 and 100,000 missed
@@ -46,7 +48,8 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Parser, Debug)]
 #[command(about = "Syncable against plain sea-orm, same rows, same run")]
 struct Args {
-    /// Sections to run: write, apply, catchup (all when none is named).
+    /// Sections to run: write, apply, trust, catchup, collect, latency,
+    /// transfer, backfill, net (all when none is named).
     sections: Vec<String>,
     /// Repetitions of each measurement (min and median are printed).
     #[arg(long, default_value_t = 5)]
@@ -383,6 +386,59 @@ async fn created_by(source: &Engine, n: usize) -> Result<Vec<Change>, Error> {
     Ok(tx.commit().await?)
 }
 
+/// A tombstone collection pass over a library of `inserts` shared records,
+/// 1% of them deleted and none old enough to drop: the pass a node makes
+/// every minute, beside a plain sea-orm read of the same table (what the
+/// pass cost while it read every record).
+async fn collect_section(args: &Args) -> Result<(), Error> {
+    header(
+        "collect: one tombstone collection pass, 1% deleted",
+        "records/s",
+    );
+    let n = args.inserts;
+    let engine = fresh_engine().await?;
+    let created = created_by(&engine, n).await?;
+    let mut tx = engine.begin().await?;
+    for change in created.iter().step_by(100) {
+        tx.delete::<tag::Model>(change.id).await?;
+    }
+    tx.commit().await?;
+    // Ten years: every tombstone here is younger, so none is dropped and
+    // every pass does the same work.
+    let horizon = Duration::from_secs(10 * 365 * 24 * 3600);
+    let ours = measure(args.reps, || {
+        let engine = &engine;
+        async move {
+            let t = Instant::now();
+            let collected = engine.collect_tombstones(horizon).await?;
+            if collected.shared + collected.owned > 0 {
+                return Err("a young tombstone was collected".into());
+            }
+            Ok(t.elapsed())
+        }
+    })
+    .await?;
+    let what = format!("{n} records, {} deleted", n.div_ceil(100));
+    if args.no_baseline {
+        row_alone(&what, n, ours);
+        return Ok(());
+    }
+    let base = measure(args.reps, || {
+        let engine = &engine;
+        async move {
+            let t = Instant::now();
+            let rows = tag::Entity::find().all(engine.database()).await?;
+            if rows.len() + n.div_ceil(100) != n {
+                return Err(format!("read {} tags", rows.len()).into());
+            }
+            Ok(t.elapsed())
+        }
+    })
+    .await?;
+    row(&what, n, ours, base);
+    Ok(())
+}
+
 async fn trust_section(args: &Args) -> Result<(), Error> {
     use syncable::core::__private::steps;
     println!();
@@ -712,6 +768,9 @@ fn main() -> Result<(), Error> {
         }
         if wants("catchup") {
             catchup_section(&args).await?;
+        }
+        if wants("collect") {
+            collect_section(&args).await?;
         }
         Ok::<_, Error>(())
     })?;

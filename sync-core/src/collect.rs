@@ -988,9 +988,14 @@ async fn stored_with<C: ConnectionTrait>(
     pinned: &BTreeSet<RecordId>,
 ) -> Result<Vec<(&'static crate::registry::ModelDescriptor, Uuid, RecordState)>, EngineError> {
     let query = match presence {
+        // A literal, so that the partial index on deleted (or hidden) rows
+        // serves it.
         Some(p) => store::stmt(
-            "SELECT model, record, state FROM _sync_rows WHERE presence = ?",
-            vec![Value::BigInt(Some(p.code()))],
+            &format!(
+                "SELECT model, record, state FROM _sync_rows WHERE presence = {}",
+                p.code()
+            ),
+            vec![],
         ),
         None => store::stmt("SELECT model, record, state FROM _sync_rows", vec![]),
     };

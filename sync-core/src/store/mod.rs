@@ -299,6 +299,12 @@ const TABLES: &[&str] = &[
         UNIQUE (model, record)
     )",
     "CREATE INDEX IF NOT EXISTS _sync_rows_origin ON _sync_rows (origin, seq) WHERE origin IS NOT NULL",
+    // Deleted (2) and hidden (3) records, read whole by tombstone collection
+    // and at the end of a backfill: a few among many, found without reading
+    // the table. Queries name the presence as a literal so that the planner
+    // can prove the index covers them.
+    "CREATE INDEX IF NOT EXISTS _sync_rows_deleted ON _sync_rows (presence) WHERE presence = 2",
+    "CREATE INDEX IF NOT EXISTS _sync_rows_hidden ON _sync_rows (presence) WHERE presence = 3",
     // Shared changes as their origin encoded them, for catch-up and relay
     // until every peer has them.
     "CREATE TABLE IF NOT EXISTS _sync_log (
