@@ -305,6 +305,10 @@ const TABLES: &[&str] = &[
     // can prove the index covers them.
     "CREATE INDEX IF NOT EXISTS _sync_rows_deleted ON _sync_rows (presence) WHERE presence = 2",
     "CREATE INDEX IF NOT EXISTS _sync_rows_hidden ON _sync_rows (presence) WHERE presence = 3",
+    // Records waiting (5) or refused (6), counted when the engine opens: the
+    // count reads this index alone, not the table (its query names the same
+    // literal list).
+    "CREATE INDEX IF NOT EXISTS _sync_rows_waiting ON _sync_rows (presence) WHERE presence IN (5, 6)",
     // Shared changes as their origin encoded them, for catch-up and relay
     // until every peer has them.
     "CREATE TABLE IF NOT EXISTS _sync_log (
