@@ -413,12 +413,7 @@ async fn a_snapshot_whose_server_opened_again_is_started_over() {
     .unwrap();
     let c = tx.commit().await.unwrap();
     net.committed(0, c);
-    for _ in 0..100 {
-        assert!(!next_page(&net, 0, 1).await, "more pages follow the tag's");
-        if tag_names(&net.nodes[1].dev).await.contains("lost0") {
-            break;
-        }
-    }
+    page_until(&net, async |b| tag_names(b).await.contains("lost0")).await;
     assert!(tag_names(&net.nodes[1].dev).await.contains("lost0"));
 
     // a goes back to the copy: the tag is lost, the vector still held.
@@ -483,17 +478,14 @@ async fn a_delete_only_a_given_up_snapshot_brought_is_written_again() {
     assert!(tx.delete::<tag::Model>(doomed).await.unwrap());
     let c = tx.commit().await.unwrap();
     net.committed(0, c);
-    for _ in 0..100 {
-        assert!(!next_page(&net, 0, 1).await, "more pages follow the tag's");
-        if !tag_names(&net.nodes[1].dev).await.contains("doomed") && {
-            let s = steps::describe_record(&net.nodes[1].dev.engine, "tags", doomed)
+    page_until(&net, async |b| {
+        !tag_names(b).await.contains("doomed")
+            && steps::describe_record(&b.engine, "tags", doomed)
                 .await
-                .unwrap();
-            s.starts_with("Deleted")
-        } {
-            break;
-        }
-    }
+                .unwrap()
+                .starts_with("Deleted")
+    })
+    .await;
 
     // a goes back to the copy: the delete is lost there, and the snapshot
     // starts over; its rows bring the tag as a's copy holds it.
@@ -553,12 +545,10 @@ async fn an_update_only_a_given_up_snapshot_brought_is_written_again() {
     .unwrap();
     let c = tx.commit().await.unwrap();
     net.committed(0, c);
-    for _ in 0..100 {
-        assert!(!next_page(&net, 0, 1).await, "more pages follow the tag's");
-        if tag_color(&net.nodes[1].dev, painted).await == Some(Some("red".into())) {
-            break;
-        }
-    }
+    page_until(&net, async |b| {
+        tag_color(b, painted).await == Some(Some("red".into()))
+    })
+    .await;
     assert_eq!(
         tag_color(&net.nodes[1].dev, painted).await,
         Some(Some("red".into()))
@@ -583,6 +573,18 @@ async fn an_update_only_a_given_up_snapshot_brought_is_written_again() {
 
 /// One page (of one row) of device `to`'s backfill, served by device
 /// `from` and applied; whether the backfill is complete.
+/// Pages a's snapshot to b until b `shows` what the test waits for; none
+/// of those pages is the last.
+async fn page_until(net: &Net, shows: impl AsyncFn(&Device) -> bool) {
+    for _ in 0..100 {
+        assert!(!next_page(net, 0, 1).await, "more pages follow the tag's");
+        if shows(&net.nodes[1].dev).await {
+            return;
+        }
+    }
+    panic!("b did not show it within 100 pages");
+}
+
 async fn next_page(net: &Net, from: usize, to: usize) -> bool {
     let b = &net.nodes[to].dev.engine;
     let page = steps::serve_snapshot(&net.nodes[from].dev.engine, &steps::backfill_request(b, 1))
