@@ -12,6 +12,7 @@ use crate::protocol::{
     PROTOCOL_VERSION, PullResponse, Push, SnapshotResponse, VectorSince, vector_digest,
 };
 use crate::receive::{InBatch, Incoming, Outcome};
+use crate::snapshot::BackfillWith;
 use crate::vector::VersionVector;
 
 /// How a session behaves.
@@ -394,12 +395,15 @@ impl Session {
                 .vector
                 .iter()
                 .any(|(o, s)| o != self.engine.origin() && s > 0);
-            if others_hold_data {
-                self.state = SessionState::Backfilling;
-                let request = self.engine.backfill_request(self.config.snapshot_limit);
-                return Ok(Output::send(Message::SnapshotRequest(request)));
+            match self.engine.backfill_with(peer, others_hold_data) {
+                BackfillWith::Ask => {
+                    self.state = SessionState::Backfilling;
+                    let request = self.engine.backfill_request(self.config.snapshot_limit);
+                    return Ok(Output::send(Message::SnapshotRequest(request)));
+                }
+                BackfillWith::Skip => self.engine.skip_backfill().await?,
+                BackfillWith::Pull => {}
             }
-            self.engine.skip_backfill().await?;
         }
         Ok(Output::send(self.pull()))
     }

@@ -40,6 +40,17 @@ pub(crate) enum Backfill {
     Done,
 }
 
+/// See [`Engine::backfill_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BackfillWith {
+    /// Ask the peer for a snapshot (or the next page of the running one).
+    Ask,
+    /// No backfill is needed: nobody holds data yet.
+    Skip,
+    /// Keep the backfill for another peer; only pull from this one.
+    Pull,
+}
+
 impl Backfill {
     pub(crate) fn step(&mut self, step: &SnapshotStep) {
         *self = match &step.next {
@@ -274,6 +285,32 @@ impl Engine {
     /// or one whose peers hold nothing yet).
     pub async fn skip_backfill(&self) -> Result<(), EngineError> {
         self.set_backfill(Backfill::Done).await
+    }
+
+    /// What this device, which needs a backfill, asks of `peer`, which
+    /// just said hello (`holds_data`: it holds another device's changes).
+    ///
+    /// A peer that holds data is asked for a snapshot. One that holds
+    /// nothing ends the backfill only for a device that has not started
+    /// one: the first devices of a library have nothing to load. A device
+    /// whose backfill is under way, or that is resyncing, keeps it, and
+    /// only pulls from such a peer: ending it there would keep what pages
+    /// already applied brought, under no snapshot's vector, and a resync
+    /// would never settle what it set out to (the simulation, 3 devices,
+    /// seed 671 of every fault: a new device's server lost everything to a
+    /// power loss, came back empty, and the new device, taking its hello as
+    /// a library's first, kept a collection from its pages that no device
+    /// held any more). The server of the running snapshot itself, come back
+    /// empty, is asked again: it starts the snapshot over, and the device
+    /// forgets what the given-up pages brought that no device may hold.
+    pub(crate) fn backfill_with(&self, peer: uuid::Uuid, holds_data: bool) -> BackfillWith {
+        let m = self.memory();
+        match &m.backfill {
+            _ if holds_data => BackfillWith::Ask,
+            Backfill::Needed if !m.resyncing => BackfillWith::Skip,
+            Backfill::Running(c) if c.source == peer => BackfillWith::Ask,
+            _ => BackfillWith::Pull,
+        }
     }
 
     /// Starts a backfill over, as a peer that lacks changes no longer kept

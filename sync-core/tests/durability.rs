@@ -514,6 +514,81 @@ async fn a_delete_only_a_given_up_snapshot_brought_is_written_again() {
     }
 }
 
+/// A delete that a snapshot given up brought as a row held back (its
+/// clock ahead), whose server lost it (a power loss), is written again when
+/// the row is released after the next snapshot completed: released then,
+/// it hid the record on that device alone, and no device could serve the
+/// delete as a change (the simulation, 3 devices, seed 671 of every fault).
+#[tokio::test]
+async fn a_held_delete_released_after_the_backfill_is_written_again() {
+    let (r, mut net) = net_with_restorable(1, 123).await;
+    let doomed = tag_after_the_cursor(&mut net, &r, "doomed").await.gid;
+    // a, its clock 30 s ahead of b's (bound: 5 s), deletes the tag; a page
+    // brings the tombstone to b, which holds it back.
+    r.time.advance(Duration::from_secs(30));
+    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
+    assert!(tx.delete::<tag::Model>(doomed).await.unwrap());
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    page_until(&net, async |b| b.engine.status().held_rows == 1).await;
+
+    // a goes back to the copy: the delete is lost there; the snapshot
+    // starts over and completes, bringing the tag; b still holds the
+    // tombstone back.
+    restore(&mut net, 0, &r, 1).await;
+    while !next_page(&net, 0, 1).await {}
+    let b = net.nodes[1].dev.engine.clone();
+    assert_eq!(b.status().held_rows, 1, "b still holds the tombstone back");
+    assert!(tag_names(&net.nodes[1].dev).await.contains("doomed"));
+
+    // b's clock catches up: the tombstone is released, and b writes the
+    // delete again, under its own number, so that a takes it too.
+    net.nodes[1].dev.time.advance(Duration::from_secs(32));
+    steps::retry_held(&b).await.unwrap();
+    assert!(!tag_names(&net.nodes[1].dev).await.contains("doomed"));
+    wrote_again_then_converged(&mut net).await;
+    assert_eq!(b.status().held_rows, 0);
+    for n in &net.nodes {
+        assert!(
+            !tag_names(&n.dev).await.contains("doomed"),
+            "the delete stands everywhere"
+        );
+    }
+    let (a, b) = (&net.nodes[0].dev, &net.nodes[1].dev);
+    assert_eq!(tag_names(a).await, tag_names(b).await);
+    assert_eq!(a.engine.vector(), b.engine.vector());
+}
+
+/// A backfill whose server lost everything (a power loss back to before
+/// its first write) is not ended by that server's hello, which holds no
+/// data, as a library's first device would end it: the new device asks it
+/// again, the snapshot starts over (empty), and what the pages given up
+/// brought, which no device holds any more, is forgotten. (Taking the hello
+/// as a library's first, the new device kept those pages' rows, under no
+/// vector, and alone showed them: the simulation, 3 devices, seed 671 of
+/// every fault.) A resync, or a backfill served by another peer, is not
+/// ended either: such a peer is only pulled from.
+#[tokio::test]
+async fn a_hello_holding_nothing_does_not_end_a_backfill_under_way() {
+    let (r, mut net) = net_with_restorable(1, 124).await;
+    net.pair_all().await;
+    // a's files as they are before any write: what its power loss leaves.
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+    write_tags(&mut net, 0, 3, "lost").await;
+    assert!(!next_page(&net, 0, 1).await);
+    let b = net.nodes[1].dev.engine.clone();
+    assert_eq!(tag_names(&net.nodes[1].dev).await.len(), 1, "one page taken");
+
+    restore(&mut net, 0, &r, 1).await;
+    assert!(tag_names(&net.nodes[0].dev).await.is_empty());
+    net.connect_all().await;
+    assert!(net.settle(10).await, "the two converge");
+    assert!(!b.needs_backfill(), "the backfill completed");
+    let names = tag_names(&net.nodes[1].dev).await;
+    assert!(names.is_empty(), "the lost tags are forgotten: {names:?}");
+    assert_eq!(b.vector(), net.nodes[0].dev.engine.vector());
+}
+
 /// The colour of the tag `gid` on device `d`, if the tag is there.
 async fn tag_color(d: &Device, gid: Uuid) -> Option<Option<String>> {
     use sea_orm::{ColumnTrait, QueryFilter};
