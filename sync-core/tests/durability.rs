@@ -577,7 +577,11 @@ async fn a_hello_holding_nothing_does_not_end_a_backfill_under_way() {
     write_tags(&mut net, 0, 3, "lost").await;
     assert!(!next_page(&net, 0, 1).await);
     let b = net.nodes[1].dev.engine.clone();
-    assert_eq!(tag_names(&net.nodes[1].dev).await.len(), 1, "one page taken");
+    assert_eq!(
+        tag_names(&net.nodes[1].dev).await.len(),
+        1,
+        "one page taken"
+    );
 
     restore(&mut net, 0, &r, 1).await;
     assert!(tag_names(&net.nodes[0].dev).await.is_empty());
