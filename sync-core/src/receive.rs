@@ -610,6 +610,26 @@ impl Engine {
         }
 
         phases.mark("triage");
+        // Rows of a snapshot carrying a record's creation whose number
+        // neither the snapshot's vector nor this device holds: marked, and
+        // forgotten when the snapshot completes if still so (see
+        // `Engine::forget_beyond`).
+        let beyond: Vec<(String, Uuid)> = match &incoming.snapshot {
+            Some(step) => items
+                .iter()
+                .filter_map(|item| match item {
+                    Item::Row {
+                        model,
+                        record,
+                        state,
+                    } if crate::collect::given_up(state, &received, &step.vector) => {
+                        Some((model.clone(), *record))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         // Merge, in memory.
         let mut keys: BTreeSet<RecordKey> = items.iter().filter_map(|i| self.key_of(i)).collect();
         keys.extend(husk_checks.iter().filter_map(|(_, _, _, h)| {
@@ -866,6 +886,31 @@ impl Engine {
                 });
             }
         }
+        // Records a change brings here for the first time while a resync
+        // (or a backfill, which settles as one) runs, after its snapshot
+        // started: they join those it settles. A record whose every write
+        // the snapshot's vector covers, and which no page brought, was
+        // deleted on its server and collected, and this device, which
+        // lost the delete (a power loss), took the record's creation again
+        // from a peer that still serves it (the simulation, 3 devices,
+        // seed 472 of every fault). One a later page brings is struck, as
+        // any; one with a write the vector lacks is kept.
+        let settling = incoming.snapshot.is_none() && {
+            let m = self.memory();
+            m.resyncing && m.backfill != crate::snapshot::Backfill::Done
+        };
+        let arrived: Vec<RecordKey> = if settling {
+            working
+                .iter()
+                .filter(|(k, state)| {
+                    state.as_ref().is_some_and(|s| !s.is_deleted())
+                        && facts.rows.get(k).is_none_or(|r| r.is_none())
+                })
+                .map(|(k, _)| *k)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let changed: BTreeMap<RecordKey, RecordState> = working
             .into_iter()
             .filter_map(|(k, state)| {
@@ -1035,6 +1080,20 @@ impl Engine {
             .collect();
         store::save_origins(&mut script, &fresh);
         store::hold_rows(&mut script, &held_rows);
+        for (model, record) in beyond {
+            script.push(
+                "INSERT OR IGNORE INTO _sync_beyond (model, record) VALUES (?, ?)".into(),
+                vec![model.into(), store::uuid_value(record)],
+            );
+        }
+        for key in &arrived {
+            if let Some(desc) = registry.at(key.rank) {
+                script.push(
+                    "INSERT OR IGNORE INTO _sync_unseen (model, record) VALUES (?, ?)".into(),
+                    vec![desc.name().into(), store::uuid_value(key.id)],
+                );
+            }
+        }
         let released: Vec<store::HeldRow> = incoming
             .retried
             .iter()

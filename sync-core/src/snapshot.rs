@@ -413,6 +413,7 @@ impl Engine {
                     .await?;
                 report.held_back.extend(tail.held_back);
             }
+            self.forget_beyond().await?;
             self.republish_unheld_deletes().await?;
         }
         Ok((report, complete))
