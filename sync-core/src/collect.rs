@@ -386,7 +386,6 @@ impl Engine {
         }
         let mut script = store::Script::default();
         if first {
-            script.push("DELETE FROM _sync_beyond".into(), vec![]);
             script.push("DELETE FROM _sync_held_unseen".into(), vec![]);
             script.push(
                 "INSERT OR IGNORE INTO _sync_held_unseen (model, record)
@@ -775,9 +774,7 @@ impl Engine {
                 "field writes a snapshot given up brought, whose numbers no device holds: written again"
             );
         }
-        let (changed, held) = self
-            .forget_in(w, input.forgotten, &received, next, None)
-            .await?;
+        let (changed, held) = self.forget_in(w, input.forgotten, &received, next).await?;
         if changed + held > 0 {
             tracing::warn!(
                 records = changed,
@@ -788,75 +785,14 @@ impl Engine {
         Ok((changed, again))
     }
 
-    /// Forgets, after a snapshot completed (and the changes its last page
-    /// carried were taken), the records its pages brought as a creation
-    /// whose number neither its vector nor this device held (marked in
-    /// `_sync_beyond` as the pages applied), if this device holds no write
-    /// of them still; and the held rows of such creations. Its server held
-    /// them only as rows of a snapshot of its own, whose pages were beyond
-    /// that snapshot's vector too; if their writer lost them (a power
-    /// loss), no device can ever serve them as changes, and this device
-    /// alone would show them once its server forgets them (the simulation,
-    /// 3 devices, seeds 67 and 630 of every fault). If some device holds
-    /// them, they come again as changes, or by a resync from a server that
-    /// holds their numbers as states. Returns how many were forgotten.
-    pub(crate) async fn forget_beyond(&self) -> Result<usize, EngineError> {
-        if self.memory().held_rows == 0
-            && store::count(self.db(), "SELECT COUNT(*) AS n FROM _sync_beyond", vec![]).await? == 0
-        {
-            return Ok(0);
-        }
-        let registry = self.registry();
-        let received = self.received();
-        let w = self.write_tx().await?;
-        let mut keys = BTreeSet::new();
-        for row in
-            w.tx.query_all_raw(store::stmt(
-                "SELECT model, record FROM _sync_beyond",
-                vec![],
-            ))
-            .await?
-        {
-            let model: String = row.try_get("", "model")?;
-            if let Some(rank) = registry.rank(&model) {
-                let id = store::get_uuid(&row, "record", "_sync_beyond")?;
-                keys.insert(RecordKey { rank, id });
-            }
-        }
-        let none = VersionVector::new();
-        let forgotten: BTreeSet<RecordKey> = store::load_rows(&w.tx, registry, &keys)
-            .await?
-            .into_iter()
-            .filter(|(_, row)| {
-                row.as_ref()
-                    .is_some_and(|r| given_up(&r.state, &received, &none))
-            })
-            .map(|(key, _)| key)
-            .collect();
-        let clear = ("DELETE FROM _sync_beyond".to_string(), Vec::new());
-        let (changed, held) = self
-            .forget_in(w, forgotten, &received, &none, Some(clear))
-            .await?;
-        if changed + held > 0 {
-            tracing::warn!(
-                records = changed,
-                held,
-                "a snapshot's rows beyond its vector, whose numbers no device may hold, forgotten"
-            );
-        }
-        Ok(changed)
-    }
-
     /// Forgets `forgotten` and drops the held rows `given_up` against
-    /// `received` and `next`, in `w`, with `also` in the same commit;
-    /// how many records and held rows went.
+    /// `received` and `next`, in `w`; how many records and held rows went.
     async fn forget_in(
         &self,
         w: crate::engine::WriteTx<'_>,
         forgotten: BTreeSet<RecordKey>,
         received: &Received,
         next: &VersionVector,
-        also: Option<(String, Vec<Value>)>,
     ) -> Result<(usize, usize), EngineError> {
         let registry = self.registry();
         let (dropped_held, held): (Vec<store::HeldRow>, Vec<store::HeldRow>) =
@@ -864,7 +800,7 @@ impl Engine {
                 held_state(registry, h).is_some_and(|(_, state)| given_up(&state, received, next))
             });
         let changed = forgotten.len();
-        if changed == 0 && dropped_held.is_empty() && also.is_none() {
+        if changed == 0 && dropped_held.is_empty() {
             w.tx.rollback().await?;
             return Ok((0, 0));
         }
@@ -880,9 +816,6 @@ impl Engine {
             write::script(&mut script, registry, &mut writes)?;
         }
         store::release_held(&mut script, &dropped_held);
-        if let Some((sql, values)) = also {
-            script.push(sql, values);
-        }
         write::run(&w.tx, script, &writes.conflicts).await?;
         w.tx.commit().await?;
         let mut m = self.memory();
@@ -989,7 +922,7 @@ impl Engine {
 /// A held snapshot row's model and the state it carries, as a record
 /// stores it; `None` for a row of a model not registered here, or one that
 /// does not decode (it can never apply).
-fn held_state(
+pub(crate) fn held_state(
     registry: &crate::registry::Registry,
     h: &store::HeldRow,
 ) -> Option<(&'static crate::registry::ModelDescriptor, RecordState)> {

@@ -610,26 +610,6 @@ impl Engine {
         }
 
         phases.mark("triage");
-        // Rows of a snapshot carrying a record's creation whose number
-        // neither the snapshot's vector nor this device holds: marked, and
-        // forgotten when the snapshot completes if still so (see
-        // `Engine::forget_beyond`).
-        let beyond: Vec<(String, Uuid)> = match &incoming.snapshot {
-            Some(step) => items
-                .iter()
-                .filter_map(|item| match item {
-                    Item::Row {
-                        model,
-                        record,
-                        state,
-                    } if crate::collect::given_up(state, &received, &step.vector) => {
-                        Some((model.clone(), *record))
-                    }
-                    _ => None,
-                })
-                .collect(),
-            None => Vec::new(),
-        };
         // Merge, in memory.
         let mut keys: BTreeSet<RecordKey> = items.iter().filter_map(|i| self.key_of(i)).collect();
         keys.extend(husk_checks.iter().filter_map(|(_, _, _, h)| {
@@ -1080,12 +1060,6 @@ impl Engine {
             .collect();
         store::save_origins(&mut script, &fresh);
         store::hold_rows(&mut script, &held_rows);
-        for (model, record) in beyond {
-            script.push(
-                "INSERT OR IGNORE INTO _sync_beyond (model, record) VALUES (?, ?)".into(),
-                vec![model.into(), store::uuid_value(record)],
-            );
-        }
         for key in &arrived {
             if let Some(desc) = registry.at(key.rank) {
                 script.push(

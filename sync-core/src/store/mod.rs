@@ -427,14 +427,6 @@ const TABLES: &[&str] = &[
         record BLOB NOT NULL,
         PRIMARY KEY (model, record)
     ) WITHOUT ROWID",
-    // While a snapshot applies: the records its pages brought as a
-    // creation whose number neither its vector nor this device held; those
-    // still so when it completes are forgotten (see `collect`).
-    "CREATE TABLE IF NOT EXISTS _sync_beyond (
-        model TEXT NOT NULL,
-        record BLOB NOT NULL,
-        PRIMARY KEY (model, record)
-    ) WITHOUT ROWID",
     // The library's membership records, by hash.
     "CREATE TABLE IF NOT EXISTS _sync_members (
         id BLOB PRIMARY KEY NOT NULL,
