@@ -1336,12 +1336,19 @@ impl Sim {
                     let (record, parent) = (id("record"), id("parent"));
                     let model: String = r.try_get("", "model").unwrap_or_default();
                     let parent_model: String = r.try_get("", "parent_model").unwrap_or_default();
-                    // No wait: incomplete, or refused by the database.
-                    let gone = !parent.is_nil()
-                        && lost_with(&parent)
-                        && !reference
-                            .iter()
-                            .any(|x| x.id == parent && x.model == parent_model);
+                    // No wait: incomplete (its creation is not here), or
+                    // refused by the database. An incomplete record whose
+                    // creation a power loss undid, shown nowhere, waits as
+                    // a record waiting for a lost one does.
+                    let gone = if parent.is_nil() {
+                        lost_with(&record)
+                            && !reference.iter().any(|x| x.id == record && x.model == model)
+                    } else {
+                        lost_with(&parent)
+                            && !reference
+                                .iter()
+                                .any(|x| x.id == parent && x.model == parent_model)
+                    };
                     *excused.entry(record).or_insert(true) &= gone;
                     which.push(if parent.is_nil() {
                         format!("{model}:{record} waits for nothing named")
