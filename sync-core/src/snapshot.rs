@@ -243,9 +243,12 @@ impl Engine {
                             rows.push(snapshot_row(desc, *id, state));
                         }
                     }
-                    for held in now {
-                        let state = crate::collect::held_state(self.registry(), &held);
-                        if serves(state.map(|(_, s)| s))
+                    // Held rows this device would not take are not served.
+                    let stale = self.stale_held(&tx, &now).await?;
+                    for (held, stale) in now.iter().zip(stale) {
+                        let state = crate::collect::held_state(self.registry(), held);
+                        if !stale
+                            && serves(state.map(|(_, s)| s))
                             && let Ok(row) = rmp_serde::from_slice::<SnapshotRow>(&held.row)
                         {
                             rows.push(row);
