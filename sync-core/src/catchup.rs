@@ -80,11 +80,25 @@ impl Engine {
         let mut has_more = false;
         let mut bytes = 0usize;
         let mut carried: BTreeSet<(uuid::Uuid, u64)> = BTreeSet::new();
-        for (origin, upto) in mine.iter() {
+        // The origins the requester lacks changes of, from a turn that
+        // moves with every pull served: a response cut at its limit does
+        // not always fill from the same origin, so a batch the requester
+        // holds back (a husk it cannot verify before another origin's
+        // change arrives) does not starve every other origin (the
+        // simulation, 3 devices, seed 982 of every fault: the requester
+        // pulled the same held-back batch for ever).
+        let due: Vec<(uuid::Uuid, u64)> = mine
+            .iter()
+            .filter(|(origin, upto)| *upto > request.vector.get(*origin))
+            .collect();
+        let turn = self
+            .inner
+            .counters
+            .pulls_served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let start = usize::try_from(turn).unwrap_or(0) % due.len().max(1);
+        for &(origin, upto) in due[start..].iter().chain(&due[..start]) {
             let after = request.vector.get(origin);
-            if upto <= after {
-                continue;
-            }
             if pruned.vector.get(origin) > after {
                 tx.commit().await?;
                 return Ok(Err(ErrorMessage {
