@@ -47,6 +47,16 @@ impl Engine {
         &self,
         request: &PullRequest,
     ) -> Result<Result<PullResponse, ErrorMessage>, EngineError> {
+        self.serve_pull_from(request, 0).await
+    }
+
+    /// As [`serve_pull`](Self::serve_pull), visiting the origins due from
+    /// the `turn`th (modulo their number) instead of the first.
+    pub(crate) async fn serve_pull_from(
+        &self,
+        request: &PullRequest,
+        turn: usize,
+    ) -> Result<Result<PullResponse, ErrorMessage>, EngineError> {
         let (mine, ahead, pruned, origins) = {
             let m = self.memory();
             (
@@ -80,23 +90,12 @@ impl Engine {
         let mut has_more = false;
         let mut bytes = 0usize;
         let mut carried: BTreeSet<(uuid::Uuid, u64)> = BTreeSet::new();
-        // The origins the requester lacks changes of, from a turn that
-        // moves with every pull served: a response cut at its limit does
-        // not always fill from the same origin, so a batch the requester
-        // holds back (a husk it cannot verify before another origin's
-        // change arrives) does not starve every other origin (the
-        // simulation, 3 devices, seed 982 of every fault: the requester
-        // pulled the same held-back batch for ever).
+        // The origins the requester lacks changes of, from the `turn`th.
         let due: Vec<(uuid::Uuid, u64)> = mine
             .iter()
             .filter(|(origin, upto)| *upto > request.vector.get(*origin))
             .collect();
-        let turn = self
-            .inner
-            .counters
-            .pulls_served
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let start = usize::try_from(turn).unwrap_or(0) % due.len().max(1);
+        let start = turn % due.len().max(1);
         for &(origin, upto) in due[start..].iter().chain(&due[..start]) {
             let after = request.vector.get(origin);
             if pruned.vector.get(origin) > after {

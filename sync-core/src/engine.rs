@@ -151,8 +151,6 @@ pub(crate) struct Counters {
     pub(crate) unverified: AtomicU64,
     pub(crate) claims_refused: AtomicU64,
     pub(crate) impersonations: AtomicU64,
-    /// Pulls served: where the next one starts among the origins due.
-    pub(crate) pulls_served: AtomicU64,
 }
 
 /// What the engine keeps in memory, always equal to what is committed.
