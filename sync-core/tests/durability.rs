@@ -267,6 +267,24 @@ async fn recolour_tag(net: &mut Net, i: usize, gid: Uuid) {
     net.committed(i, c);
 }
 
+/// Asserts that no device shows the tag `name`.
+async fn assert_tag_gone(net: &Net, name: &str) {
+    for (i, n) in net.nodes.iter().enumerate() {
+        assert!(
+            !tag_names(&n.dev).await.contains(name),
+            "the tag stays deleted (device {i})"
+        );
+    }
+}
+
+/// Asserts that devices `a` and `b` (0 and 1) show the same tags and hold
+/// the same vector.
+async fn assert_a_and_b_agree(net: &Net) {
+    let (a, b) = (&net.nodes[0].dev, &net.nodes[1].dev);
+    assert_eq!(tag_names(a).await, tag_names(b).await);
+    assert_eq!(a.engine.vector(), b.engine.vector());
+}
+
 async fn tag_names(d: &Device) -> std::collections::BTreeSet<String> {
     tag::Entity::find()
         .all(d.engine.database())
@@ -499,15 +517,8 @@ async fn a_delete_only_a_given_up_snapshot_brought_is_written_again() {
     );
     // b wrote the delete again, under its own number.
     wrote_again_then_converged(&mut net).await;
-    for n in &net.nodes {
-        assert!(
-            !tag_names(&n.dev).await.contains("doomed"),
-            "the delete stands everywhere"
-        );
-    }
-    let (a, b) = (&net.nodes[0].dev, &net.nodes[1].dev);
-    assert_eq!(tag_names(a).await, tag_names(b).await);
-    assert_eq!(a.engine.vector(), b.engine.vector());
+    assert_tag_gone(&net, "doomed").await;
+    assert_a_and_b_agree(&net).await;
     net.gossip(4).await;
     for (i, collected) in collect_everywhere(&net).await.iter().enumerate() {
         assert_eq!(collected.shared, 1, "device {i} collects the tombstone");
@@ -548,15 +559,8 @@ async fn a_held_delete_released_after_the_backfill_is_written_again() {
     assert!(!tag_names(&net.nodes[1].dev).await.contains("doomed"));
     wrote_again_then_converged(&mut net).await;
     assert_eq!(b.status().held_rows, 0);
-    for n in &net.nodes {
-        assert!(
-            !tag_names(&n.dev).await.contains("doomed"),
-            "the delete stands everywhere"
-        );
-    }
-    let (a, b) = (&net.nodes[0].dev, &net.nodes[1].dev);
-    assert_eq!(tag_names(a).await, tag_names(b).await);
-    assert_eq!(a.engine.vector(), b.engine.vector());
+    assert_tag_gone(&net, "doomed").await;
+    assert_a_and_b_agree(&net).await;
 }
 
 /// A backfill whose server lost everything (a power loss back to before
@@ -661,12 +665,7 @@ async fn a_record_taken_as_a_change_during_a_resync_is_settled_with_it() {
     );
     net.connect_all().await;
     assert!(net.settle(10).await, "every device converges");
-    for n in &net.nodes {
-        assert!(
-            !tag_names(&n.dev).await.contains("doomed0"),
-            "the tag stays deleted"
-        );
-    }
+    assert_tag_gone(&net, "doomed0").await;
 }
 
 /// A device whose own backfill runs does not serve the rows its pages
@@ -698,16 +697,7 @@ async fn a_device_that_backfills_serves_no_row_beyond_what_it_holds_as_changes()
     // mid-way through b's.
     write_tags(&mut net, 1, 1, "own").await;
     let c = net.nodes[2].dev.engine.clone();
-    loop {
-        let page =
-            steps::serve_snapshot(&net.nodes[1].dev.engine, &steps::backfill_request(&c, 100))
-                .await
-                .unwrap()
-                .unwrap();
-        if steps::apply_snapshot(&c, page).await.unwrap().1 {
-            break;
-        }
-    }
+    backfill_whole(&net.nodes[1].dev.engine, &c).await;
     assert!(!c.needs_backfill());
     let names = tag_names(&net.nodes[2].dev).await;
     assert_eq!(
@@ -764,15 +754,7 @@ async fn a_held_row_whose_write_its_writer_lost_is_not_taken() {
     restore(&mut net, 0, &r, 1).await;
     net.nodes[2].dev.time.advance(Duration::from_secs(30));
     let c = net.nodes[2].dev.engine.clone();
-    loop {
-        let page = steps::serve_snapshot(&b, &steps::backfill_request(&c, 100))
-            .await
-            .unwrap()
-            .unwrap();
-        if steps::apply_snapshot(&c, page).await.unwrap().1 {
-            break;
-        }
-    }
+    backfill_whole(&b, &c).await;
     assert!(
         !tag_names(&net.nodes[2].dev).await.contains("ahead"),
         "the held row is not served"
@@ -916,6 +898,19 @@ async fn next_page(net: &Net, from: usize, to: usize) -> bool {
         .unwrap()
         .unwrap();
     steps::apply_snapshot(b, page).await.unwrap().1
+}
+
+/// `to`'s whole backfill, served by `from` in pages of 100 rows.
+async fn backfill_whole(from: &sync_core::Engine, to: &sync_core::Engine) {
+    loop {
+        let page = steps::serve_snapshot(from, &steps::backfill_request(to, 100))
+            .await
+            .unwrap()
+            .unwrap();
+        if steps::apply_snapshot(to, page).await.unwrap().1 {
+            return;
+        }
+    }
 }
 
 /// A write the server of a backfill received after the snapshot's vector
@@ -1321,12 +1316,7 @@ async fn an_update_past_a_collected_shared_delete_is_dropped_by_its_writers_resy
     net.connect_all().await;
     assert!(net.settle(5).await);
     net.gossip(3).await;
-    for n in &net.nodes {
-        assert!(
-            !tag_names(&n.dev).await.contains("doomed0"),
-            "the tag stays deleted"
-        );
-    }
+    assert_tag_gone(&net, "doomed0").await;
 }
 
 /// The shared form of the case above: device `a` deleted a tag, `b`
@@ -1389,12 +1379,7 @@ async fn a_device_that_went_back_past_a_collected_shared_delete_drops_the_record
     assert!(tag_names(&net.nodes[0].dev).await.contains("doomed0"));
     net.connect_all().await;
     assert!(net.settle(5).await);
-    for n in &net.nodes {
-        assert!(
-            !tag_names(&n.dev).await.contains("doomed0"),
-            "the tag stays deleted"
-        );
-    }
+    assert_tag_gone(&net, "doomed0").await;
     assert_eq!(
         net.nodes[0].dev.engine.vector(),
         net.nodes[1].dev.engine.vector()

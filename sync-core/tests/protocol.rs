@@ -1003,6 +1003,25 @@ async fn membership_records_lost_on_the_way_are_sent_again() {
     );
 }
 
+/// A session of `d` with `peer`, past a hello from a peer holding nothing
+/// that needs no backfill.
+async fn greeted(d: &Device, peer: Uuid) -> Session {
+    let mut session = Session::new(d.engine.clone(), SessionConfig::new(LIBRARY));
+    session
+        .handle(Message::Hello(Hello {
+            device: peer,
+            library: LIBRARY,
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            vector: Default::default(),
+            needs_backfill: false,
+            members: [0; 32],
+        }))
+        .await
+        .unwrap();
+    session
+}
+
 /// A device that holds an origin's numbers but cannot prove the next one a
 /// peer lacks (neither its change, nor a state, nor a husk is here) tells
 /// the peer to resync. It answered with nothing before, and the peer asked
@@ -1027,19 +1046,7 @@ async fn numbers_held_without_proof_send_the_peer_to_a_snapshot() {
         .await
         .unwrap();
 
-    let mut session = Session::new(a.engine.clone(), SessionConfig::new(LIBRARY));
-    session
-        .handle(Message::Hello(Hello {
-            device: b.id,
-            library: LIBRARY,
-            min_version: MIN_PROTOCOL_VERSION,
-            max_version: PROTOCOL_VERSION,
-            vector: Default::default(),
-            needs_backfill: false,
-            members: [0; 32],
-        }))
-        .await
-        .unwrap();
+    let mut session = greeted(&a, b.id).await;
     let mut vector = sync_core::VersionVector::new();
     vector.advance(origin, 1);
     let out = session
@@ -1095,19 +1102,7 @@ async fn a_pull_asked_again_from_the_same_vector_starts_from_the_next_origin() {
         .unwrap();
     assert_eq!(a.engine.vector().iter().count(), 2, "a holds two origins");
 
-    let mut session = Session::new(a.engine.clone(), SessionConfig::new(LIBRARY));
-    session
-        .handle(Message::Hello(Hello {
-            device: c.id,
-            library: LIBRARY,
-            min_version: MIN_PROTOCOL_VERSION,
-            max_version: PROTOCOL_VERSION,
-            vector: Default::default(),
-            needs_backfill: false,
-            members: [0; 32],
-        }))
-        .await
-        .unwrap();
+    let mut session = greeted(&a, c.id).await;
     let mut firsts = Vec::new();
     for _ in 0..3 {
         let out = session
