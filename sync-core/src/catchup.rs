@@ -47,16 +47,6 @@ impl Engine {
         &self,
         request: &PullRequest,
     ) -> Result<Result<PullResponse, ErrorMessage>, EngineError> {
-        self.serve_pull_from(request, 0).await
-    }
-
-    /// As [`serve_pull`](Self::serve_pull), visiting the origins due from
-    /// the `turn`th (modulo their number) instead of the first.
-    pub(crate) async fn serve_pull_from(
-        &self,
-        request: &PullRequest,
-        turn: usize,
-    ) -> Result<Result<PullResponse, ErrorMessage>, EngineError> {
         let (mine, ahead, pruned, origins) = {
             let m = self.memory();
             (
@@ -90,14 +80,11 @@ impl Engine {
         let mut has_more = false;
         let mut bytes = 0usize;
         let mut carried: BTreeSet<(uuid::Uuid, u64)> = BTreeSet::new();
-        // The origins the requester lacks changes of, from the `turn`th.
-        let due: Vec<(uuid::Uuid, u64)> = mine
-            .iter()
-            .filter(|(origin, upto)| *upto > request.vector.get(*origin))
-            .collect();
-        let start = turn % due.len().max(1);
-        for &(origin, upto) in due[start..].iter().chain(&due[..start]) {
+        for (origin, upto) in mine.iter() {
             let after = request.vector.get(origin);
+            if upto <= after {
+                continue;
+            }
             if pruned.vector.get(origin) > after {
                 tx.commit().await?;
                 return Ok(Err(ErrorMessage {

@@ -99,10 +99,6 @@ pub struct Session {
     pulled_from: Option<VersionVector>,
     /// The next page was asked for before this one was applied.
     asked_ahead: bool,
-    /// The vector of the last pull this session answered, and how many
-    /// times in a row the peer asked again from it.
-    served_pull: Option<VersionVector>,
-    pull_turn: usize,
     /// Whether this session counts among its peer's open sessions.
     counted: bool,
     /// Heartbeats sent: every [`FULL_HEARTBEAT_EVERY`]th carries every
@@ -168,8 +164,6 @@ impl Session {
             state: SessionState::Handshake,
             pulled_from: None,
             asked_ahead: false,
-            served_pull: None,
-            pull_turn: 0,
             counted: false,
             beats: 0,
             reported: std::collections::HashMap::new(),
@@ -243,22 +237,19 @@ impl Session {
             (_, Message::Hello(_)) => {
                 Output::refuse(ErrorCode::Unexpected, "a second hello".into())
             }
-            (_, Message::PullRequest(request)) => {
-                // A peer that asks again from the same vector made no
-                // progress with the last answer: it may hold back the
-                // first origin's batch (a husk it cannot verify before
-                // another origin's change arrives). The next answer starts
-                // from the next origin, so that such a batch does not fill
-                // every answer cut at its limit and starve the rest (the
-                // simulation, 3 devices, seed 982 of every fault).
-                if self.served_pull.as_ref() == Some(&request.vector) {
-                    self.pull_turn = self.pull_turn.wrapping_add(1);
-                } else {
-                    self.pull_turn = 0;
-                    self.served_pull = Some(request.vector.clone());
+            (_, Message::PullRequest(request)) => match self.engine.serve_pull(&request).await? {
+                Ok(response) => Output::send(Message::PullResponse(response)),
+                Err(mut e) => {
+                    // Changes we no longer keep, for a peer that was away
+                    // too long: tombstones may be gone too.
+                    if e.code == ErrorCode::ResyncRequired
+                        && self.peer.is_some_and(|p| self.engine.is_expired(p))
+                    {
+                        e.code = ErrorCode::Expired;
+                    }
+                    Output::send(Message::Error(e))
                 }
-                self.answer_pull(&request).await?
-            }
+            },
             (_, Message::PullResponse(response)) => self.pulled(response).await?,
             (_, Message::SnapshotRequest(request)) => {
                 match self.engine.serve_snapshot(&request).await? {
@@ -415,28 +406,6 @@ impl Session {
             }
         }
         Ok(Output::send(self.pull()))
-    }
-
-    /// The answer to a peer's pull, from the origin of this turn.
-    async fn answer_pull(
-        &mut self,
-        request: &crate::protocol::PullRequest,
-    ) -> Result<Output, EngineError> {
-        Ok(
-            match self.engine.serve_pull_from(request, self.pull_turn).await? {
-                Ok(response) => Output::send(Message::PullResponse(response)),
-                Err(mut e) => {
-                    // Changes we no longer keep, for a peer that was away
-                    // too long: tombstones may be gone too.
-                    if e.code == ErrorCode::ResyncRequired
-                        && self.peer.is_some_and(|p| self.engine.is_expired(p))
-                    {
-                        e.code = ErrorCode::Expired;
-                    }
-                    Output::send(Message::Error(e))
-                }
-            },
-        )
     }
 
     fn pull(&mut self) -> Message {
