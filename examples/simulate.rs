@@ -1340,15 +1340,15 @@ impl Sim {
                     // refused by the database. An incomplete record whose
                     // creation a power loss undid, shown nowhere, waits as
                     // a record waiting for a lost one does.
-                    let gone = if parent.is_nil() {
-                        lost_with(&record)
-                            && !reference.iter().any(|x| x.id == record && x.model == model)
+                    let (needed, needed_model) = if parent.is_nil() {
+                        (record, &model)
                     } else {
-                        lost_with(&parent)
-                            && !reference
-                                .iter()
-                                .any(|x| x.id == parent && x.model == parent_model)
+                        (parent, &parent_model)
                     };
+                    let gone = lost_with(&needed)
+                        && !reference
+                            .iter()
+                            .any(|x| x.id == needed && x.model == *needed_model);
                     *excused.entry(record).or_insert(true) &= gone;
                     which.push(if parent.is_nil() {
                         format!("{model}:{record} waits for nothing named")

@@ -774,43 +774,18 @@ impl Engine {
                 "field writes a snapshot given up brought, whose numbers no device holds: written again"
             );
         }
-        let (changed, held) = self.forget_in(w, input.forgotten, &received, next).await?;
-        if changed + held > 0 {
-            tracing::warn!(
-                records = changed,
-                held,
-                "a snapshot started over: what its pages brought that no device may hold is forgotten"
-            );
-        }
-        Ok((changed, again))
-    }
-
-    /// Forgets `forgotten` and drops the held rows `given_up` against
-    /// `received` and `next`, in `w`; how many records and held rows went.
-    async fn forget_in(
-        &self,
-        w: crate::engine::WriteTx<'_>,
-        forgotten: BTreeSet<RecordKey>,
-        received: &Received,
-        next: &VersionVector,
-    ) -> Result<(usize, usize), EngineError> {
-        let registry = self.registry();
         let (dropped_held, held): (Vec<store::HeldRow>, Vec<store::HeldRow>) =
             store::held_rows(&w.tx).await?.into_iter().partition(|h| {
-                held_state(registry, h).is_some_and(|(_, state)| given_up(&state, received, next))
+                held_state(registry, h).is_some_and(|(_, state)| given_up(&state, &received, next))
             });
-        let changed = forgotten.len();
+        let changed = input.forgotten.len();
         if changed == 0 && dropped_held.is_empty() {
             w.tx.rollback().await?;
-            return Ok((0, 0));
+            return Ok((0, again));
         }
         let mut script = store::Script::default();
         let mut writes = write::Writes::default();
         if changed > 0 {
-            let input = Input {
-                forgotten,
-                ..Input::default()
-            };
             writes =
                 write::plan(&w.tx, registry, &self.inner.tables, input, Facts::default()).await?;
             write::script(&mut script, registry, &mut writes)?;
@@ -818,16 +793,23 @@ impl Engine {
         store::release_held(&mut script, &dropped_held);
         write::run(&w.tx, script, &writes.conflicts).await?;
         w.tx.commit().await?;
-        let mut m = self.memory();
-        m.waiting = m.waiting.saturating_add_signed(writes.waiting_delta);
-        for key in &writes.forgotten {
-            if let Some(n) = registry.at(key.rank).and_then(|d| m.rows.get_mut(d.name())) {
-                *n = n.saturating_sub(1);
+        {
+            let mut m = self.memory();
+            m.waiting = m.waiting.saturating_add_signed(writes.waiting_delta);
+            for key in &writes.forgotten {
+                if let Some(n) = registry.at(key.rank).and_then(|d| m.rows.get_mut(d.name())) {
+                    *n = n.saturating_sub(1);
+                }
             }
+            m.held_rows = held.len() as u64;
+            m.held_floors = held_floors(&held);
         }
-        m.held_rows = held.len() as u64;
-        m.held_floors = held_floors(&held);
-        Ok((changed, dropped_held.len()))
+        tracing::warn!(
+            records = changed,
+            held = dropped_held.len(),
+            "a snapshot started over: what its pages brought that no device may hold is forgotten"
+        );
+        Ok((changed, again))
     }
 
     /// Writes fields of shared records again as they stand, in one commit.
