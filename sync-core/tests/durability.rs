@@ -422,15 +422,7 @@ async fn a_snapshot_whose_server_opened_again_is_started_over() {
     snapshot(&net.nodes[0].dev, &r.copy).await;
     // a writes a tag after the vector was fixed (the greatest id: its page
     // comes after the cursor); a page brings it to b.
-    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
-    tx.insert(tag::ActiveModel {
-        gid: Set(Uuid::from_u128(u128::MAX)),
-        ..new_tag("lost0")
-    })
-    .await
-    .unwrap();
-    let c = tx.commit().await.unwrap();
-    net.committed(0, c);
+    write_tag_with_id(&mut net, u128::MAX, "lost0").await;
     page_until(&net, async |b| tag_names(b).await.contains("lost0")).await;
     assert!(tag_names(&net.nodes[1].dev).await.contains("lost0"));
 
@@ -447,22 +439,29 @@ async fn a_snapshot_whose_server_opened_again_is_started_over() {
     assert_eq!(b.engine.vector(), a.engine.vector());
 }
 
-/// a and b paired, a holding two tags and `name`, whose id is the
-/// greatest (its row comes after the cursor); b's backfill from a past its
-/// first page, which fixed the snapshot's vector; a's files copied then.
-async fn tag_after_the_cursor(net: &mut Net, r: &Restorable, name: &str) -> tag::Model {
-    net.pair_all().await;
-    write_tags(net, 0, 2, "kept").await;
+/// A tag `name` with the id `id` (chosen for where its snapshot page
+/// falls), committed on device `a` (index 0) and pushed.
+async fn write_tag_with_id(net: &mut Net, id: u128, name: &str) -> tag::Model {
     let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
     let tag = tx
         .insert(tag::ActiveModel {
-            gid: Set(Uuid::from_u128(u128::MAX)),
+            gid: Set(Uuid::from_u128(id)),
             ..new_tag(name)
         })
         .await
         .unwrap();
     let c = tx.commit().await.unwrap();
     net.committed(0, c);
+    tag
+}
+
+/// a and b paired, a holding two tags and `name`, whose id is the
+/// greatest (its row comes after the cursor); b's backfill from a past its
+/// first page, which fixed the snapshot's vector; a's files copied then.
+async fn tag_after_the_cursor(net: &mut Net, r: &Restorable, name: &str) -> tag::Model {
+    net.pair_all().await;
+    write_tags(net, 0, 2, "kept").await;
+    let tag = write_tag_with_id(net, u128::MAX, name).await;
     assert!(!next_page(net, 0, 1).await);
     snapshot(&net.nodes[0].dev, &r.copy).await;
     tag
@@ -682,15 +681,7 @@ async fn a_device_that_backfills_serves_no_row_beyond_what_it_holds_as_changes()
     // a writes another tag after the copy; b's next pages bring it as a
     // row, beyond the snapshot's vector. (Its id is the greatest but one:
     // its page comes after the cursor, before the last.)
-    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
-    tx.insert(tag::ActiveModel {
-        gid: Set(Uuid::from_u128(u128::MAX - 1)),
-        ..new_tag("beyond")
-    })
-    .await
-    .unwrap();
-    let c = tx.commit().await.unwrap();
-    net.committed(0, c);
+    write_tag_with_id(&mut net, u128::MAX - 1, "beyond").await;
     page_until(&net, async |b| tag_names(b).await.contains("beyond")).await;
 
     // b writes a tag of its own; then c's whole backfill comes from b,
@@ -735,15 +726,7 @@ async fn a_held_row_whose_write_its_writer_lost_is_not_taken() {
     // a's clock jumps 30 s ahead of b's (bound: 5 s); a writes a tag whose
     // page comes after the cursor.
     r.time.advance(Duration::from_secs(30));
-    let mut tx = net.nodes[0].dev.engine.begin().await.unwrap();
-    tx.insert(tag::ActiveModel {
-        gid: Set(Uuid::from_u128(u128::MAX)),
-        ..new_tag("ahead")
-    })
-    .await
-    .unwrap();
-    let c = tx.commit().await.unwrap();
-    net.committed(0, c);
+    write_tag_with_id(&mut net, u128::MAX, "ahead").await;
     while !next_page(&net, 0, 1).await {}
     let b = net.nodes[1].dev.engine.clone();
     assert_eq!(b.status().held_rows, 1, "b holds the row back");
