@@ -20,7 +20,9 @@
 //! while), `join` (devices that join mid-run and backfill from a neighbour),
 //! `pages` (small catch-up and snapshot pages), `collect` (tombstones
 //! collected as soon as every member holds their delete: a retention horizon
-//! of zero). Topologies: `mesh`, `line`, `star`, `sparse` (a ring with
+//! of zero), `shuffle` (the batches of each push, pull answer and last
+//! snapshot page delivered in an order the seed picks, not in the order
+//! their sender put them: an engine may not rely on it). Topologies: `mesh`, `line`, `star`, `sparse` (a ring with
 //! random chords); devices off each other's edges never meet and learn each
 //! other's changes through relays.
 //!
@@ -57,6 +59,7 @@ use library::{
     volume,
 };
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection};
 use syncable::core::clock::{ManualTime, TimeSource};
@@ -444,7 +447,18 @@ impl Sim {
             self.duplicated += 1;
             self.queue.push(from, to, bytes.clone());
         }
-        let message = syncable::core::decode(&bytes)?;
+        let mut message = syncable::core::decode(&bytes)?;
+        if self.faults.contains("shuffle") {
+            let batches = match &mut message {
+                Message::Push(p) => Some(&mut p.batches),
+                Message::PullResponse(p) => Some(&mut p.batches),
+                Message::SnapshotResponse(p) => Some(&mut p.changes),
+                _ => None,
+            };
+            if let Some(batches) = batches.filter(|b| b.len() > 1) {
+                batches.shuffle(&mut self.rng);
+            }
+        }
         let Some(session) = self.devices[to].sessions.get_mut(&from) else {
             return Ok(true);
         };
