@@ -10,7 +10,11 @@
 //! not held; see `docs/protocol.md`). A shared tombstone carries its
 //! delete's origin and number; one stored without them, by an engine before
 //! schema 4 or made by a resync, waits until its delete is older than every
-//! origin's log, whose pruning waits for every acknowledgement. And (3) this
+//! origin's log, whose pruning waits for every acknowledgement. A
+//! device-owned delete (of another device's record) whose number neither
+//! this device nor any member holds goes as well: it came only as a
+//! snapshot's row, its owner lost it, and no device will ever hold its
+//! number. And (3) this
 //! device holds all that each member is known to hold. A device silent for
 //! longer than the horizon is expired (see [`Engine::expire_peers`]) and
 //! resyncs from a snapshot when it returns.
@@ -161,6 +165,15 @@ impl Engine {
                 })
                 .collect()
         };
+        // A device-owned delete whose number neither this device nor any
+        // member holds (its owner lost it to a power loss, and it reached
+        // this device only as a snapshot's row) goes too, as any collected
+        // delete: no device will ever hold its number, and, kept, it
+        // would wait for it for ever, and refuse here alone the record's
+        // older writes that other devices take (the simulation, 3 devices,
+        // seed 172 of every fault with `shuffle`). Its owner writes its
+        // own such deletes again instead (`republish_unheld_deletes`).
+        let me = self.device();
         // And this device must hold all that each of them held: whatever a
         // member wrote to a record before it learned of the record's delete
         // (or relayed before it held the delete) is then here already,
@@ -217,9 +230,12 @@ impl Engine {
                 RecordState::Owned(o) if o.is_delete() => {
                     let (origin, seq) = (o.change.origin, o.change.seq);
                     let take = o.change.hlc.get_time().to_duration() < bound
-                        && acked
-                            .as_ref()
-                            .is_some_and(|acked| acked.iter().all(|a| a.has(origin, seq)));
+                        && acked.as_ref().is_some_and(|acked| {
+                            acked.iter().all(|a| a.has(origin, seq))
+                                || (o.change.device != me
+                                    && !mine.contains(origin, seq)
+                                    && acked.iter().all(|a| !a.received.contains(origin, seq)))
+                        });
                     if take {
                         // A delete above a gap raises no floor: the numbers
                         // below it are still served as changes.

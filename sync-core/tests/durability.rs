@@ -524,6 +524,53 @@ async fn a_delete_only_a_given_up_snapshot_brought_is_written_again() {
     }
 }
 
+/// A device-owned delete that reached a device only as a row of a
+/// snapshot given up, whose owner then lost the record to a power loss,
+/// is a tombstone whose number no device will ever hold: it is collected
+/// all the same once every member is known to lack that number. (It was
+/// kept for ever, waiting for every member to hold it: the simulation, 3
+/// devices, seed 172 of every fault with `shuffle`.)
+#[tokio::test]
+async fn a_device_owned_delete_whose_number_no_device_holds_is_collected() {
+    let (r, mut net) = net_with_restorable(1, 127).await;
+    net.pair_all().await;
+    // a's files before any write: what its power loss leaves.
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+    write_tags(&mut net, 0, 2, "lost").await;
+    let vol = write_volume(&mut net, 0).await;
+    delete_volume(&mut net, 0, vol).await;
+    let b = net.nodes[1].dev.engine.clone();
+    page_until(&net, async |b| {
+        steps::describe_record(&b.engine, "volumes", vol)
+            .await
+            .unwrap()
+            .starts_with("Deleted")
+    })
+    .await;
+
+    // a loses everything; b's backfill starts over from a and completes
+    // (empty), keeping the volume's tombstone.
+    restore(&mut net, 0, &r, 1).await;
+    net.connect_all().await;
+    assert!(net.settle(10).await, "the two converge");
+    assert!(!b.needs_backfill());
+    assert!(
+        steps::describe_record(&b, "volumes", vol)
+            .await
+            .unwrap()
+            .starts_with("Deleted"),
+        "b keeps the tombstone, whose number no device holds"
+    );
+    net.gossip(4).await;
+    let collected = collect_everywhere(&net).await;
+    assert_eq!(collected[1].owned, 1, "b collects it");
+    assert_eq!(
+        steps::describe_record(&b, "volumes", vol).await.unwrap(),
+        "no state"
+    );
+    assert_a_and_b_agree(&net).await;
+}
+
 /// A snapshot row held back (its clock ahead) and released while the
 /// backfill still runs is not settled with the records the snapshot did
 /// not bring: its page brought it. (Released rows were taken for records a
