@@ -1446,20 +1446,17 @@ impl Engine {
         }
         let held = store::held_rows(self.db()).await?;
         // Once the backfill is done (before, the snapshot's vector may
-        // yet cover them), stale rows go without being merged.
-        let stale = if self.needs_backfill() {
-            vec![false; held.len()]
+        // yet cover them), stale rows go without being merged, and writes
+        // of others that this device would not take are left out.
+        let take = if self.needs_backfill() {
+            held.iter()
+                .map(|h| rmp_serde::from_slice::<SnapshotRow>(&h.row).ok())
+                .collect()
         } else {
-            self.stale_held(self.db(), &held).await?
+            self.held_to_take(self.db(), &held).await?
         };
-        let mut rows = Vec::with_capacity(held.len());
-        let mut retried = Vec::with_capacity(held.len());
-        for (h, stale) in held.into_iter().zip(stale) {
-            if !stale && let Ok(row) = rmp_serde::from_slice::<SnapshotRow>(&h.row) {
-                rows.push(row);
-            }
-            retried.push(h);
-        }
+        let rows: Vec<SnapshotRow> = take.into_iter().flatten().collect();
+        let retried = held;
         let before = self.memory().held_rows;
         let (report, _) = self
             .receive(Incoming {
@@ -1478,44 +1475,85 @@ impl Engine {
         Ok(report)
     }
 
-    /// Which held rows are stale: rows whose write this device does not
-    /// hold by its number, carrying a record's creation, or another
-    /// device's device-owned write to a record this device holds a state
-    /// of (only the owner can write that again). Such a row was read after
-    /// its snapshot's vector was fixed, and its change came with the last
-    /// page, or by a pull, held back as well (a clock ahead), or it came
-    /// from pages of a snapshot given up. The change brings the write when
-    /// it comes again; if its writer lost it (a power loss), nothing can,
-    /// and the row, taken or served, would show what its writer no longer
-    /// holds (the simulation, 3 devices, seeds 830, 846, 1228 and 1323 of
-    /// every fault). A stale row is neither taken nor served, and the state
-    /// held here stays. (A shared delete is taken, and written again: see
-    /// `republish_unheld_deletes`.)
-    pub(crate) async fn stale_held<C: sea_orm::ConnectionTrait>(
+    /// What of each held row this device would take: `None` for a stale
+    /// row, else the row, without the shared field writes it would not
+    /// take. A held row was read after its snapshot's vector was fixed,
+    /// and its change came with the last page, or by a pull, held back as
+    /// well (a clock ahead), or it came from pages of a snapshot given up.
+    /// The change brings the write when it comes again; if its writer lost
+    /// it (a power loss), nothing can, and the write, taken or served,
+    /// would show what its writer no longer holds, there and on every
+    /// device served from there. So, of writes this device does not hold
+    /// by their numbers:
+    ///
+    /// - a record's creation makes the row stale (the simulation, 3
+    ///   devices, seeds 830, 1228 and 1323 of every fault);
+    /// - so does another device's device-owned write to a record this
+    ///   device holds a state of (only the owner can write it again: seed
+    ///   846 on an intermediate build);
+    /// - a shared field update to a record this device holds a state of is
+    ///   left out of the row, whose other fields are taken (the simulation,
+    ///   4 devices, seed 263 of every fault: a colour its writer lost, held
+    ///   back by a device that later served it from its own snapshot).
+    ///
+    /// A shared delete is taken, and written again (see
+    /// `republish_unheld_deletes`); so is a write to a record this device
+    /// holds nothing of, whose row is all it has of it.
+    pub(crate) async fn held_to_take<C: sea_orm::ConnectionTrait>(
         &self,
         db: &C,
         held: &[store::HeldRow],
-    ) -> Result<Vec<bool>, EngineError> {
+    ) -> Result<Vec<Option<SnapshotRow>>, EngineError> {
         let (received, none, me) = (self.received(), VersionVector::new(), self.device());
-        let mut stale = Vec::with_capacity(held.len());
+        let unheld = |origin: Uuid, seq: u64| seq > 0 && !received.contains(origin, seq);
+        let mut out = Vec::with_capacity(held.len());
         for h in held {
-            let Some((_, state)) = crate::collect::held_state(self.registry(), h) else {
-                stale.push(false);
+            let Ok(row) = rmp_serde::from_slice::<SnapshotRow>(&h.row) else {
+                out.push(None);
                 continue;
             };
-            stale.push(match &state {
+            let Some((desc, state)) = crate::collect::held_state(self.registry(), h) else {
+                out.push(Some(row));
+                continue;
+            };
+            out.push(match state {
                 RecordState::Owned(o) => {
-                    let unheld = o.change.device != me
-                        && o.change.seq > 0
-                        && !received.contains(o.change.origin, o.change.seq);
-                    unheld
-                        && (crate::collect::given_up(&state, &received, &none)
-                            || store::row_state(db, &h.model, h.record).await?.is_some())
+                    let stale = o.change.device != me
+                        && unheld(o.change.origin, o.change.seq)
+                        && (crate::collect::given_up(&RecordState::Owned(o), &received, &none)
+                            || store::row_state(db, &h.model, h.record).await?.is_some());
+                    (!stale).then_some(row)
                 }
-                RecordState::Shared(_) => crate::collect::given_up(&state, &received, &none),
+                RecordState::Shared(mut shared) => {
+                    let unheld_field = |f: &crate::state::FieldState| {
+                        unheld(crate::clock::timestamp_origin(&f.hlc), f.seq)
+                    };
+                    let whole = RecordState::Shared(shared.clone());
+                    if crate::collect::given_up(&whole, &received, &none) {
+                        None
+                    } else if !shared.fields.values().any(unheld_field)
+                        || store::row_state(db, &h.model, h.record).await?.is_none()
+                    {
+                        Some(row)
+                    } else {
+                        shared.fields.retain(|_, f| !unheld_field(f));
+                        if shared.fields.is_empty() && shared.tombstone.is_none() {
+                            None
+                        } else {
+                            let image = RecordState::Shared(shared)
+                                .encode()
+                                .map_err(EngineError::Malformed)?;
+                            Some(SnapshotRow::Shared {
+                                model: desc.name().to_owned(),
+                                id: h.record,
+                                image,
+                            })
+                        }
+                    }
+                }
             });
         }
-        Ok(stale)
+        Ok(out)
     }
 
     /// The received set (vector and ranges held beyond it).

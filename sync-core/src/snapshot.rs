@@ -243,13 +243,12 @@ impl Engine {
                             rows.push(snapshot_row(desc, *id, state));
                         }
                     }
-                    // Held rows this device would not take are not served.
-                    let stale = self.stale_held(&tx, &now).await?;
-                    for (held, stale) in now.iter().zip(stale) {
+                    // Of held rows, what this device would take is served.
+                    let take = self.held_to_take(&tx, &now).await?;
+                    for (held, row) in now.iter().zip(take) {
                         let state = crate::collect::held_state(self.registry(), held);
-                        if !stale
+                        if let Some(row) = row
                             && serves(state.map(|(_, s)| s))
-                            && let Ok(row) = rmp_serde::from_slice::<SnapshotRow>(&held.row)
                         {
                             rows.push(row);
                         }
