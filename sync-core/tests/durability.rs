@@ -839,6 +839,62 @@ async fn a_held_row_whose_write_its_writer_lost_is_not_taken() {
     assert_eq!(a.engine.vector(), b.engine.vector());
 }
 
+/// The shared-update half of the case above: a held row carrying a field
+/// update whose writer lost it, of a record the device holds, is taken
+/// without that field once the clock allows, and served without it while
+/// held. (The device that held it served the update from its own
+/// snapshot, and the device served alone showed it: the simulation, 4
+/// devices, seed 263 of every fault.)
+#[tokio::test]
+async fn a_held_field_update_its_writer_lost_is_left_out_of_the_row() {
+    let (r, mut net) = net_with_restorable(2, 129).await;
+    net.pair_all().await;
+    net.connect_all().await;
+    write_tags(&mut net, 0, 2, "kept").await;
+    let gid = write_tag_with_id(&mut net, u128::MAX, "recoloured").await.gid;
+    assert!(net.settle(3).await);
+    net.disconnect(1);
+    net.nodes[1].online = true;
+    // b resyncs from a; a's files are copied after the first page.
+    let b = net.nodes[1].dev.engine.clone();
+    steps::restart_backfill(&b, false).await.unwrap();
+    assert!(!next_page(&net, 0, 1).await);
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+    // a's clock jumps 30 s ahead of b's (bound: 5 s); a recolours the tag,
+    // whose page comes last; b holds the row back.
+    r.time.advance(Duration::from_secs(30));
+    recolour_tag(&mut net, 0, gid).await;
+    while !next_page(&net, 0, 1).await {}
+    assert_eq!(b.status().held_rows, 1, "b holds the row back");
+
+    // a loses the recolouring. c, its clock as far ahead as a's was,
+    // backfills from b, which still holds the row back: the row is served
+    // without the colour.
+    restore(&mut net, 0, &r, 1).await;
+    net.nodes[2].dev.time.advance(Duration::from_secs(30));
+    let c = net.nodes[2].dev.engine.clone();
+    steps::restart_backfill(&c, false).await.unwrap();
+    backfill_whole(&b, &c).await;
+    // b's clock catches up: the row is released, the colour left out.
+    net.nodes[1].dev.time.advance(Duration::from_secs(32));
+    steps::retry_held(&b).await.unwrap();
+    assert_eq!(b.status().held_rows, 0, "the row is released");
+    for i in 0..3 {
+        let colour = tag::Model::find_by_id(net.nodes[i].dev.engine.database(), gid)
+            .await
+            .unwrap()
+            .map(|t| t.color);
+        assert_eq!(colour, Some(None), "device {i} shows no colour");
+    }
+    net.connect_all().await;
+    assert!(net.settle(10).await, "the three converge");
+    assert_a_and_b_agree(&net).await;
+    assert_eq!(
+        net.nodes[0].dev.engine.vector(),
+        net.nodes[2].dev.engine.vector()
+    );
+}
+
 /// The device-owned half of the case above: a held row of another
 /// device's delete, whose writer lost it, is not taken by a device that
 /// holds the record's state (only the writer could write the delete
