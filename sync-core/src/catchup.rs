@@ -81,6 +81,7 @@ impl Engine {
         let mut bytes = 0usize;
         let mut carried: BTreeSet<(uuid::Uuid, u64)> = BTreeSet::new();
         let mut trimmed = false;
+        let mut states = OwnedStates::new();
         for (origin, upto) in mine.iter() {
             let after = request.vector.get(origin);
             if upto <= after {
@@ -167,6 +168,7 @@ impl Engine {
                     &seqs[..changes.len()],
                     origin,
                     &carried,
+                    &mut states,
                 )
                 .await?
             {
@@ -246,7 +248,7 @@ impl Engine {
                 });
             }
         }
-        self.add_newer_states(&tx, request, &origins, &mut batches, &carried)
+        self.add_newer_states(&tx, request, &origins, &mut batches, &carried, &mut states)
             .await?;
         tx.commit().await?;
         let sent: usize = batches.iter().map(|b| b.changes.len()).sum();
@@ -269,12 +271,12 @@ impl Engine {
         origins: &std::collections::HashMap<uuid::Uuid, uuid::Uuid>,
         batches: &mut Vec<Batch>,
         carried: &BTreeSet<(uuid::Uuid, u64)>,
+        states: &mut OwnedStates,
     ) -> Result<(), EngineError> {
         let mut extras: BTreeMap<uuid::Uuid, BTreeMap<u64, EncodedChange>> = BTreeMap::new();
         for batch in batches.iter() {
             for husk in batch.seals.iter().flat_map(|p| p.husks.iter()) {
-                let Some((origin, seq, state)) =
-                    store::owned_state(tx, &husk.model, husk.record).await?
+                let Some((origin, seq, state)) = newer_state(tx, states, husk).await?.clone()
                 else {
                     continue;
                 };
@@ -341,9 +343,10 @@ impl Engine {
         sent: &[u64],
         origin: uuid::Uuid,
         carried: &BTreeSet<(uuid::Uuid, u64)>,
+        states: &mut OwnedStates,
     ) -> Result<Option<u64>, EngineError> {
         for husk in seals.iter().flat_map(|p| p.husks.iter()) {
-            let Some((o, seq, _)) = store::owned_state(tx, &husk.model, husk.record).await? else {
+            let Some((o, seq, _)) = *newer_state(tx, states, husk).await? else {
                 continue;
             };
             let believed = (o == origin && sent.contains(&seq))
@@ -356,6 +359,24 @@ impl Engine {
         }
         Ok(None)
     }
+}
+
+/// Records' device-owned states read for an answer's husks, by model and
+/// record, so that each is read once per answer.
+type OwnedStates = BTreeMap<(String, uuid::Uuid), Option<(uuid::Uuid, u64, EncodedChange)>>;
+
+/// The stored device-owned state of a husk's record, read once per answer.
+async fn newer_state<'a>(
+    tx: &sea_orm::DatabaseTransaction,
+    states: &'a mut OwnedStates,
+    husk: &Husk,
+) -> Result<&'a Option<(uuid::Uuid, u64, EncodedChange)>, EngineError> {
+    let key = (husk.model.clone(), husk.record);
+    if !states.contains_key(&key) {
+        let state = store::owned_state(tx, &husk.model, husk.record).await?;
+        states.insert(key.clone(), state);
+    }
+    Ok(states.get(&key).unwrap_or(&None))
 }
 
 /// Changes of one origin read for a page.

@@ -851,7 +851,9 @@ async fn a_held_field_update_its_writer_lost_is_left_out_of_the_row() {
     net.pair_all().await;
     net.connect_all().await;
     write_tags(&mut net, 0, 2, "kept").await;
-    let gid = write_tag_with_id(&mut net, u128::MAX, "recoloured").await.gid;
+    let gid = write_tag_with_id(&mut net, u128::MAX, "recoloured")
+        .await
+        .gid;
     assert!(net.settle(3).await);
     net.disconnect(1);
     net.nodes[1].online = true;
