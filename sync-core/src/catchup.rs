@@ -124,7 +124,7 @@ impl Engine {
                 break;
             }
             // Vouch only as far as the seals prove.
-            let (seals, vouched) = prove(&tx, origin, after, reach, &seqs).await?;
+            let (mut seals, mut vouched) = prove(&tx, origin, after, reach, &seqs).await?;
             if vouched < reach {
                 tracing::debug!(
                     %origin,
@@ -159,18 +159,16 @@ impl Engine {
             // requester hold, would have the batch held back there, and,
             // asked again, fill every answer (see `unprovable_husk`): the
             // batch stops before it, and the other origins are served.
-            let (mut seals, mut vouched) = (seals, vouched);
-            if let Some(husk) = self
-                .unprovable_husk(
-                    &tx,
-                    request,
-                    &seals,
-                    &seqs[..changes.len()],
-                    origin,
-                    &carried,
-                    &mut states,
-                )
-                .await?
+            if let Some(husk) = unprovable_husk(
+                &tx,
+                request,
+                &seals,
+                &seqs[..changes.len()],
+                origin,
+                &carried,
+                &mut states,
+            )
+            .await?
             {
                 trimmed = true;
                 let upto = husk.saturating_sub(1);
@@ -322,43 +320,40 @@ impl Engine {
     }
 }
 
-impl Engine {
-    /// The first husk of `seals` (a batch of `origin` carrying the changes
-    /// `sent`) that the requester could not believe: its record's newer
-    /// state is neither in the batch, nor carried earlier in the answer,
-    /// nor held by the requester, nor provable alone (as
-    /// `add_newer_states` would add it). That happens when the newer state
-    /// is another origin's (an earlier incarnation of the same device,
-    /// whose state this device took back from a snapshot) and this device
-    /// holds it without the seal that would prove it alone: only that
-    /// origin's own batch can bring it. A pull limited to a few changes
-    /// filled every answer with the batch the requester held back, and
-    /// never reached that origin (the simulation, 3 devices, seed 982 of
-    /// every fault).
-    async fn unprovable_husk(
-        &self,
-        tx: &sea_orm::DatabaseTransaction,
-        request: &PullRequest,
-        seals: &[SealProof],
-        sent: &[u64],
-        origin: uuid::Uuid,
-        carried: &BTreeSet<(uuid::Uuid, u64)>,
-        states: &mut OwnedStates,
-    ) -> Result<Option<u64>, EngineError> {
-        for husk in seals.iter().flat_map(|p| p.husks.iter()) {
-            let Some((o, seq, _)) = *newer_state(tx, states, husk).await? else {
-                continue;
-            };
-            let believed = (o == origin && sent.contains(&seq))
-                || carried.contains(&(o, seq))
-                || seq <= request.vector.get(o)
-                || prove(tx, o, seq.saturating_sub(1), seq, &[seq]).await?.1 == seq;
-            if !believed {
-                return Ok(Some(husk.seq));
-            }
+/// The first husk of `seals` (a batch of `origin` carrying the changes
+/// `sent`) that the requester could not believe: its record's newer
+/// state is neither in the batch, nor carried earlier in the answer,
+/// nor held by the requester, nor provable alone (as
+/// `add_newer_states` would add it). That happens when the newer state
+/// is another origin's (an earlier incarnation of the same device,
+/// whose state this device took back from a snapshot) and this device
+/// holds it without the seal that would prove it alone: only that
+/// origin's own batch can bring it. A pull limited to a few changes
+/// filled every answer with the batch the requester held back, and
+/// never reached that origin (the simulation, 3 devices, seed 982 of
+/// every fault).
+async fn unprovable_husk(
+    tx: &sea_orm::DatabaseTransaction,
+    request: &PullRequest,
+    seals: &[SealProof],
+    sent: &[u64],
+    origin: uuid::Uuid,
+    carried: &BTreeSet<(uuid::Uuid, u64)>,
+    states: &mut OwnedStates,
+) -> Result<Option<u64>, EngineError> {
+    for husk in seals.iter().flat_map(|p| p.husks.iter()) {
+        let Some((o, seq, _)) = *newer_state(tx, states, husk).await? else {
+            continue;
+        };
+        let believed = (o == origin && sent.contains(&seq))
+            || carried.contains(&(o, seq))
+            || seq <= request.vector.get(o)
+            || prove(tx, o, seq.saturating_sub(1), seq, &[seq]).await?.1 == seq;
+        if !believed {
+            return Ok(Some(husk.seq));
         }
-        Ok(None)
     }
+    Ok(None)
 }
 
 /// Records' device-owned states read for an answer's husks, by model and
