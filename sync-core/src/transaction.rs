@@ -737,31 +737,6 @@ impl<'e> SyncTransaction<'e> {
             return Err(EngineError::Injected("before the log write"));
         }
         phases.mark("encode");
-        // Records created here while a backfill (or a resync) runs join
-        // those its snapshot settles, as records a change brings for the
-        // first time do (see `receive`): a device whose first backfill went
-        // back (a power loss) may have lost its own delete of one, which
-        // every other device took and collected since; its next write to
-        // the record, which replaced a state the snapshot's vector covers,
-        // then lost to that delete everywhere but here (the simulation, 4
-        // devices, seed 658 of every fault). Settled, one that is new to
-        // the library is kept.
-        let settling = {
-            let m = engine.memory();
-            m.resyncing && m.backfill != crate::snapshot::Backfill::Done
-        };
-        let created: Vec<RecordKey> = if settling {
-            working
-                .iter()
-                .filter(|(k, state)| {
-                    state.as_ref().is_some_and(|s| !s.is_deleted())
-                        && facts.rows.get(k).is_none_or(|r| r.is_none())
-                })
-                .map(|(k, _)| *k)
-                .collect()
-        } else {
-            Vec::new()
-        };
         let changed: BTreeMap<RecordKey, RecordState> = working
             .into_iter()
             .filter_map(|(k, s)| s.map(|s| (k, s)))
@@ -806,14 +781,6 @@ impl<'e> SyncTransaction<'e> {
         write::script(&mut script, registry, &mut writes)?;
         store::save_seals(&mut script, &[(seal.clone(), skeleton)])?;
         store::save_husks(&mut script, &husks)?;
-        for key in &created {
-            if let Some(desc) = registry.at(key.rank) {
-                script.push(
-                    "INSERT OR IGNORE INTO _sync_unseen (model, record) VALUES (?, ?)".into(),
-                    vec![desc.name().into(), store::uuid_value(key.id)],
-                );
-            }
-        }
         let before = engine.received();
         let mut received = before.clone();
         received.insert(origin, 1, next_seq.saturating_sub(1));

@@ -715,8 +715,12 @@ async fn a_restarted_backfill_forgets_what_its_given_up_pages_brought() {
 /// the snapshot brings: a device whose resync went back (a power loss)
 /// past its own delete of the record, which its server took and collected
 /// since, drops its next write to it when the resync completes, as that
-/// write lost to the delete everywhere else. (It kept it, and alone showed
-/// the record: the simulation, 4 devices, seed 658 of every fault.)
+/// write lost to the delete everywhere else. Every snapshot that starts
+/// takes the records held then to settle, a resync's too; a resync took
+/// them once, when it began, before the record was created. (It kept it,
+/// and alone showed the record: the simulation, 4 devices, seed 658 of
+/// every fault; 3 devices, seed 114, once records created during a
+/// backfill were taken to settle instead.)
 #[tokio::test]
 async fn a_record_created_during_a_resync_is_settled_with_it() {
     let (r, mut net) = net_with_restorable(1, 131).await;
