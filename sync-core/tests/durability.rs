@@ -41,18 +41,23 @@ async fn has_volume(db: &sea_orm::DatabaseConnection, vol: Uuid) -> bool {
     volume::Model::find_by_id(db, vol).await.unwrap().is_some()
 }
 
+/// A new volume `id` of `device`, to insert.
+fn new_volume(id: Uuid, device: Uuid) -> volume::ActiveModel {
+    volume::ActiveModel {
+        gid: Set(id),
+        device: Set(device),
+        name: Set("disk".into()),
+        capacity: Set(None),
+        is_online: Set(true),
+        ..Default::default()
+    }
+}
+
 /// A volume owned by device `i`, committed and pushed; its id.
 async fn write_volume(net: &mut Net, i: usize) -> Uuid {
     let mut tx = net.nodes[i].dev.engine.begin().await.unwrap();
     let vol = tx
-        .insert(volume::ActiveModel {
-            gid: Set(Uuid::new_v4()),
-            device: Set(net.nodes[i].dev.id),
-            name: Set("disk".into()),
-            capacity: Set(None),
-            is_online: Set(true),
-            ..Default::default()
-        })
+        .insert(new_volume(Uuid::new_v4(), net.nodes[i].dev.id))
         .await
         .unwrap();
     let c = tx.commit().await.unwrap();
@@ -737,16 +742,9 @@ async fn a_record_created_during_a_resync_is_settled_with_it() {
     steps::restart_backfill(&a, false).await.unwrap();
     let vol = Uuid::new_v4();
     let mut tx = a.begin().await.unwrap();
-    tx.insert(volume::ActiveModel {
-        gid: Set(vol),
-        device: Set(net.nodes[0].dev.id),
-        name: Set("disk".into()),
-        capacity: Set(None),
-        is_online: Set(true),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    tx.insert(new_volume(vol, net.nodes[0].dev.id))
+        .await
+        .unwrap();
     let created = tx.commit().await.unwrap();
     net.nodes[1].dev.receive(&created).await;
     assert!(!next_page(&net, 1, 0).await);
