@@ -409,8 +409,8 @@ impl Engine {
         };
         let received_before = received.clone();
         // Snapshot rows held back here count in the vector before their
-        // state is merged: while one of a record is held (or being
-        // retried), a number of that record's writes in the vector does
+        // state is merged: while one of a record is held (rows being
+        // retried still are, until this batch releases them), a number of that record's writes in the vector does
         // not prove its state was taken. (A number is one record's write,
         // so rows of other records held back prove nothing either way; the
         // check was once for any held row, which let a collected record
@@ -418,22 +418,12 @@ impl Engine {
         // the device held back an unrelated row: the simulation, 4 devices,
         // seed 638 of every fault.)
         let held_records: BTreeSet<(String, Uuid)> = if self.memory().held_rows > 0 {
-            store::held_rows(&w.tx)
-                .await?
-                .into_iter()
-                .map(|h| (h.model, h.record))
-                .collect()
+            store::held_records(&w.tx).await?.into_iter().collect()
         } else {
             BTreeSet::new()
         };
-        let retried_records: BTreeSet<(&str, Uuid)> = incoming
-            .retried
-            .iter()
-            .map(|h| (h.model.as_str(), h.record))
-            .collect();
         let none_held = |model: &str, record: Uuid| {
-            !retried_records.contains(&(model, record))
-                && (held_records.is_empty() || !held_records.contains(&(model.to_owned(), record)))
+            held_records.is_empty() || !held_records.contains(&(model.to_owned(), record))
         };
         let mut report = ApplyReport::default();
         let mut outcomes: Vec<(Uuid, u64, Outcome)> = Vec::new();
@@ -1552,14 +1542,16 @@ impl Engine {
                             || store::row_state(db, &h.model, h.record).await?.is_some());
                     (!stale).then_some(row)
                 }
+                state @ RecordState::Shared(_)
+                    if crate::collect::given_up(&state, &received, &none) =>
+                {
+                    None
+                }
                 RecordState::Shared(mut shared) => {
                     let unheld_field = |f: &crate::state::FieldState| {
                         unheld(crate::clock::timestamp_origin(&f.hlc), f.seq)
                     };
-                    let whole = RecordState::Shared(shared.clone());
-                    if crate::collect::given_up(&whole, &received, &none) {
-                        None
-                    } else if !shared.fields.values().any(unheld_field)
+                    if !shared.fields.values().any(unheld_field)
                         || store::row_state(db, &h.model, h.record).await?.is_none()
                     {
                         Some(row)

@@ -178,15 +178,10 @@ impl Engine {
                     )
                 };
                 let mut held: Vec<(String, uuid::Uuid)> = if any_held {
-                    store::held_rows(self.db())
-                        .await?
-                        .into_iter()
-                        .map(|h| (h.model, h.record))
-                        .collect()
+                    store::held_records(self.db()).await?
                 } else {
                     Vec::new()
                 };
-                held.dedup();
                 held.truncate(MAX_SNAPSHOT_LIMIT as usize);
                 SnapshotCursor {
                     source: self.device(),

@@ -556,6 +556,27 @@ pub(crate) async fn held_rows<C: ConnectionTrait>(db: &C) -> Result<Vec<HeldRow>
         .collect()
 }
 
+/// The records of the rows held back (model and id, each once), without
+/// the rows.
+pub(crate) async fn held_records<C: ConnectionTrait>(
+    db: &C,
+) -> Result<Vec<(String, Uuid)>, StoreError> {
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT DISTINCT model, record FROM _sync_held ORDER BY model, record",
+            vec![],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get("", "model")?,
+                get_uuid(row, "record", "_sync_held")?,
+            ))
+        })
+        .collect()
+}
+
 /// Drops held rows, each exactly as it was held.
 pub(crate) fn release_held(script: &mut Script, rows: &[HeldRow]) {
     for r in rows {
