@@ -924,6 +924,7 @@ impl Sim {
                     // goes, at once.
                     let c = self.engine(i)?.collect_tombstones(Duration::ZERO).await?;
                     self.collected += c.shared + c.owned;
+                    self.trace(i, "collecting tombstones").await?;
                 }
             }
             _ => self.anti_entropy().await?,

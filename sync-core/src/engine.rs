@@ -172,6 +172,8 @@ pub(crate) struct Memory {
     /// Per origin, the lowest number a held snapshot row carries: counted
     /// in the vector, not merged yet (see `collect::held_floors`).
     pub(crate) held_floors: BTreeMap<Uuid, u64>,
+    /// The running backfill forgot records (`_sync_forgotten` holds some).
+    pub(crate) forgotten: bool,
     /// Records stored per model.
     pub(crate) rows: BTreeMap<String, u64>,
     pub(crate) peers: BTreeMap<Uuid, PeerMemory>,
@@ -352,6 +354,7 @@ impl Engine {
         let rows = store::row_counts(&tx).await?;
         let held = store::held_rows(&tx).await?;
         let (held_rows, held_floors) = (held.len() as u64, crate::collect::held_floors(&held));
+        let forgotten = !store::forgotten_records(&tx).await?.is_empty();
         let peers = store::load_peers(&tx).await?;
         let backfill = crate::snapshot::load_backfill(&tx).await?;
         let mut membership = crate::trust::members::Membership::default();
@@ -369,6 +372,7 @@ impl Engine {
             conflicts,
             held_rows,
             held_floors,
+            forgotten,
             rows,
             peers: peers
                 .into_iter()

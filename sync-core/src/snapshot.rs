@@ -98,6 +98,9 @@ pub(crate) fn save_backfill_step(
     let (code, cursor) = backfill_meta(&state)?;
     store::set_meta_in(script, META_BACKFILL, code.to_be_bytes().to_vec());
     store::set_meta_in(script, META_BACKFILL_CURSOR, cursor);
+    if step.next.is_none() {
+        script.push("DELETE FROM _sync_forgotten".into(), vec![]);
+    }
     Ok(())
 }
 

@@ -348,6 +348,16 @@ const TABLES: &[&str] = &[
         record BLOB NOT NULL,
         PRIMARY KEY (model, record)
     ) WITHOUT ROWID",
+    // While a backfill runs: the records it forgot, pages of a snapshot
+    // given up having brought their states (see `collect`,
+    // `forget_given_up`). Their numbers in the vector prove no state taken
+    // and deleted since: a row or change of one is merged as of a record
+    // not here yet. Emptied when the backfill completes.
+    "CREATE TABLE IF NOT EXISTS _sync_forgotten (
+        model TEXT NOT NULL,
+        record BLOB NOT NULL,
+        PRIMARY KEY (model, record)
+    ) WITHOUT ROWID",
     // Per origin, the highest number up to which this device holds
     // everything (its version vector), and ranges held beyond it.
     "CREATE TABLE IF NOT EXISTS _sync_vector (

@@ -577,6 +577,33 @@ pub(crate) async fn held_records<C: ConnectionTrait>(
         .collect()
 }
 
+/// The records the running backfill forgot (see `_sync_forgotten`).
+pub(crate) async fn forgotten_records<C: ConnectionTrait>(
+    db: &C,
+) -> Result<Vec<(String, Uuid)>, StoreError> {
+    let rows = db
+        .query_all_raw(stmt("SELECT model, record FROM _sync_forgotten", vec![]))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get("", "model")?,
+                get_uuid(row, "record", "_sync_forgotten")?,
+            ))
+        })
+        .collect()
+}
+
+/// Marks records as forgotten by the running backfill.
+pub(crate) fn mark_forgotten(script: &mut Script, records: &[(&str, Uuid)]) {
+    for (model, record) in records {
+        script.push(
+            "INSERT OR IGNORE INTO _sync_forgotten (model, record) VALUES (?, ?)".into(),
+            vec![(*model).into(), uuid_value(*record)],
+        );
+    }
+}
+
 /// Drops held rows, each exactly as it was held.
 pub(crate) fn release_held(script: &mut Script, rows: &[HeldRow]) {
     for r in rows {
