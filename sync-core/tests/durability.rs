@@ -1750,6 +1750,73 @@ async fn an_update_past_a_collected_shared_delete_is_dropped_by_its_writers_resy
     assert_tag_gone(&net, "doomed0").await;
 }
 
+/// A device whose database went back past a shared delete the others
+/// collected, and which filed a new row in the record since, writes the
+/// delete again when its resync drops the record: the others, which took
+/// the new row, hold it hidden, as this device does, instead of waiting
+/// for ever for a record that never comes. (The simulation, 3 devices, 600
+/// operations, seed 127 of every fault: a tag's user-metadata link.)
+#[tokio::test]
+async fn a_resync_writes_again_the_delete_of_a_record_a_new_row_refers_to() {
+    let (r, mut net) = net_with_restorable(1, 137).await;
+    net.pair_all().await;
+    net.connect_all().await;
+    let a = net.nodes[0].dev.engine.clone();
+    let mut tx = a.begin().await.unwrap();
+    let col = tx.insert(common::new_collection("doomed")).await.unwrap();
+    let c = tx.commit().await.unwrap();
+    net.committed(0, c);
+    assert!(net.settle(5).await);
+    // a's files with the collection: what its power loss leaves.
+    snapshot(&net.nodes[0].dev, &r.copy).await;
+    // b deletes the collection; both collect the delete.
+    let mut tx = net.nodes[1].dev.engine.begin().await.unwrap();
+    assert!(
+        tx.delete::<common::collection::Model>(col.gid)
+            .await
+            .unwrap()
+    );
+    let c = tx.commit().await.unwrap();
+    net.committed(1, c);
+    net.gossip(3).await;
+    for c in collect_everywhere(&net).await {
+        assert_eq!(c.shared, 1, "every device held the delete");
+    }
+
+    // a goes back to before the delete and files a membership in the
+    // collection; b takes it, and waits for the collection.
+    restore(&mut net, 0, &r, 1).await;
+    let a = net.nodes[0].dev.engine.clone();
+    let mut tx = a.begin().await.unwrap();
+    tx.insert(membership::ActiveModel {
+        gid: Set(Uuid::new_v4()),
+        collection_id: Set(col.id),
+        tag_id: Set(None),
+        note: Set("filed".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let created = tx.commit().await.unwrap();
+    net.nodes[1].dev.receive(&created).await;
+    assert_eq!(
+        net.nodes[1].dev.engine.status().parked,
+        1,
+        "the membership waits on b"
+    );
+
+    // a resyncs from b, which no longer holds the collection.
+    steps::restart_backfill(&a, false).await.unwrap();
+    while !next_page(&net, 1, 0).await {}
+    net.connect_all().await;
+    assert!(net.settle(5).await);
+    net.gossip(3).await;
+    for (i, n) in net.nodes.iter().enumerate() {
+        assert_eq!(n.dev.engine.status().parked, 0, "nothing waits on {i}");
+    }
+    assert_a_and_b_agree(&net).await;
+}
+
 /// The shared form of the case above: device `a` deleted a tag, `b`
 /// collected the delete (`c` still holds it), and `a` went back to before
 /// the delete and recoloured the tag. `b` holds no state of the tag, but
