@@ -602,9 +602,7 @@ async fn a_held_row_released_mid_backfill_is_not_settled_away() {
         tag_names(&net.nodes[1].dev).await.contains("ahead"),
         "the released tag is kept"
     );
-    net.connect_all().await;
-    assert!(net.settle(10).await, "the two converge");
-    assert_a_and_b_agree(&net).await;
+    converge(&mut net).await;
 }
 
 /// A delete that a snapshot given up brought as a row held back (its
@@ -703,14 +701,10 @@ async fn a_restarted_backfill_forgets_what_its_given_up_pages_brought() {
     // b is told to resync; a loses its writes; b's next snapshot is a's,
     // holding nothing.
     steps::restart_backfill(&b, false).await.unwrap();
-    restore(&mut net, 0, &r, 1).await;
-    backfill_whole(&net.nodes[0].dev.engine, &b).await;
-    assert!(!b.needs_backfill(), "the backfill completed");
+    restore_and_backfill(&mut net, &r, &b).await;
     let names = tag_names(&net.nodes[1].dev).await;
     assert!(names.is_empty(), "the lost tags are forgotten: {names:?}");
-    net.connect_all().await;
-    assert!(net.settle(10).await, "the two converge");
-    assert_a_and_b_agree(&net).await;
+    converge(&mut net).await;
 }
 
 /// A device-owned update that pages of a snapshot given up brought is
@@ -733,16 +727,12 @@ async fn a_given_up_update_whose_replaced_change_is_unheld_is_forgotten() {
     // b is told to resync; a loses the volume; b's next snapshot is a's,
     // holding nothing of it.
     steps::restart_backfill(&b, false).await.unwrap();
-    restore(&mut net, 0, &r, 1).await;
-    backfill_whole(&net.nodes[0].dev.engine, &b).await;
-    assert!(!b.needs_backfill(), "the backfill completed");
+    restore_and_backfill(&mut net, &r, &b).await;
     assert!(
         !has_volume(net.nodes[1].dev.engine.database(), vol).await,
         "the renamed volume is forgotten"
     );
-    net.connect_all().await;
-    assert!(net.settle(10).await, "the two converge");
-    assert_a_and_b_agree(&net).await;
+    converge(&mut net).await;
 }
 
 /// A record a backfill forgot (pages of a snapshot given up brought an
@@ -778,18 +768,14 @@ async fn a_record_a_backfill_forgot_is_taken_again_from_the_next_snapshot() {
     page_until(&net, named).await;
 
     // a loses both renames; its new snapshot holds the volume as created.
-    restore(&mut net, 0, &r, 1).await;
-    backfill_whole(&net.nodes[0].dev.engine, &b).await;
-    assert!(!b.needs_backfill(), "the backfill completed");
+    restore_and_backfill(&mut net, &r, &b).await;
     let on_b = volume::Model::find_by_id(b.database(), vol).await.unwrap();
     assert_eq!(
         on_b.map(|v| v.name),
         Some("disk".to_owned()),
         "b holds the volume as a does"
     );
-    net.connect_all().await;
-    assert!(net.settle(10).await, "the two converge");
-    assert_a_and_b_agree(&net).await;
+    converge(&mut net).await;
 }
 
 /// A device that lost a write to a record it owns (a power loss) and takes
@@ -869,16 +855,12 @@ async fn another_devices_delete_its_owner_lost_is_forgotten_by_a_restart() {
     page_until(&net, async |d| !has_volume(d.engine.database(), vol).await).await;
 
     // a loses the delete; its new snapshot holds the volume.
-    restore(&mut net, 0, &r, 1).await;
-    backfill_whole(&net.nodes[0].dev.engine, &b).await;
-    assert!(!b.needs_backfill(), "the backfill completed");
+    restore_and_backfill(&mut net, &r, &b).await;
     assert!(
         has_volume(b.database(), vol).await,
         "b holds the volume, as its owner does"
     );
-    net.connect_all().await;
-    assert!(net.settle(10).await, "the two converge");
-    assert_a_and_b_agree(&net).await;
+    converge(&mut net).await;
 }
 
 /// A record a device creates while its resync runs is settled with those
@@ -1329,6 +1311,21 @@ async fn next_page(net: &Net, from: usize, to: usize) -> bool {
         .unwrap()
         .unwrap();
     steps::apply_snapshot(b, page).await.unwrap().1
+}
+
+/// `a` goes back to its copied files (a power loss), then `b`'s backfill,
+/// started over, completes from it.
+async fn restore_and_backfill(net: &mut Net, r: &Restorable, b: &sync_core::Engine) {
+    restore(net, 0, r, 1).await;
+    backfill_whole(&net.nodes[0].dev.engine, b).await;
+    assert!(!b.needs_backfill(), "the backfill completed");
+}
+
+/// `a` and `b` connect, settle, and hold the same library.
+async fn converge(net: &mut Net) {
+    net.connect_all().await;
+    assert!(net.settle(10).await, "the two converge");
+    assert_a_and_b_agree(net).await;
 }
 
 /// `to`'s whole backfill, served by `from` in pages of 100 rows.
