@@ -818,7 +818,7 @@ impl Engine {
                 continue;
             };
             let key = RecordKey { rank, id };
-            if forgets(&state, &received, next, self.device()) {
+            if forgets(&state, &received, next) {
                 input.forgotten.insert(key);
             } else if let RecordState::Shared(SharedState {
                 fields,
@@ -851,8 +851,7 @@ impl Engine {
         }
         let (dropped_held, held): (Vec<store::HeldRow>, Vec<store::HeldRow>) =
             store::held_rows(&w.tx).await?.into_iter().partition(|h| {
-                held_state(registry, h)
-                    .is_some_and(|(_, state)| forgets(&state, &received, next, self.device()))
+                held_state(registry, h).is_some_and(|(_, state)| forgets(&state, &received, next))
             });
         let changed = input.forgotten.len();
         if changed == 0 && dropped_held.is_empty() {
@@ -1128,33 +1127,28 @@ type Forgotten = (usize, Vec<(RecordKey, Vec<(String, WireValue)>)>);
 
 /// Whether a snapshot that starts over, pages of another having been
 /// applied, forgets a state (or a held row) those pages brought: one
-/// [`given_up`]; any state of a record another device owns whose number
-/// is unheld here and unnamed by the new snapshot's vector (`next`),
-/// delete or update; or an update of a record this device owns whose
-/// number and the one of the change it replaced are both so. Only the
-/// owner writes a device-owned record, and it may have lost the write (a
-/// power loss): kept, the state would stand above every vector, shown here
-/// and on every device served from here, with no change ever to replace it
-/// (the simulation, 3 devices, 600 operations: seeds 53 and 192 of every
-/// fault, a volume its owner created, renamed, deleted, then lost all
-/// three, the rename taken from pages given up; seed 123, an entry's
-/// delete its owner lost, kept deleted on one device). If a device does
-/// hold the write, it comes again as a change. This device may have taken
-/// an earlier write of the record, whose number its vector holds: the
-/// record is marked forgotten (`_sync_forgotten`) until the backfill
+/// [`given_up`], or a device-owned update whose number and the one of the
+/// change it replaced are both unheld here and unnamed by the new
+/// snapshot's vector (`next`). The owner may have lost both (a power
+/// loss): kept, the update would stand above every vector, shown here and
+/// on every device served from here, with no change ever to replace it
+/// (the simulation, 3 devices, 600 operations, seeds 53 and 192 of every
+/// fault: a volume its owner created, renamed, deleted, then lost all
+/// three, the rename taken from pages given up). This device may have
+/// taken an earlier write of the record, whose number the vector holds:
+/// the record is marked forgotten (`_sync_forgotten`) until the backfill
 /// completes, so that the new snapshot's row of it is taken (seed 33).
 /// Only here, where the pages are known given up: a held row released, or
-/// a row served during a backfill, keeps the narrower rule of
-/// [`given_up`] (applied there too, it broke seeds 3 and 47).
-fn forgets(state: &RecordState, received: &Received, next: &VersionVector, me: Uuid) -> bool {
+/// a row served during a backfill, keeps the narrower rule (applied there
+/// too, seeds 3 and 47 failed).
+fn forgets(state: &RecordState, received: &Received, next: &VersionVector) -> bool {
     let unheld = |(origin, seq): (Uuid, u64)| {
         seq > 0 && seq > next.get(origin) && !received.contains(origin, seq)
     };
     given_up(state, received, next)
-        || matches!(state, RecordState::Owned(o)
-            if unheld((o.change.origin, o.change.seq))
-                && (o.change.device != me
-                    || (!o.is_delete() && o.change.replaces.is_some_and(unheld))))
+        || matches!(state, RecordState::Owned(o) if !o.is_delete()
+            && unheld((o.change.origin, o.change.seq))
+            && o.change.replaces.is_some_and(unheld))
 }
 
 /// Whether a state is the creation of a record that pages of a snapshot

@@ -531,15 +531,12 @@ async fn a_delete_only_a_given_up_snapshot_brought_is_written_again() {
 
 /// A device-owned delete that reached a device only as a row of a
 /// snapshot given up, whose owner then lost the record to a power loss,
-/// is a tombstone whose number no device will ever hold: the restarted
-/// snapshot forgets it (another device's record, its number unheld). (It
-/// was kept for ever, waiting for every member to hold it: the simulation,
-/// 3 devices, seed 172 of every fault with `shuffle`. Stop 34 collected it
-/// once every member was known to lack the number; stop 35's restart rule,
-/// for seed 123 with 600 operations, forgets it first. The collection rule
-/// stays for such a tombstone reached another way.)
+/// is a tombstone whose number no device will ever hold: it is collected
+/// all the same once every member is known to lack that number. (It was
+/// kept for ever, waiting for every member to hold it: the simulation, 3
+/// devices, seed 172 of every fault with `shuffle`.)
 #[tokio::test]
-async fn a_device_owned_delete_whose_number_no_device_holds_goes() {
+async fn a_device_owned_delete_whose_number_no_device_holds_is_collected() {
     let (r, mut net) = net_with_restorable(1, 127).await;
     net.pair_all().await;
     // a's files before any write: what its power loss leaves.
@@ -557,19 +554,25 @@ async fn a_device_owned_delete_whose_number_no_device_holds_goes() {
     .await;
 
     // a loses everything; b's backfill starts over from a and completes
-    // (empty), forgetting the volume's tombstone.
+    // (empty), keeping the volume's tombstone.
     restore(&mut net, 0, &r, 1).await;
     net.connect_all().await;
     assert!(net.settle(10).await, "the two converge");
     assert!(!b.needs_backfill());
-    assert_eq!(
-        steps::describe_record(&b, "volumes", vol).await.unwrap(),
-        "no state",
-        "b forgets the tombstone, whose number no device holds"
+    assert!(
+        steps::describe_record(&b, "volumes", vol)
+            .await
+            .unwrap()
+            .starts_with("Deleted"),
+        "b keeps the tombstone, whose number no device holds"
     );
     net.gossip(4).await;
     let collected = collect_everywhere(&net).await;
-    assert_eq!(collected[1].owned, 0, "nothing left to collect");
+    assert_eq!(collected[1].owned, 1, "b collects it");
+    assert_eq!(
+        steps::describe_record(&b, "volumes", vol).await.unwrap(),
+        "no state"
+    );
     assert_a_and_b_agree(&net).await;
 }
 
@@ -828,39 +831,6 @@ async fn an_owners_lost_write_taken_back_from_a_snapshot_is_written_again() {
         "b takes the rename, written again"
     );
     assert_a_and_b_agree(&net).await;
-}
-
-/// Another device's delete that pages of a snapshot given up brought, and
-/// whose number neither this device nor the new snapshot holds, is
-/// forgotten when the snapshot starts over: its owner may have lost it (a
-/// power loss), and then the record stands everywhere else. The next
-/// snapshot's row of the record is taken. (The delete was kept, and an
-/// entry stood deleted on one device alone: the simulation, 3 devices, 600
-/// operations, seed 123 of every fault.)
-#[tokio::test]
-async fn another_devices_delete_its_owner_lost_is_forgotten_by_a_restart() {
-    let (r, mut net) = net_with_restorable(1, 135).await;
-    net.pair_all().await;
-    net.connect_all().await;
-    let vol = write_volume(&mut net, 0).await;
-    assert!(net.settle(10).await);
-    net.disconnect(0);
-    // a's files with the volume: what its power loss leaves.
-    snapshot(&net.nodes[0].dev, &r.copy).await;
-    delete_volume(&mut net, 0, vol).await;
-
-    // b resyncs from a, and takes the delete from a page.
-    let b = net.nodes[1].dev.engine.clone();
-    steps::restart_backfill(&b, false).await.unwrap();
-    page_until(&net, async |d| !has_volume(d.engine.database(), vol).await).await;
-
-    // a loses the delete; its new snapshot holds the volume.
-    restore_and_backfill(&mut net, &r, &b).await;
-    assert!(
-        has_volume(b.database(), vol).await,
-        "b holds the volume, as its owner does"
-    );
-    converge(&mut net).await;
 }
 
 /// A record a device creates while its resync runs is settled with those
