@@ -410,8 +410,9 @@ impl Engine {
         let received_before = received.clone();
         // Snapshot rows held back here count in the vector before their
         // state is merged: while one of a record is held (rows being
-        // retried still are, until this batch releases them), a number of that record's writes in the vector does
-        // not prove its state was taken. (A number is one record's write,
+        // retried still are, until this batch releases them), a number of
+        // that record's writes in the vector does not prove its state was
+        // taken. (A number is one record's write,
         // so rows of other records held back prove nothing either way; the
         // check was once for any held row, which let a collected record
         // come back from a snapshot of a server that lost its delete while
@@ -428,16 +429,17 @@ impl Engine {
             let m = self.memory();
             (m.held_rows > 0, m.forgotten)
         };
-        let mut held_records: BTreeSet<(String, Uuid)> = if any_held {
+        let mut unproven: BTreeSet<(String, Uuid)> = if any_held {
             store::held_records(&w.tx).await?.into_iter().collect()
         } else {
             BTreeSet::new()
         };
         if any_forgotten {
-            held_records.extend(store::forgotten_records(&w.tx).await?);
+            unproven.extend(store::forgotten_records(&w.tx).await?);
         }
-        let none_held = |model: &str, record: Uuid| {
-            held_records.is_empty() || !held_records.contains(&(model.to_owned(), record))
+        // Whether the vector proves what this device took of a record.
+        let vector_proves = |model: &str, record: Uuid| {
+            unproven.is_empty() || !unproven.contains(&(model.to_owned(), record))
         };
         let mut report = ApplyReport::default();
         let mut outcomes: Vec<(Uuid, u64, Outcome)> = Vec::new();
@@ -699,7 +701,7 @@ impl Engine {
                 let result = match item {
                     Item::Change { change, bytes, .. } => match desc.meta().ownership {
                         Ownership::Shared
-                            if none_held(desc.name(), key.id)
+                            if vector_proves(desc.name(), key.id)
                                 && lost_to_collected(slot, change, &received_before) =>
                         {
                             conflicts.push(lost_write(site, change));
@@ -735,7 +737,7 @@ impl Engine {
                                 Some(RecordState::Owned(o)) => Some(o.clone()),
                                 _ => None,
                             };
-                            let m = if none_held(desc.name(), key.id)
+                            let m = if vector_proves(desc.name(), key.id)
                                 && lost_to_collected(slot, change, &received_before)
                             {
                                 conflicts.push(lost_write(site, change));
@@ -770,14 +772,14 @@ impl Engine {
                     Item::Row {
                         state: RecordState::Owned(o),
                         ..
-                    } if none_held(desc.name(), key.id)
+                    } if vector_proves(desc.name(), key.id)
                         && lost_to_collected(slot, &o.change, &received_before) =>
                     {
                         conflicts.push(lost_write(site, &o.change));
                         Ok(Merged::Superseded)
                     }
                     Item::Row { state, .. }
-                        if none_held(desc.name(), key.id)
+                        if vector_proves(desc.name(), key.id)
                             && taken_and_gone(slot, state, &received_before) =>
                     {
                         Ok(Merged::Superseded)
