@@ -608,6 +608,51 @@ async fn a_held_row_released_mid_backfill_is_not_settled_away() {
     converge(&mut net).await;
 }
 
+/// A record an earlier page brought as a row held back (its clock ahead),
+/// whose creation then comes as a change while the backfill runs, is not
+/// settled away when the last page does not bring it again: its page
+/// brought it. (It was dropped as deleted on its server, which held it,
+/// and the tombstone went on from there to the other devices: the
+/// simulation, 4 devices, seed 994 of every fault.)
+#[tokio::test]
+async fn a_record_paged_as_a_held_row_then_taken_as_a_change_is_not_settled_away() {
+    let (r, mut net) = net_with_restorable(1, 137).await;
+    net.pair_all().await;
+    write_tags(&mut net, 0, 2, "kept").await;
+    // a's clock runs 30 s ahead of b's (bound: 5 s) when it writes the
+    // tag whose id comes first: b holds its row back.
+    r.time.advance(Duration::from_secs(30));
+    write_tag_with_id(&mut net, 1, "ahead").await;
+    page_until(&net, async |b| b.engine.status().held_rows == 1).await;
+    let b = net.nodes[1].dev.engine.clone();
+    assert!(b.needs_backfill(), "more pages follow");
+    assert!(!tag_names(&net.nodes[1].dev).await.contains("ahead"));
+
+    // b's clock catches up and it pulls a's changes mid-backfill: the tag
+    // comes as a change.
+    net.nodes[1].dev.time.advance(Duration::from_secs(32));
+    let a = net.nodes[0].dev.engine.clone();
+    let answer = steps::serve_pull(
+        &a,
+        &sync_core::PullRequest {
+            vector: b.vector(),
+            limit: 100,
+            ahead: Vec::new(),
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    steps::apply_batches(&b, answer.batches).await.unwrap();
+    assert!(tag_names(&net.nodes[1].dev).await.contains("ahead"));
+    while !next_page(&net, 0, 1).await {}
+    assert!(
+        tag_names(&net.nodes[1].dev).await.contains("ahead"),
+        "the tag its page brought is kept"
+    );
+    converge(&mut net).await;
+}
+
 /// A delete that a snapshot given up brought as a row held back (its
 /// clock ahead), whose server lost it (a power loss), is written again when
 /// the row is released after the next snapshot completed: released then,

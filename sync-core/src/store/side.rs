@@ -577,6 +577,30 @@ pub(crate) async fn held_records<C: ConnectionTrait>(
         .collect()
 }
 
+/// The records of held rows that a page of the running snapshot brought:
+/// held, and not among those held when it started that no page has
+/// brought yet (`_sync_held_unseen`).
+pub(crate) async fn held_records_paged<C: ConnectionTrait>(
+    db: &C,
+) -> Result<Vec<(String, Uuid)>, StoreError> {
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT DISTINCT h.model, h.record FROM _sync_held h
+              WHERE NOT EXISTS (SELECT 1 FROM _sync_held_unseen u
+                                 WHERE u.model = h.model AND u.record = h.record)",
+            vec![],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get("", "model")?,
+                get_uuid(row, "record", "_sync_held")?,
+            ))
+        })
+        .collect()
+}
+
 /// The records the running backfill forgot (see `_sync_forgotten`).
 pub(crate) async fn forgotten_records<C: ConnectionTrait>(
     db: &C,
