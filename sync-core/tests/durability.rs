@@ -653,6 +653,56 @@ async fn a_record_paged_as_a_held_row_then_taken_as_a_change_is_not_settled_away
     converge(&mut net).await;
 }
 
+/// A device that lost its delete of a record it owns (a power loss),
+/// wrote to the record again, and then takes the delete back from a peer
+/// that still holds it, writes the delete again: a device that collected
+/// the delete's tombstone took the new write, and without a new delete
+/// showed the record for ever, where the others hid it (a delete beats any
+/// write of its record). (The simulation, 3 devices, 600 operations, seed
+/// 301 of every fault: an entry.)
+#[tokio::test]
+async fn a_write_that_loses_to_its_owners_lost_delete_has_the_delete_written_again() {
+    let (r, mut net, vol) = volume_saved_for_restore(2, 138).await;
+    net.nodes[0].dev.time.advance(Duration::from_millis(5));
+    delete_volume(&mut net, 0, vol).await;
+    net.gossip(3).await;
+    // b alone collects the delete's tombstone; c keeps it.
+    net.nodes[1].dev.time.advance(Duration::from_secs(60));
+    let b = net.nodes[1].dev.engine.clone();
+    assert_eq!(b.collect_tombstones(Duration::ZERO).await.unwrap().owned, 1);
+
+    // a goes back to before the delete and renames the volume twice; b,
+    // cut off from c, pulls the second rename (the first left out as
+    // superseded), which replaced no write it held.
+    restore(&mut net, 0, &r, 1).await;
+    net.nodes[0].dev.time.advance(Duration::from_secs(1));
+    rename_volume(&mut net, 0, vol, "once").await;
+    rename_volume(&mut net, 0, vol, "again").await;
+    net.partition(0, 2, true);
+    net.partition(1, 2, true);
+    net.connect_all().await;
+    net.gossip(3).await;
+    assert!(has_volume(b.database(), vol).await, "b took the rename");
+
+    // a resyncs from c, takes its delete back from c's snapshot, and
+    // writes it again.
+    let (a, c) = (
+        net.nodes[0].dev.engine.clone(),
+        net.nodes[2].dev.engine.clone(),
+    );
+    steps::restart_backfill(&a, false).await.unwrap();
+    backfill_whole(&c, &a).await;
+    assert!(
+        !has_volume(a.database(), vol).await,
+        "the delete beats the rename"
+    );
+    net.partition(0, 2, false);
+    net.partition(1, 2, false);
+    net.connect_all().await;
+    assert!(net.settle(10).await, "the three converge");
+    assert_volume_stays_deleted(&net, vol).await;
+}
+
 /// A delete that a snapshot given up brought as a row held back (its
 /// clock ahead), whose server lost it (a power loss), is written again when
 /// the row is released after the next snapshot completed: released then,
@@ -2349,7 +2399,9 @@ async fn an_open_transaction_blocks_writers_with_a_clear_timeout_and_never_statu
 /// power loss took its delete, is replaced by that delete from a peer's
 /// snapshot. (Without the husk the writer could serve nothing of its new
 /// incarnation's numbers, and a peer caught up from it for ever: the
-/// simulation, 3 devices, seed 56 of every fault.)
+/// simulation, 3 devices, seed 56 of every fault.) The delete that won
+/// is then written again, under the next number (see
+/// `a_write_that_loses_to_its_owners_lost_delete_has_the_delete_written_again`).
 #[tokio::test]
 async fn a_write_a_snapshot_row_replaces_is_kept_as_a_husk() {
     let (r, mut net, vol) = volume_saved_for_restore(1, 105).await;
@@ -2381,8 +2433,8 @@ async fn a_write_a_snapshot_row_replaces_is_kept_as_a_husk() {
     );
     assert_eq!(
         a.engine.vector().get(origin),
-        1,
-        "a holds its rename's number"
+        2,
+        "a holds its rename's number, and the delete's it wrote again"
     );
 
     // A peer that lacks that number is served its husk.
@@ -2404,7 +2456,7 @@ async fn a_write_a_snapshot_row_replaces_is_kept_as_a_husk() {
         .iter()
         .find(|b| b.origin == origin)
         .unwrap_or_else(|| panic!("{response:?}"));
-    assert_eq!(batch.upto, 1);
+    assert_eq!(batch.upto, 2);
     assert!(
         batch
             .seals
