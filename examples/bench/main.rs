@@ -581,6 +581,88 @@ async fn apply_section(args: &Args) -> Result<(), Error> {
         })
         .await?;
         row("  the same, plain insert_many of 500 rows", n, ours, bulk);
+        // What any receiver that keeps what this engine keeps must write: per
+        // change, the row, a state row (keyed by model and record) and a log
+        // entry (keyed by origin and number) holding the change's bytes,
+        // each table in plain multi-row INSERTs of 500 rows. Syncable's
+        // ratio to this is its own overhead; the rest is storage.
+        let encoded: Vec<(Uuid, Uuid, u64, Vec<u8>)> = changes
+            .iter()
+            .map(|c| Ok((c.id, c.origin, c.seq, c.encode()?.as_bytes().to_vec())))
+            .collect::<Result<_, Error>>()?;
+        let floor = measure(args.reps, || {
+            let (rows, encoded) = (rows.clone(), encoded.clone());
+            async move {
+                let db = plain().await?;
+                db.execute_unprepared(
+                    "CREATE TABLE plain_state (model TEXT NOT NULL, record BLOB NOT NULL, \
+                       presence INTEGER NOT NULL, local_key INTEGER, state BLOB NOT NULL, \
+                       UNIQUE (model, record));
+                     CREATE TABLE plain_log (origin BLOB NOT NULL, seq INTEGER NOT NULL, \
+                       change BLOB NOT NULL, UNIQUE (origin, seq));",
+                )
+                .await?;
+                let t = Instant::now();
+                for (chunk, side) in rows.chunks(batch).zip(encoded.chunks(batch)) {
+                    let tx = db.begin().await?;
+                    for part in chunk.chunks(500) {
+                        tag::Entity::insert_many(part.iter().map(insertable))
+                            .exec(&tx)
+                            .await?;
+                    }
+                    for part in side.chunks(500) {
+                        let mut states = Vec::with_capacity(part.len() * 5);
+                        let mut log = Vec::with_capacity(part.len() * 3);
+                        for (i, (id, origin, seq, bytes)) in part.iter().enumerate() {
+                            states.extend([
+                                sea_orm::Value::from("tags"),
+                                id.as_bytes().to_vec().into(),
+                                1i64.into(),
+                                (i as i64).into(),
+                                bytes.clone().into(),
+                            ]);
+                            log.extend([
+                                sea_orm::Value::from(origin.as_bytes().to_vec()),
+                                (*seq as i64).into(),
+                                bytes.clone().into(),
+                            ]);
+                        }
+                        let rows_of = |width: usize| {
+                            vec![format!("({})", vec!["?"; width].join(", ")); part.len()]
+                                .join(", ")
+                        };
+                        tx.execute_raw(sea_orm::Statement::from_sql_and_values(
+                            sea_orm::DbBackend::Sqlite,
+                            format!(
+                                "INSERT INTO plain_state (model, record, presence, local_key, \
+                                 state) VALUES {}",
+                                rows_of(5)
+                            ),
+                            states,
+                        ))
+                        .await?;
+                        tx.execute_raw(sea_orm::Statement::from_sql_and_values(
+                            sea_orm::DbBackend::Sqlite,
+                            format!(
+                                "INSERT INTO plain_log (origin, seq, change) VALUES {}",
+                                rows_of(3)
+                            ),
+                            log,
+                        ))
+                        .await?;
+                    }
+                    tx.commit().await?;
+                }
+                Ok(t.elapsed())
+            }
+        })
+        .await?;
+        row(
+            "  the same, plus a state and a log row, plain",
+            n,
+            ours,
+            floor,
+        );
     }
 
     let n = args.updates;
