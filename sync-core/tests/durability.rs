@@ -2408,9 +2408,11 @@ async fn a_write_a_snapshot_row_replaces_is_kept_as_a_husk() {
     delete_volume(&mut net, 0, vol).await;
     assert!(net.settle(3).await);
 
-    // a loses the delete with its power and renames the volume, alone.
+    // a loses the delete with its power and renames the volume, alone,
+    // its clock past the delete's.
     restore(&mut net, 0, &r, 1).await;
     net.disconnect(0);
+    net.nodes[0].dev.time.advance(Duration::from_secs(1));
     rename_volume(&mut net, 0, vol, "renamed").await;
     let (a, b) = (&net.nodes[0].dev, &net.nodes[1].dev);
     let origin = a.engine.origin();
