@@ -576,6 +576,22 @@ async fn a_device_owned_delete_whose_number_no_device_holds_is_collected() {
     assert_a_and_b_agree(&net).await;
 }
 
+/// a and b paired, a holding two tags and "ahead", written with a's clock
+/// 30 s ahead of b's (bound: 5 s) and with the id that comes first; b's
+/// backfill from a past the page that brought "ahead", whose row b holds
+/// back; more pages follow. The files, the network and b.
+async fn tag_ahead_held_mid_backfill(seed: u64) -> (Restorable, Net, sync_core::Engine) {
+    let (r, mut net) = net_with_restorable(1, seed).await;
+    net.pair_all().await;
+    write_tags(&mut net, 0, 2, "kept").await;
+    r.time.advance(Duration::from_secs(30));
+    write_tag_with_id(&mut net, 1, "ahead").await;
+    page_until(&net, async |b| b.engine.status().held_rows == 1).await;
+    let b = net.nodes[1].dev.engine.clone();
+    assert!(b.needs_backfill(), "more pages follow");
+    (r, net, b)
+}
+
 /// A snapshot row held back (its clock ahead) and released while the
 /// backfill still runs is not settled with the records the snapshot did
 /// not bring: its page brought it. (Released rows were taken for records a
@@ -584,16 +600,7 @@ async fn a_device_owned_delete_whose_number_no_device_holds_is_collected() {
 /// lacked it: the simulation, 4 devices, seed 183 of every fault.)
 #[tokio::test]
 async fn a_held_row_released_mid_backfill_is_not_settled_away() {
-    let (r, mut net) = net_with_restorable(1, 126).await;
-    net.pair_all().await;
-    write_tags(&mut net, 0, 2, "kept").await;
-    // a's clock runs 30 s ahead of b's (bound: 5 s) when it writes the
-    // tag whose id comes first: b holds its row back.
-    r.time.advance(Duration::from_secs(30));
-    write_tag_with_id(&mut net, 1, "ahead").await;
-    page_until(&net, async |b| b.engine.status().held_rows == 1).await;
-    let b = net.nodes[1].dev.engine.clone();
-    assert!(b.needs_backfill(), "more pages follow");
+    let (_r, mut net, b) = tag_ahead_held_mid_backfill(126).await;
 
     // b's clock catches up mid-backfill: the row is released.
     net.nodes[1].dev.time.advance(Duration::from_secs(32));
@@ -616,16 +623,7 @@ async fn a_held_row_released_mid_backfill_is_not_settled_away() {
 /// simulation, 4 devices, seed 994 of every fault.)
 #[tokio::test]
 async fn a_record_paged_as_a_held_row_then_taken_as_a_change_is_not_settled_away() {
-    let (r, mut net) = net_with_restorable(1, 137).await;
-    net.pair_all().await;
-    write_tags(&mut net, 0, 2, "kept").await;
-    // a's clock runs 30 s ahead of b's (bound: 5 s) when it writes the
-    // tag whose id comes first: b holds its row back.
-    r.time.advance(Duration::from_secs(30));
-    write_tag_with_id(&mut net, 1, "ahead").await;
-    page_until(&net, async |b| b.engine.status().held_rows == 1).await;
-    let b = net.nodes[1].dev.engine.clone();
-    assert!(b.needs_backfill(), "more pages follow");
+    let (_r, mut net, b) = tag_ahead_held_mid_backfill(137).await;
     assert!(!tag_names(&net.nodes[1].dev).await.contains("ahead"));
 
     // b's clock catches up and it pulls a's changes mid-backfill: the tag

@@ -556,25 +556,29 @@ pub(crate) async fn held_rows<C: ConnectionTrait>(db: &C) -> Result<Vec<HeldRow>
         .collect()
 }
 
+/// The records (model and id) a query over `table` lists, each row one.
+async fn records_of<C: ConnectionTrait>(
+    db: &C,
+    sql: &str,
+    table: &'static str,
+) -> Result<Vec<(String, Uuid)>, StoreError> {
+    let rows = db.query_all_raw(stmt(sql, vec![])).await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("", "model")?, get_uuid(row, "record", table)?)))
+        .collect()
+}
+
 /// The records of the rows held back (model and id, each once), without
 /// the rows.
 pub(crate) async fn held_records<C: ConnectionTrait>(
     db: &C,
 ) -> Result<Vec<(String, Uuid)>, StoreError> {
-    let rows = db
-        .query_all_raw(stmt(
-            "SELECT DISTINCT model, record FROM _sync_held ORDER BY model, record",
-            vec![],
-        ))
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get("", "model")?,
-                get_uuid(row, "record", "_sync_held")?,
-            ))
-        })
-        .collect()
+    records_of(
+        db,
+        "SELECT DISTINCT model, record FROM _sync_held ORDER BY model, record",
+        "_sync_held",
+    )
+    .await
 }
 
 /// The records of held rows that a page of the running snapshot brought:
@@ -583,39 +587,26 @@ pub(crate) async fn held_records<C: ConnectionTrait>(
 pub(crate) async fn held_records_paged<C: ConnectionTrait>(
     db: &C,
 ) -> Result<Vec<(String, Uuid)>, StoreError> {
-    let rows = db
-        .query_all_raw(stmt(
-            "SELECT DISTINCT h.model, h.record FROM _sync_held h
-              WHERE NOT EXISTS (SELECT 1 FROM _sync_held_unseen u
-                                 WHERE u.model = h.model AND u.record = h.record)",
-            vec![],
-        ))
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get("", "model")?,
-                get_uuid(row, "record", "_sync_held")?,
-            ))
-        })
-        .collect()
+    records_of(
+        db,
+        "SELECT DISTINCT h.model, h.record FROM _sync_held h
+          WHERE NOT EXISTS (SELECT 1 FROM _sync_held_unseen u
+                             WHERE u.model = h.model AND u.record = h.record)",
+        "_sync_held",
+    )
+    .await
 }
 
 /// The records the running backfill forgot (see `_sync_forgotten`).
 pub(crate) async fn forgotten_records<C: ConnectionTrait>(
     db: &C,
 ) -> Result<Vec<(String, Uuid)>, StoreError> {
-    let rows = db
-        .query_all_raw(stmt("SELECT model, record FROM _sync_forgotten", vec![]))
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get("", "model")?,
-                get_uuid(row, "record", "_sync_forgotten")?,
-            ))
-        })
-        .collect()
+    records_of(
+        db,
+        "SELECT model, record FROM _sync_forgotten",
+        "_sync_forgotten",
+    )
+    .await
 }
 
 /// Marks records as forgotten by the running backfill.
