@@ -832,10 +832,7 @@ impl Engine {
                 // snapshot brings. Written again, they reach every device.
                 let unheld: Vec<(String, WireValue)> = fields
                     .iter()
-                    .filter(|(_, f)| {
-                        let origin = timestamp_origin(&f.hlc);
-                        f.seq > 0 && f.seq > next.get(origin) && !received.contains(origin, f.seq)
-                    })
+                    .filter(|(_, f)| unheld(&received, next, timestamp_origin(&f.hlc), f.seq))
                     .map(|(name, f)| (name.clone(), f.value.clone()))
                     .collect();
                 if !unheld.is_empty() {
@@ -1134,31 +1131,33 @@ type RecordId = (&'static str, Uuid);
 /// Records forgotten, and fields of others to write again.
 type Forgotten = (usize, Vec<(RecordKey, Vec<(String, WireValue)>)>);
 
+/// Whether a write's number is unheld: not received here (`received`)
+/// and not named by the new snapshot's vector (`next`).
+fn unheld(received: &Received, next: &VersionVector, origin: Uuid, seq: u64) -> bool {
+    seq > 0 && seq > next.get(origin) && !received.contains(origin, seq)
+}
+
 /// Whether a snapshot that starts over, pages of another having been
-/// applied, forgets a state those pages brought (a held row keeps
-/// [`given_up`] alone, see `forget_unheld`): one
-/// [`given_up`], or a device-owned update whose number and the one of the
-/// change it replaced are both unheld here and unnamed by the new
-/// snapshot's vector (`next`). The owner may have lost both (a power
-/// loss): kept, the update would stand above every vector, shown here and
-/// on every device served from here, with no change ever to replace it
-/// (the simulation, 3 devices, 600 operations, seeds 53 and 192 of every
-/// fault: a volume its owner created, renamed, deleted, then lost all
-/// three, the rename taken from pages given up). This device may have
-/// taken an earlier write of the record, whose number the vector holds:
-/// the record is marked forgotten (`_sync_forgotten`) until the backfill
-/// completes, so that the new snapshot's row of it is taken (seed 33).
-/// Only here, where the pages are known given up: a held row released, or
-/// a row served during a backfill, keeps the narrower rule (applied there
-/// too, seeds 3 and 47 failed).
+/// applied, forgets a state those pages brought: one [`given_up`], or a
+/// device-owned update whose number and the one of the change it replaced
+/// are both [`unheld`]. The owner may have lost both (a power loss): kept,
+/// the update would stand above every vector, shown here and on every
+/// device served from here, with no change ever to replace it (the
+/// simulation, 3 devices, 600 operations, seeds 53 and 192 of every fault:
+/// a volume its owner created, renamed, deleted, then lost all three, the
+/// rename taken from pages given up). This device may have taken an
+/// earlier write of the record, whose number the vector holds: the record
+/// is marked forgotten (`_sync_forgotten`) until the backfill completes,
+/// so that the new snapshot's row of it is taken (seed 33). Only for
+/// states, and only here, where the pages are known given up: a held row
+/// (see `forget_unheld`, seed 223), a held row released, or a row served
+/// during a backfill keeps the narrower rule (applied to the last two,
+/// seeds 3 and 47 failed).
 fn forgets(state: &RecordState, received: &Received, next: &VersionVector) -> bool {
-    let unheld = |(origin, seq): (Uuid, u64)| {
-        seq > 0 && seq > next.get(origin) && !received.contains(origin, seq)
-    };
     given_up(state, received, next)
         || matches!(state, RecordState::Owned(o) if !o.is_delete()
-            && unheld((o.change.origin, o.change.seq))
-            && o.change.replaces.is_some_and(unheld))
+            && unheld(received, next, o.change.origin, o.change.seq)
+            && o.change.replaces.is_some_and(|(origin, seq)| unheld(received, next, origin, seq)))
 }
 
 /// Whether a state is the creation of a record that pages of a snapshot
@@ -1172,9 +1171,7 @@ fn forgets(state: &RecordState, received: &Received, next: &VersionVector) -> bo
 /// here is kept: forgetting it would lose what was taken, and could make
 /// the record look deleted and collected here.
 pub(crate) fn given_up(state: &RecordState, received: &Received, next: &VersionVector) -> bool {
-    let unheld = |origin: Uuid, seq: u64| {
-        seq > 0 && seq > next.get(origin) && !received.contains(origin, seq)
-    };
+    let unheld = |origin: Uuid, seq: u64| unheld(received, next, origin, seq);
     match state {
         RecordState::Owned(o) => {
             !o.is_delete() && o.change.replaces.is_none() && unheld(o.change.origin, o.change.seq)
