@@ -1599,19 +1599,14 @@ impl Engine {
     /// - so does another device's device-owned write to a record this
     ///   device holds a state of (only the owner can write it again: seed
     ///   846 on an intermediate build);
-    /// - and another device's device-owned update whose replaced write's
-    ///   number this device does not hold either: its owner may have lost
-    ///   both, and the row would stand here alone (the simulation, 4
-    ///   devices, 600 operations, seed 71 of every fault);
     /// - a shared field update to a record this device holds a state of is
     ///   left out of the row, whose other fields are taken (the simulation,
     ///   4 devices, seed 263 of every fault: a colour its writer lost, held
     ///   back by a device that later served it from its own snapshot).
     ///
     /// A shared delete is taken, and written again (see
-    /// `republish_unheld_deletes`); so is any other write to a record this
-    /// device holds nothing of, whose row is all it has of it (an update
-    /// whose replaced write's number this device holds, say: seed 223).
+    /// `republish_unheld_deletes`); so is a write to a record this device
+    /// holds nothing of, whose row is all it has of it.
     pub(crate) async fn held_to_take<C: sea_orm::ConnectionTrait>(
         &self,
         db: &C,
@@ -1631,14 +1626,9 @@ impl Engine {
             };
             out.push(match state {
                 RecordState::Owned(o) => {
-                    let lost_with_replaced = !o.is_delete()
-                        && o.change
-                            .replaces
-                            .is_some_and(|(origin, seq)| unheld(origin, seq));
                     let stale = o.change.device != me
                         && unheld(o.change.origin, o.change.seq)
-                        && (lost_with_replaced
-                            || crate::collect::given_up(&RecordState::Owned(o), &received, &none)
+                        && (crate::collect::given_up(&RecordState::Owned(o), &received, &none)
                             || store::row_state(db, &h.model, h.record).await?.is_some());
                     (!stale).then_some(row)
                 }
