@@ -813,28 +813,12 @@ impl Engine {
         let w = self.write_tx().await?;
         let mut input = Input::default();
         let mut again: Vec<(RecordKey, Vec<(String, WireValue)>)> = Vec::new();
-        let mut referring: Vec<(RecordKey, RecordKey)> = Vec::new();
-        let husked = store::husk_records(&w.tx).await?;
         for (desc, id, state) in stored_with(&w.tx, registry, None, &BTreeSet::new()).await? {
             let Some(rank) = registry.rank(desc.name()) else {
                 continue;
             };
             let key = RecordKey { rank, id };
-            for r in desc.meta().references() {
-                if let (Some(WireValue::Uuid(Some(target))), Some(to)) =
-                    (state.value(r.field), registry.rank(r.target))
-                {
-                    referring.push((
-                        key,
-                        RecordKey {
-                            rank: to,
-                            id: *target,
-                        },
-                    ));
-                }
-            }
-            let beside_husks = husked.contains(&(desc.name().to_owned(), id));
-            if forgets(&state, &received, next, beside_husks) {
+            if forgets(&state, &received, next) {
                 input.forgotten.insert(key);
             } else if let RecordState::Shared(SharedState {
                 fields,
@@ -875,14 +859,6 @@ impl Engine {
             store::held_rows(&w.tx).await?.into_iter().partition(|h| {
                 held_state(registry, h).is_some_and(|(_, state)| given_up(&state, &received, next))
             });
-        // A record forgotten may have been deleted here: rows referring to
-        // it showed the reference as gone for good (null, or hidden), and
-        // wait for it now, to show it if the new snapshot brings it back.
-        for (from, to) in referring {
-            if input.forgotten.contains(&to) && !input.forgotten.contains(&from) {
-                input.dirty.insert(from);
-            }
-        }
         let changed = input.forgotten.len();
         if changed == 0 && dropped_held.is_empty() {
             w.tx.rollback().await?;
@@ -1176,29 +1152,12 @@ fn unheld(received: &Received, next: &VersionVector, origin: Uuid, seq: u64) -> 
 /// states, and only here, where the pages are known given up: a held row
 /// (see `forget_unheld`, seed 223), a held row released, or a row served
 /// during a backfill keeps the narrower rule (applied to the last two,
-/// seeds 3 and 47 failed). A device-owned delete whose number is unheld
-/// goes too: its owner lost it (a power loss) as every device did, and,
-/// kept, it hid here alone a record every other device showed (the
-/// simulation, 4 devices, 600 operations, seed 71 of every fault). The
-/// new snapshot brings the record's row, if its server holds one; rows
-/// referring to the record are projected again (see `forget_unheld`).
-/// Not if husks of the record are stored here (`beside_husks`): a husk is
-/// believed only beside its record's newer state, and a requester would
-/// hold the husk's number back for ever (seed 431, 3 devices, 600
-/// operations, when deletes were forgotten regardless).
-fn forgets(
-    state: &RecordState,
-    received: &Received,
-    next: &VersionVector,
-    beside_husks: bool,
-) -> bool {
+/// seeds 3 and 47 failed).
+fn forgets(state: &RecordState, received: &Received, next: &VersionVector) -> bool {
     given_up(state, received, next)
         || matches!(state, RecordState::Owned(o) if !o.is_delete()
             && unheld(received, next, o.change.origin, o.change.seq)
             && o.change.replaces.is_some_and(|(origin, seq)| unheld(received, next, origin, seq)))
-        || matches!(state, RecordState::Owned(o) if o.is_delete()
-            && !beside_husks
-            && unheld(received, next, o.change.origin, o.change.seq))
 }
 
 /// Whether a state is the creation of a record that pages of a snapshot

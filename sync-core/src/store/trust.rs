@@ -114,23 +114,6 @@ pub(crate) async fn husks_between<C: ConnectionTrait>(
         .collect()
 }
 
-/// The records (by model name and id) that stored husks are of.
-pub(crate) async fn husk_records<C: ConnectionTrait>(
-    db: &C,
-) -> Result<std::collections::BTreeSet<(String, Uuid)>, StoreError> {
-    let rows = db
-        .query_all_raw(stmt("SELECT husk FROM _sync_husks", vec![]))
-        .await?;
-    rows.iter()
-        .map(|row| {
-            let bytes: Vec<u8> = row.try_get("", "husk")?;
-            let husk: Husk =
-                rmp_serde::from_slice(&bytes).map_err(|e| corrupt("_sync_husks", e))?;
-            Ok((husk.model, husk.record))
-        })
-        .collect()
-}
-
 /// Drops the seals every peer is past and the husks they held.
 pub(crate) async fn prune_proofs<C: ConnectionTrait>(
     db: &C,
