@@ -47,6 +47,19 @@ impl Engine {
         &self,
         request: &PullRequest,
     ) -> Result<Result<PullResponse, ErrorMessage>, EngineError> {
+        self.answer_pull(request, true).await
+    }
+
+    /// What `serve_pull` answers; `peer`: the request is a peer's, which
+    /// a husk no answer from here can pass has resync. The last page of a
+    /// snapshot asks too (for the changes since its vector), and its
+    /// requester holds the snapshot's rows, the husk's newer state among
+    /// them: the other origins' changes are served as before.
+    pub(crate) async fn answer_pull(
+        &self,
+        request: &PullRequest,
+        peer: bool,
+    ) -> Result<Result<PullResponse, ErrorMessage>, EngineError> {
         let (mine, ahead, pruned, origins) = {
             let m = self.memory();
             (
@@ -187,7 +200,7 @@ impl Engine {
                     // seed 431 of every fault): it resyncs instead, and the
                     // snapshot brings the state as a row.
                     let (o, seq) = newer;
-                    if seq > mine.get(o) {
+                    if peer && seq > mine.get(o) {
                         tx.commit().await?;
                         return Ok(Err(ErrorMessage {
                             code: ErrorCode::ResyncRequired,

@@ -294,7 +294,7 @@ impl Engine {
                 limit: crate::catchup::MAX_PULL_LIMIT,
                 ahead: pruned.clone(),
             };
-            self.serve_pull(&since)
+            self.answer_pull(&since, false)
                 .await?
                 .map(|r| r.batches)
                 .unwrap_or_default()
