@@ -50,11 +50,12 @@ impl Engine {
         self.answer_pull(request, true).await
     }
 
-    /// What `serve_pull` answers; `peer`: the request is a peer's, which
-    /// a husk no answer from here can pass has resync. The last page of a
-    /// snapshot asks too (for the changes since its vector), and its
-    /// requester holds the snapshot's rows, the husk's newer state among
-    /// them: the other origins' changes are served as before.
+    /// What `serve_pull` answers. `peer`: the request is a peer's pull,
+    /// which a husk that no answer from here can ever pass has resync.
+    /// The last page of a snapshot asks too (`peer` false), for the
+    /// changes since its vector: its requester holds the snapshot's rows,
+    /// the husk's newer state among them, so the husk's origin is left
+    /// out and the other origins' changes are served.
     pub(crate) async fn answer_pull(
         &self,
         request: &PullRequest,
