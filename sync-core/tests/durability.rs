@@ -1340,6 +1340,12 @@ async fn a_husk_whose_newer_state_is_held_only_as_a_row_has_the_requester_resync
         "{}",
         refused.message
     );
+    // Refused for the husk, not for numbers pruned below the request.
+    assert!(
+        refused.message.contains("superseded"),
+        "{}",
+        refused.message
+    );
 }
 
 /// The colour of the tag `gid` on device `d`, if the tag is there.
